@@ -1,0 +1,134 @@
+"""The `alambic` command: a thin layer over the Python API. Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alambic.errors import AlambicError
+from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy
+
+app = typer.Typer(no_args_is_help=True, help="Serve, distill, detect and prove distillation between LMs.")
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts, API keys and policies.")
+app.add_typer(accounts_app, name="accounts")
+console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--db", envvar="ALAMBIC_DB", help="SQLAlchemy URL of the store [default: SQLite in the data dir]."),
+]
+RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (throttle).")]
+TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (throttle).")]
+
+
+def one_line_errors(command: F) -> F:
+    """AlambicError becomes `error: message` on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AlambicError as error:
+            console.print(f"[red]error:[/red] {error.message}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
+
+
+@app.command()
+@one_line_errors
+def serve(
+    model: Annotated[str, typer.Option(help="smollm2 (the real teacher), tiny, or a model directory.")] = "smollm2",
+    db: DatabaseOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    admin_key: Annotated[
+        str | None, typer.Option(envvar="ALAMBIC_ADMIN_KEY", help="Enables the /admin API with this key.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated together.")] = 32,
+    default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
+    import uvicorn
+
+    from alambic.generation import GenerationEngine
+    from alambic.models import load_model
+    from alambic.serve import GatewaySettings, create_app
+
+    with console.status(f"Loading {model} (the first load of smollm2 converts its GGUF once)…"):
+        loaded = load_model(model)
+    store = Store(db)
+    engine = GenerationEngine(loaded, max_batch_size=max_batch_size)
+    settings = GatewaySettings(
+        admin_key=admin_key, default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit
+    )
+    console.print(f"Serving [bold]{loaded.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
+    try:
+        uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
+    finally:
+        engine.close()
+
+
+@accounts_app.command("create")
+@one_line_errors
+def accounts_create(
+    name: str,
+    db: DatabaseOption = None,
+    policy: Annotated[Policy, typer.Option(help="allow, throttle or block.")] = Policy.ALLOW,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+) -> None:
+    """Create an account; its API key is printed once, alone on the last line."""
+    key = create_account(Store(db), name, policy=policy, requests_per_minute=rpm, tokens_per_minute=tpm)
+    console.print(f"Created account [bold]{name}[/bold]. Its API key is shown once:")
+    print(key)
+
+
+@accounts_app.command("new-key")
+@one_line_errors
+def accounts_new_key(name: str, db: DatabaseOption = None) -> None:
+    """Issue another API key for an account (printed alone on the last line)."""
+    print(issue_key(Store(db), name))
+
+
+@accounts_app.command("policy")
+@one_line_errors
+def accounts_policy(
+    name: str,
+    policy: Policy,
+    db: DatabaseOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    reason: Annotated[str | None, typer.Option(help="Why, kept with the change.")] = None,
+) -> None:
+    """Set an account's policy; a running gateway applies it from the next request."""
+    changed = set_policy(
+        Store(db), name, policy, requests_per_minute=rpm, tokens_per_minute=tpm, actor="cli", reason=reason
+    )
+    console.print(f"{changed.name}: {changed.policy.value}", highlight=False)
+
+
+@accounts_app.command("list")
+@one_line_errors
+def accounts_list(db: DatabaseOption = None) -> None:
+    """Accounts with their policy, limits, keys and logged requests."""
+    table = Table("name", "policy", "rpm", "tpm", "keys", "requests", "created")
+    for a in list_accounts(Store(db)):
+        table.add_row(
+            a.name,
+            a.policy.value,
+            str(a.requests_per_minute or ""),
+            str(a.tokens_per_minute or ""),
+            str(a.active_keys),
+            str(a.requests_logged),
+            f"{a.created_at:%Y-%m-%d %H:%M}",
+        )
+    Console().print(table)

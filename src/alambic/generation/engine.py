@@ -1,0 +1,182 @@
+"""The generation engine: a worker thread that owns the model and runs the continuous-batching loop.
+
+Callers submit requests from any thread or event loop; `stream` and `complete` bridge to asyncio,
+`generate` serves offline code. All of them go through the same `DecodeBatch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from alambic.errors import InvalidRequestError, ServerBusyError
+from alambic.generation.batch import DecodeBatch, Sequence
+from alambic.generation.params import Completion, FinishEvent, GenerationEvent, GenerationRequest
+from alambic.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[GenerationEvent | Exception], None]
+
+
+class GenerationHandle:
+    """A submitted request; `cancel` frees its rows in the batch at the next token boundary."""
+
+    def __init__(self, request: GenerationRequest, sink: EventSink) -> None:
+        self.request = request
+        self.sink = sink
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class GenerationEngine:
+    """Owns one model; batches every request in flight, up to `max_batch_size` sequences at a time."""
+
+    def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 32, max_queue: int = 4096) -> None:
+        self.loaded = loaded
+        self.max_batch_size = max_batch_size
+        self.batch = DecodeBatch(loaded)
+        self._pending: queue.Queue[GenerationHandle] = queue.Queue(maxsize=max_queue)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.steps = 0
+
+    @property
+    def active_sequences(self) -> int:
+        return len(self.batch)
+
+    @property
+    def queued_requests(self) -> int:
+        return self._pending.qsize()
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
+        """Queue a request; `sink` receives its events (or an exception) from the worker thread."""
+        if not 1 <= request.n <= self.max_batch_size:
+            raise InvalidRequestError(f"n must be between 1 and {self.max_batch_size}.", param="n")
+        if not request.prompt_ids:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._ensure_started()
+        handle = GenerationHandle(request, sink)
+        try:
+            self._pending.put_nowait(handle)
+        except queue.Full:
+            raise ServerBusyError("The server has too many queued requests; retry later.") from None
+        return handle
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Events of one request as they are generated; leaving early cancels the request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent | Exception] = asyncio.Queue()
+        handle = self.submit(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        finished = 0
+        try:
+            while finished < request.n:
+                event = await events.get()
+                if isinstance(event, Exception):
+                    raise event
+                finished += isinstance(event, FinishEvent)
+                yield event
+        finally:
+            if finished < request.n:
+                handle.cancel()
+
+    async def complete(self, request: GenerationRequest) -> list[Completion]:
+        """All `n` completions of a request, in sample order."""
+        done = [e.completion async for e in self.stream(request) if isinstance(e, FinishEvent)]
+        return sorted(done, key=lambda c: c.index)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        """Blocking, for offline code: every request batched together, completions in request order."""
+        results: list[list[Completion]] = [[] for _ in requests]
+        remaining = threading.Semaphore(0)
+        failures: list[Exception] = []
+
+        def sink_for(slot: list[Completion]) -> EventSink:
+            def sink(event: GenerationEvent | Exception) -> None:
+                if isinstance(event, Exception):
+                    failures.append(event)
+                    remaining.release()
+                elif isinstance(event, FinishEvent):
+                    slot.append(event.completion)
+                    remaining.release()
+
+            return sink
+
+        for request, slot in zip(requests, results, strict=True):
+            self.submit(request, sink_for(slot))
+        for _ in range(sum(r.n for r in requests)):
+            remaining.acquire()
+            if failures:
+                raise failures[0]
+        return [sorted(slot, key=lambda c: c.index) for slot in results]
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="alambic-generation", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            joining = self._take_joining()
+            try:
+                if joining:
+                    self.batch.admit(joining)
+                if len(self.batch):
+                    self.batch.step()
+                    self.steps += 1
+            except Exception as error:  # the model failed: fail the requests in flight, keep serving
+                logger.exception("generation step failed")
+                for sequence in joining:
+                    if sequence not in self.batch.sequences:
+                        sequence.emit(error)
+                self.batch.cancel_all(error)
+
+    def _take_joining(self) -> list[Sequence]:
+        """Requests that fit in the batch now; blocks briefly only when the batch is idle."""
+        joining: list[Sequence] = []
+        free = self.max_batch_size - len(self.batch)
+        while free > 0:
+            try:
+                idle = not (len(self.batch) or joining)
+                handle = self._pending.get(timeout=0.05) if idle else self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if handle.request.n > free:
+                self._requeue_front(handle)
+                break
+            if handle.cancelled:
+                continue
+            joining.extend(self._sequences(handle))
+            free -= handle.request.n
+        return joining
+
+    def _requeue_front(self, handle: GenerationHandle) -> None:
+        with self._pending.mutex:
+            self._pending.queue.appendleft(handle)
+            self._pending.not_empty.notify()
+
+    def _sequences(self, handle: GenerationHandle) -> list[Sequence]:
+        request = handle.request
+        return [
+            Sequence.create(
+                request.prompt_ids,
+                request.params,
+                index,
+                handle.sink,
+                self.loaded.tokenizer,
+                lambda: handle.cancelled,
+            )
+            for index in range(request.n)
+        ]

@@ -1,0 +1,81 @@
+"""The records that cross the generation boundary: what to sample, and what came out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class LogitsProcessor(Protocol):
+    """transformers' `LogitsProcessor` signature: (input_ids (1, T), scores (1, V)) -> scores (1, V)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor: ...
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one sequence. temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Applied in order to the model's logits before sampling (watermarks, antidistillation, bans).
+    logits_processors: tuple[LogitsProcessor, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A tokenised prompt and `n` independent samples of its continuation."""
+
+    prompt_ids: Sequence[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability under the served distribution and the top alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token, logprob), most likely first
+
+
+@dataclass
+class Completion:
+    """One finished sample. `token_ids` excludes the end-of-sequence token, so it is what usage counts."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A step of sample `index`: the text it released (may be empty while a stop string could still match)."""
+
+    index: int
+    text: str
+    logprob: TokenLogprob | None
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    index: int
+    completion: Completion
+
+
+GenerationEvent = TokenEvent | FinishEvent

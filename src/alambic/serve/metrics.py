@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway: requests, latency, tokens, and the engine's batch and queue."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from alambic.generation import GenerationEngine
+from alambic.store import RequestRecord
+
+
+class EngineCollector:
+    """Read at scrape time, so the figures are current without a background thread."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "alambic_active_sequences", "Sequences in the running batch.", value=self.engine.active_sequences
+        )
+        yield GaugeMetricFamily(
+            "alambic_queued_requests",
+            "Requests waiting to join the batch.",
+            value=self.engine.queued_requests,
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "alambic_requests",
+            "Requests by endpoint and status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "alambic_request_latency_seconds",
+            "Time from request to logged response.",
+            ["endpoint"],
+            buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.tokens = Counter("alambic_tokens", "Tokens processed.", ["kind"], registry=self.registry)
+        self.registry.register(EngineCollector(engine))
+
+    def observe(self, record: RequestRecord, _state: dict) -> None:
+        self.requests.labels(record.endpoint, str(record.status_code)).inc()
+        self.latency.labels(record.endpoint).observe((record.latency_ms or 0) / 1000)
+        self.tokens.labels("prompt").inc(record.prompt_tokens or 0)
+        self.tokens.labels("completion").inc(record.completion_tokens or 0)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

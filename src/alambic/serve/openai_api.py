@@ -1,0 +1,222 @@
+"""/v1: chat completions, text completions and models, on the shared generation engine."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from alambic import __version__
+from alambic.errors import AlambicError, ContextLengthError, InvalidRequestError, ModelNotFoundError
+from alambic.generation import (
+    Completion,
+    FinishEvent,
+    GenerationEngine,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from alambic.serve.formats import ChatFormat, CompletionFormat, ResponseFormat
+from alambic.serve.requestlog import RequestJournal
+from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from alambic.store import AccountPolicy, RequestRecord
+
+UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logit_bias")
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy endpoint
+FINGERPRINT = f"alambic-{__version__}"
+
+
+async def admitted_account(request: Request) -> AccountPolicy:
+    return await request.app.state.gatekeeper.admit(request)
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(admitted_account)])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    gateway: Gateway = request.app.state.gateway
+    return {
+        "object": "list",
+        "data": [{"id": gateway.model_name, "object": "model", "created": gateway.started, "owned_by": "alambic"}],
+    }
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    return await request.app.state.gateway.respond(request, body, ChatFormat)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    return await request.app.state.gateway.respond(request, body, CompletionFormat)
+
+
+class Gateway:
+    """Turns a validated OpenAI request into a generation request, and its results into a response."""
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        journal: RequestJournal,
+        *,
+        default_max_tokens: int,
+        max_tokens_limit: int,
+    ) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.tokenizer = engine.loaded.tokenizer
+        self.model_name = engine.loaded.name
+        self.context_length = engine.loaded.context_length
+        self.default_max_tokens = default_max_tokens
+        self.max_tokens_limit = max_tokens_limit
+        self.started = int(time.time())
+
+    async def respond(self, request: Request, body: SamplingFields, fmt: ResponseFormat):
+        record: RequestRecord = request.state.record
+        self._describe(record, body, fmt)
+        self._check_supported(body)
+        prompt_ids = fmt.prompt_ids(body, self.tokenizer)
+        record.prompt_tokens = len(prompt_ids)
+        params = self._sampling_params(body, fmt, len(prompt_ids))
+        record.max_tokens = params.max_tokens
+        generation = GenerationRequest(prompt_ids, params, n=body.n)
+        response_id = fmt.id_prefix + uuid.uuid4().hex
+        if body.stream:
+            events = self._stream(request, generation, fmt, response_id, body)
+            return StreamingResponse(events, media_type="text/event-stream")
+        completions = await self.engine.complete(generation)
+        self._record_result(record, completions)
+        return JSONResponse(
+            {
+                "id": response_id,
+                "object": fmt.object_name,
+                "created": int(time.time()),
+                "model": self.model_name,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [fmt.choice(c) for c in completions],
+                "usage": _usage(record),
+            }
+        )
+
+    async def _stream(
+        self,
+        request: Request,
+        generation: GenerationRequest,
+        fmt: ResponseFormat,
+        response_id: str,
+        body: SamplingFields,
+    ) -> AsyncIterator[str]:
+        record: RequestRecord = request.state.record
+        created = int(time.time())
+
+        def chunk(choices: list[dict], **extra: Any) -> str:
+            payload = {
+                "id": response_id,
+                "object": f"{fmt.object_name}.chunk" if fmt is ChatFormat else fmt.object_name,
+                "created": created,
+                "model": self.model_name,
+                "system_fingerprint": FINGERPRINT,
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        completions: list[Completion] = []
+        texts = [""] * generation.n
+        try:
+            for index in range(generation.n):
+                opening = fmt.opening_delta(index)
+                if opening is not None:
+                    yield chunk([opening])
+            async for event in self.engine.stream(generation):
+                if isinstance(event, TokenEvent):
+                    texts[event.index] += event.text
+                    if event.text or event.logprob is not None:
+                        yield chunk([fmt.delta(event.index, event.text, event.logprob)])
+                elif isinstance(event, FinishEvent):
+                    completions.append(event.completion)
+                    yield chunk([fmt.closing_delta(event.index, event.completion.finish_reason)])
+            self._record_result(record, sorted(completions, key=lambda c: c.index))
+            if body.stream_options is not None and body.stream_options.include_usage:
+                yield chunk([], usage=_usage(record))
+            await self.journal.commit(request.scope["state"])
+            yield "data: [DONE]\n\n"
+        except AlambicError as error:
+            record.error_type, record.error_message = error.code or error.error_type, error.message
+            yield f"data: {json.dumps(error.to_openai())}\n\n"
+        finally:
+            if not request.scope["state"].get("logged"):
+                record.response_texts = texts
+                record.completion_tokens = sum(len(c.token_ids) for c in completions) or None
+
+    def _describe(self, record: RequestRecord, body: SamplingFields, fmt: ResponseFormat) -> None:
+        """Copy what the client asked for into the log row, before anything can fail."""
+        record.model = body.model
+        record.stream = body.stream
+        record.n = body.n
+        record.max_tokens = body.requested_max_tokens()
+        record.temperature = body.temperature
+        record.top_p = body.top_p
+        record.seed = body.seed
+        record.stop = body.stop_sequences()
+        record.prompt = fmt.logged_prompt(body)
+        record.logprobs, record.top_logprobs = fmt.logprob_request(body)
+        record.parameters = body.model_dump(mode="json", exclude={"messages", "prompt"}, exclude_unset=True)
+
+    def _check_supported(self, body: SamplingFields) -> None:
+        if body.model != self.model_name:
+            raise ModelNotFoundError(body.model)
+        for field in UNSUPPORTED_FIELDS:
+            if (body.model_extra or {}).get(field):
+                raise InvalidRequestError(f"{field} is not supported by this server.", param=field)
+        for field in ("presence_penalty", "frequency_penalty"):
+            if getattr(body, field):
+                raise InvalidRequestError(f"{field} is not supported by this server.", param=field)
+
+    def _sampling_params(self, body: SamplingFields, fmt: ResponseFormat, prompt_tokens: int) -> SamplingParams:
+        room = self.context_length - prompt_tokens
+        if room <= 0:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_length} tokens; the prompt has {prompt_tokens}."
+            )
+        requested = body.requested_max_tokens()
+        if requested is not None and requested > self.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens is {requested}; this server allows at most {self.max_tokens_limit}.",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        if requested is not None and requested > room:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_length} tokens; the prompt has "
+                f"{prompt_tokens} and max_tokens asks for {requested} more."
+            )
+        default = COMPLETIONS_DEFAULT_MAX_TOKENS if fmt is CompletionFormat else self.default_max_tokens
+        logprobs, top_logprobs = fmt.logprob_request(body)
+        return SamplingParams(
+            max_tokens=requested or min(default, room),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=tuple(body.stop_sequences()),
+            seed=body.seed,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
+
+    @staticmethod
+    def _record_result(record: RequestRecord, completions: list[Completion]) -> None:
+        record.response_texts = [c.text for c in completions]
+        record.finish_reasons = [c.finish_reason for c in completions]
+        record.completion_tokens = sum(len(c.token_ids) for c in completions)
+
+
+def _usage(record: RequestRecord) -> dict[str, int]:
+    prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -1,0 +1,28 @@
+"""The store: accounts, hashed API keys, policies and the request log, in SQL (SQLite WAL or PostgreSQL)."""
+
+from alambic.store.accounts import (
+    AccountPolicy,
+    Policy,
+    authenticate,
+    create_account,
+    issue_key,
+    list_accounts,
+    set_policy,
+)
+from alambic.store.database import Store
+from alambic.store.requestlog import RequestRecord, UsageWindow, log_request, usage_since
+
+__all__ = [
+    "AccountPolicy",
+    "Policy",
+    "RequestRecord",
+    "Store",
+    "UsageWindow",
+    "authenticate",
+    "create_account",
+    "issue_key",
+    "list_accounts",
+    "log_request",
+    "set_policy",
+    "usage_since",
+]

@@ -1,0 +1,100 @@
+"""Tables. The request log is the monitor's raw material: one row per request, nothing left out.
+
+Changing a table means a new migration in `migrations/versions/`, never an edit of an old one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    # A missing JSON value is SQL NULL, not the JSON text 'null', so `IS NULL` finds it.
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads it from the class)
+        datetime: DateTime(timezone=True),
+        dict: JSON(none_as_null=True),
+        list: JSON(none_as_null=True),
+    }
+
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT for a log that grows.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    policy: Mapped[str] = mapped_column(String(16), default="allow")  # allow | throttle | block
+    requests_per_minute: Mapped[int | None]
+    tokens_per_minute: Mapped[int | None]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
+    prefix: Mapped[str] = mapped_column(String(16))  # shown to people to tell keys apart
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    revoked_at: Mapped[datetime | None]
+
+
+class PolicyChange(Base):
+    """Every change of an account's policy: who or what changed it and why (the monitor's actions land here)."""
+
+    __tablename__ = "policy_changes"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    changed_at: Mapped[datetime] = mapped_column(default=utc_now)
+    policy: Mapped[str] = mapped_column(String(16))
+    requests_per_minute: Mapped[int | None]
+    tokens_per_minute: Mapped[int | None]
+    actor: Mapped[str] = mapped_column(String(64))  # cli | admin-api | monitor
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RequestLog(Base):
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_account_time", "account_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)  # when the request arrived
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    status_code: Mapped[int]
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    model: Mapped[str | None] = mapped_column(String(200))
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    n: Mapped[int | None]
+    max_tokens: Mapped[int | None]
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    stop: Mapped[list | None]
+    logprobs: Mapped[bool | None] = mapped_column(Boolean)
+    top_logprobs: Mapped[int | None]
+    parameters: Mapped[dict | None]  # the whole request body but the prompt, as sent
+    prompt: Mapped[list | None]  # chat: the messages; completions: [prompt]
+    response_texts: Mapped[list | None]  # one text per choice
+    finish_reasons: Mapped[list | None]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    watermark_scheme: Mapped[str | None] = mapped_column(String(32))

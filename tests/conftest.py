@@ -1,0 +1,72 @@
+"""Shared fixtures: one tiny model and engine per session, a fresh store and live gateway per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from alambic.generation import GenerationEngine
+from alambic.models import LoadedModel, tiny_model
+from alambic.serve import GatewaySettings, create_app
+from alambic.serve.server import serve_in_thread
+from alambic.store import Policy, Store, create_account
+
+ADMIN_KEY = "test-admin-key"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def engine(tiny: LoadedModel) -> Iterator[GenerationEngine]:
+    engine = GenerationEngine(tiny, max_batch_size=32)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'alambic.db'}")
+    yield store
+    store.close()
+
+
+@dataclass
+class LiveGateway:
+    url: str
+    store: Store
+    model: str
+
+    def key(self, name: str, policy: Policy = Policy.ALLOW, **limits: int) -> str:
+        return create_account(self.store, name, policy=policy, **limits)
+
+    def client(self, key: str, **options) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **options)
+
+    def async_client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+
+    def post(self, path: str, key: str | None = None, **kwargs) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.post(f"{self.url}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def start_gateway(engine: GenerationEngine, store: Store, **settings) -> Iterator[LiveGateway]:
+    app = create_app(engine, store, GatewaySettings(admin_key=ADMIN_KEY, **settings))
+    with serve_in_thread(app) as url:
+        yield LiveGateway(url, store, engine.loaded.name)
+
+
+@pytest.fixture
+def gateway(engine: GenerationEngine, store: Store) -> Iterator[LiveGateway]:
+    yield from start_gateway(engine, store, max_tokens_limit=512)
