@@ -61,10 +61,8 @@ class Sequence:
 
     def finish(self, reason: FinishReason) -> None:
         rest = self.assembler.flush()
-        if rest:
-            self.emit(TokenEvent(self.index, rest, None))
         completion = Completion(self.index, self.assembler.text, self.generated, reason, self.logprobs)
-        self.emit(FinishEvent(self.index, completion))
+        self.emit(FinishEvent(self.index, completion, rest))
 
 
 class DecodeBatch:

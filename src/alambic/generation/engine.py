@@ -45,7 +45,7 @@ class GenerationEngine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.steps = 0
+        self.largest_batch = 0  # evidence that concurrent callers share forward passes
 
     @property
     def active_sequences(self) -> int:
@@ -134,8 +134,8 @@ class GenerationEngine:
                 if joining:
                     self.batch.admit(joining)
                 if len(self.batch):
+                    self.largest_batch = max(self.largest_batch, len(self.batch))
                     self.batch.step()
-                    self.steps += 1
             except Exception as error:  # the model failed: fail the requests in flight, keep serving
                 logger.exception("generation step failed")
                 for sequence in joining:

@@ -65,7 +65,7 @@ class Completion:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """A step of sample `index`: the text it released (may be empty while a stop string could still match)."""
+    """One generated token of sample `index` and the text it released (empty while a stop string may match)."""
 
     index: int
     text: str
@@ -74,8 +74,11 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class FinishEvent:
+    """Sample `index` is over; `text` is what was still held back (a stop string's prefix that never matched)."""
+
     index: int
     completion: Completion
+    text: str = ""
 
 
 GenerationEvent = TokenEvent | FinishEvent

@@ -13,11 +13,15 @@ from alambic.errors import (
     AlambicError,
     InvalidRequestError,
     NotFoundError,
+    PayloadTooLargeError,
     RateLimitError,
     ValidationFailedError,
 )
 
 logger = logging.getLogger(__name__)
+
+# Pydantic's error types when the body as a whole is absent or not a JSON object.
+WHOLE_BODY_ERRORS = {"missing", "model_attributes_type", "model_type", "dict_type"}
 
 
 def error_response(request: Request, error: AlambicError) -> JSONResponse:
@@ -37,7 +41,7 @@ def describe_validation_error(error: RequestValidationError) -> AlambicError:
         return InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json")
     fields = [str(part) for part in first["loc"] if part != "body"]
     param = ".".join(fields) or None
-    if not fields:  # the body as a whole: absent, or not a JSON object
+    if not fields and first["type"] in WHOLE_BODY_ERRORS:
         return InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     message = f"{param}: {first['msg']}" if param else first["msg"]
     return ValidationFailedError(message, param=param, code="invalid_value")
@@ -54,12 +58,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        wrapped = (
-            NotFoundError(f"Unknown path {request.url.path}.", code="unknown_url")
-            if error.status_code == 404
-            else AlambicError(str(error.detail))
-        )
-        wrapped.status_code = error.status_code
+        if error.status_code == 404:
+            wrapped: AlambicError = NotFoundError(f"Unknown path {request.url.path}.", code="unknown_url")
+        elif error.status_code == 413:
+            wrapped = PayloadTooLargeError(str(error.detail), code="request_too_large")
+        else:
+            wrapped = AlambicError(str(error.detail))
+            wrapped.status_code = error.status_code
         return error_response(request, wrapped)
 
     @app.exception_handler(Exception)

@@ -42,10 +42,17 @@ class GatewayMetrics:
             buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=self.registry,
         )
+        self.overhead = Histogram(
+            "alambic_gateway_overhead_seconds",
+            "Time a request spends in authentication, policy and logging.",
+            buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
         self.tokens = Counter("alambic_tokens", "Tokens processed.", ["kind"], registry=self.registry)
         self.registry.register(EngineCollector(engine))
 
-    def observe(self, record: RequestRecord, _state: dict) -> None:
+    def observe(self, record: RequestRecord, state: dict) -> None:
+        self.overhead.observe(state["overhead_s"])
         self.requests.labels(record.endpoint, str(record.status_code)).inc()
         self.latency.labels(record.endpoint).observe((record.latency_ms or 0) / 1000)
         self.tokens.labels("prompt").inc(record.prompt_tokens or 0)

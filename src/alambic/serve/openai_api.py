@@ -128,7 +128,7 @@ class Gateway:
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         completions: list[Completion] = []
-        texts = [""] * generation.n
+        texts, token_counts = [""] * generation.n, [0] * generation.n
         try:
             for index in range(generation.n):
                 opening = fmt.opening_delta(index)
@@ -137,10 +137,14 @@ class Gateway:
             async for event in self.engine.stream(generation):
                 if isinstance(event, TokenEvent):
                     texts[event.index] += event.text
+                    token_counts[event.index] += 1
                     if event.text or event.logprob is not None:
                         yield chunk([fmt.delta(event.index, event.text, event.logprob)])
                 elif isinstance(event, FinishEvent):
                     completions.append(event.completion)
+                    if event.text:
+                        texts[event.index] += event.text
+                        yield chunk([fmt.delta(event.index, event.text, None)])
                     yield chunk([fmt.closing_delta(event.index, event.completion.finish_reason)])
             self._record_result(record, sorted(completions, key=lambda c: c.index))
             if body.stream_options is not None and body.stream_options.include_usage:
@@ -153,7 +157,7 @@ class Gateway:
         finally:
             if not request.scope["state"].get("logged"):
                 record.response_texts = texts
-                record.completion_tokens = sum(len(c.token_ids) for c in completions) or None
+                record.completion_tokens = sum(token_counts)
 
     def _describe(self, record: RequestRecord, body: SamplingFields, fmt: ResponseFormat) -> None:
         """Copy what the client asked for into the log row, before anything can fail."""

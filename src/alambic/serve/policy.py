@@ -8,6 +8,7 @@ flight in this process count too, so a burst cannot slip in before its rows are 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,13 @@ class Gatekeeper:
 
     async def admit(self, request: Request) -> AccountPolicy:
         """The caller's account, or an error (401, 403, 429) that the handlers turn into a response."""
+        started = time.perf_counter()
+        try:
+            return await self._admit(request)
+        finally:
+            request.scope["state"]["overhead_s"] += time.perf_counter() - started
+
+    async def _admit(self, request: Request) -> AccountPolicy:
         key = bearer_token(request)
         account = await anyio.to_thread.run_sync(authenticate, self.store, key)
         if account is None:

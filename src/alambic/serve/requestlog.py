@@ -12,9 +12,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import anyio
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alambic.errors import PayloadTooLargeError
 from alambic.store import RequestRecord, Store, log_request
 
 LOGGED_PREFIX = "/v1/"
@@ -32,9 +32,11 @@ class RequestJournal:
             return
         state["logged"] = True
         record: RequestRecord = state["record"]
-        record.latency_ms = (time.perf_counter() - state["started"]) * 1000
+        started = time.perf_counter()
+        record.latency_ms = (started - state["started"]) * 1000
         with anyio.CancelScope(shield=True):  # a client hanging up must not lose the row
             await anyio.to_thread.run_sync(log_request, self.store, record)
+        state["overhead_s"] += time.perf_counter() - started
         for listener in self.listeners:
             listener(record, state)
 
@@ -53,6 +55,7 @@ class RequestLogMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         client = scope.get("client")
         state["started"] = time.perf_counter()
+        state["overhead_s"] = 0.0  # time spent on the gateway's own bookkeeping: auth, policy, logging
         state["record"] = record = RequestRecord(
             created_at=datetime.now(UTC),
             endpoint=scope["path"],
@@ -107,8 +110,9 @@ class RequestLogMiddleware:
         return counting_receive
 
 
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"The request body is larger than {limit} bytes.", code="request_too_large")
+def _too_large(limit: int) -> HTTPException:
+    # Raised while FastAPI reads the body, which lets only HTTPException through as what it is.
+    return HTTPException(413, f"The request body is larger than {limit} bytes.")
 
 
 def _refuse(limit: int) -> Receive:

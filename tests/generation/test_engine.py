@@ -1,0 +1,133 @@
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from alambic.errors import InvalidRequestError
+from alambic.generation import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+
+QUESTIONS = ["Hi", "What is the capital of France?", "Write a long poem about the sea and the wind, please."]
+
+
+def chat_ids(tokenizer, question):
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+class ForceTokens:
+    """A logits processor that makes the model write `token_ids`, one per step after the prompt."""
+
+    def __init__(self, prompt_length, token_ids):
+        self.prompt_length, self.token_ids = prompt_length, token_ids
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.token_ids[step % len(self.token_ids)]] = 0.0
+        return forced
+
+
+@pytest.fixture
+def prompts(tiny):
+    return [chat_ids(tiny.tokenizer, q) for q in QUESTIONS]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(max_tokens=24, temperature=0), SamplingParams(max_tokens=24, temperature=0.9, top_p=0.9, seed=7)],
+    ids=["greedy", "sampled"],
+)
+def test_batched_generation_equals_one_at_a_time(engine, prompts, params):
+    requests = [GenerationRequest(p, params) for p in prompts]
+    alone = [engine.generate([r])[0][0] for r in requests]
+    together = [c[0] for c in engine.generate(requests)]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert all(len(c.token_ids) == 24 and c.finish_reason == "length" for c in together)
+
+
+def test_a_request_joining_mid_batch_is_answered_as_if_alone(engine, prompts):
+    long_request = GenerationRequest(prompts[2], SamplingParams(max_tokens=60, temperature=0))
+    late_request = GenerationRequest(prompts[1], SamplingParams(max_tokens=20, temperature=0.8, seed=11))
+    expected_long, expected_late = engine.generate([long_request])[0][0], engine.generate([late_request])[0][0]
+
+    started, finished, results = threading.Event(), threading.Semaphore(0), {}
+
+    def sink_for(name):
+        def sink(event):
+            if isinstance(event, TokenEvent) and len(results.setdefault(name + "-tokens", [])) < 10:
+                results[name + "-tokens"].append(event)
+                if name == "long" and len(results[name + "-tokens"]) == 10:
+                    started.set()
+            if isinstance(event, FinishEvent):
+                results[name] = event.completion
+                finished.release()
+
+        return sink
+
+    engine.submit(long_request, sink_for("long"))
+    assert started.wait(30)
+    engine.submit(late_request, sink_for("late"))
+    finished.acquire(timeout=60), finished.acquire(timeout=60)
+    assert results["long"].token_ids == expected_long.token_ids
+    assert results["late"].token_ids == expected_late.token_ids
+
+
+def test_logits_processors_steer_generation_and_stop_strings_cut_it(engine, tiny, prompts):
+    words = tiny.tokenizer.encode(" alpha beta STOP gamma")
+    params = SamplingParams(max_tokens=40, stop=("STOP",), logits_processors=(ForceTokens(len(prompts[0]), words),))
+    [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
+    assert completion.text == " alpha beta "
+    assert completion.finish_reason == "stop"
+
+
+def test_end_of_sequence_stops_and_is_not_counted(engine, tiny, prompts):
+    words = [*tiny.tokenizer.encode(" one two"), 2]
+    params = SamplingParams(max_tokens=40, logits_processors=(ForceTokens(len(prompts[0]), words),))
+    [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
+    assert (completion.text, completion.finish_reason) == (" one two", "stop")
+    assert completion.token_ids == words[:-1]
+
+
+def test_logprobs_are_the_model_distribution_with_sorted_alternatives(engine, tiny, prompts):
+    params = SamplingParams(max_tokens=5, temperature=0, logprobs=True, top_logprobs=4)
+    [[completion]] = engine.generate([GenerationRequest(prompts[1], params)])
+    assert len(completion.logprobs) == len(completion.token_ids) == 5
+    with torch.inference_mode():
+        first = torch.log_softmax(tiny.model(torch.tensor([prompts[1]])).logits[0, -1], -1)
+    record = completion.logprobs[0]
+    assert record.token_id == completion.token_ids[0] == int(first.argmax())
+    assert record.logprob == pytest.approx(float(first.max()), abs=1e-4)
+    top_values = [lp for _, _, lp in record.top]
+    assert len(top_values) == 4 and top_values == sorted(top_values, reverse=True)
+    assert record.top[0][0] == record.token_id  # greedy picks the most likely
+
+
+def test_n_samples_with_a_seed_are_distinct_and_reproducible(engine, prompts):
+    request = GenerationRequest(prompts[1], SamplingParams(max_tokens=12, seed=5), n=3)
+    first, again = engine.generate([request])[0], engine.generate([request])[0]
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert len({tuple(c.token_ids) for c in first}) == 3
+    assert [c.index for c in first] == [0, 1, 2]
+
+
+async def test_leaving_a_stream_cancels_the_request_and_frees_its_slot(engine, prompts):
+    request = GenerationRequest(prompts[0], SamplingParams(max_tokens=1000))
+    received = 0
+    async for _event in engine.stream(request):
+        received += 1
+        if received == 3:
+            break
+    for _ in range(200):
+        if engine.active_sequences == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.active_sequences == 0
+
+
+def test_invalid_requests_are_refused_before_queueing(engine):
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest([], SamplingParams()), lambda e: None)
+    with pytest.raises(InvalidRequestError, match="n must be"):
+        engine.submit(GenerationRequest([1, 2], SamplingParams(), n=1000), lambda e: None)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from alambic.generation import SamplingParams
+from alambic.generation.sampling import choose_tokens, served_logprobs
+
+
+def draws(logits, params, n=400, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [choose_tokens(logits, [params], [generator])[0] for _ in range(n)]
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, 2.9, -1.0]])
+    assert draws(logits, SamplingParams(temperature=0), n=5) == [1] * 5
+
+
+def test_top_k_samples_only_the_k_best():
+    logits = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    assert set(draws(logits, SamplingParams(top_k=2))) == {3, 4}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert set(draws(probs.log(), SamplingParams(top_p=0.7))) == {0, 1}
+    assert set(draws(probs.log(), SamplingParams(top_p=0.4))) == {0}
+
+
+def test_sampling_follows_the_distribution():
+    probs = torch.tensor([[0.7, 0.2, 0.1]])
+    sample = draws(probs.log(), SamplingParams(temperature=1.0), n=3000)
+    frequencies = [sample.count(i) / len(sample) for i in range(3)]
+    assert frequencies == [pytest.approx(f, abs=0.03) for f in (0.7, 0.2, 0.1)]
+
+
+def test_same_seed_same_draws():
+    logits = torch.randn(1, 50)
+    assert draws(logits, SamplingParams(), seed=3) == draws(logits, SamplingParams(), seed=3)
+    assert draws(logits, SamplingParams(), seed=3) != draws(logits, SamplingParams(), seed=4)
+
+
+def test_served_logprobs_are_normalised():
+    logprobs = served_logprobs(torch.randn(3, 100))
+    torch.testing.assert_close(logprobs.exp().sum(-1), torch.ones(3))

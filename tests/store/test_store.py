@@ -1,0 +1,97 @@
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from alambic.errors import AccountNotFoundError, ConflictError, InvalidRequestError
+from alambic.store import (
+    Policy,
+    RequestRecord,
+    Store,
+    authenticate,
+    create_account,
+    issue_key,
+    list_accounts,
+    log_request,
+    set_policy,
+    usage_since,
+)
+from alambic.store.schema import ApiKey, PolicyChange
+
+
+def test_migrations_create_every_table_in_wal_mode(store):
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"accounts", "api_keys", "policy_changes", "requests", "alembic_version"} <= tables
+    with store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_reopening_an_existing_store_keeps_its_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    key = create_account(Store(url), "alice")
+    assert authenticate(Store(url), key).name == "alice"
+
+
+def test_only_a_hash_of_the_key_is_stored(store):
+    key = create_account(store, "alice")
+    with store.session() as session:
+        stored = session.scalars(select(ApiKey)).one()
+    assert key not in (stored.key_hash, stored.prefix) and len(stored.key_hash) == 64
+    database = Path(store.url.removeprefix("sqlite:///"))
+    on_disk = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))  # db, -wal, -shm
+    assert stored.key_hash.encode() in on_disk and key.encode() not in on_disk
+
+
+def test_keys_authenticate_their_account_and_nothing_else(store):
+    alice, bob = create_account(store, "alice"), create_account(store, "bob")
+    second = issue_key(store, "alice")
+    assert authenticate(store, alice).name == authenticate(store, second).name == "alice"
+    assert authenticate(store, bob).name == "bob"
+    assert authenticate(store, alice + "x") is None
+
+
+def test_policy_changes_are_applied_and_recorded(store):
+    create_account(store, "alice")
+    set_policy(store, "alice", Policy.THROTTLE, requests_per_minute=5, actor="admin-api", reason="burst")
+    [summary] = list_accounts(store)
+    assert (summary.policy, summary.requests_per_minute) == (Policy.THROTTLE, 5)
+    with store.session() as session:
+        change = session.scalars(select(PolicyChange)).one()
+    assert (change.policy, change.actor, change.reason) == ("throttle", "admin-api", "burst")
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: create_account(s, "alice"), ConflictError),
+        (lambda s: create_account(s, "  "), InvalidRequestError),
+        (lambda s: set_policy(s, "nobody", Policy.BLOCK), AccountNotFoundError),
+        (lambda s: set_policy(s, "alice", Policy.THROTTLE), InvalidRequestError),
+        (lambda s: set_policy(s, "alice", Policy.THROTTLE, requests_per_minute=0), InvalidRequestError),
+    ],
+)
+def test_bad_account_operations_are_clear_errors(store, call, error):
+    create_account(store, "alice")
+    with pytest.raises(error):
+        call(store)
+
+
+def test_usage_window_counts_served_requests_and_tokens(store):
+    create_account(store, "alice")
+    account = authenticate(store, issue_key(store, "alice"))
+    now = datetime.now(UTC)
+
+    def log(seconds_ago, status, tokens):
+        record = RequestRecord(created_at=now - timedelta(seconds=seconds_ago), endpoint="/v1/x", method="POST")
+        record.account_id, record.status_code = account.account_id, status
+        record.prompt_tokens, record.completion_tokens = tokens, tokens
+        log_request(store, record)
+
+    log(90, 200, 100)  # outside the window
+    log(30, 200, 10)
+    log(20, 429, 0)  # refused: does not count
+    log(10, 200, 5)
+    usage = usage_since(store, account.account_id, now - timedelta(minutes=1))
+    assert (usage.requests, usage.tokens) == (2, 30)
+    assert abs((usage.oldest.replace(tzinfo=UTC) - (now - timedelta(seconds=30))).total_seconds()) < 0.01
