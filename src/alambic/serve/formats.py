@@ -13,6 +13,7 @@ from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 class ChatFormat:
     object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
     @staticmethod
@@ -67,6 +68,7 @@ class ChatFormat:
 
 class CompletionFormat:
     object_name = "text_completion"
+    chunk_object_name = "text_completion"
     id_prefix = "cmpl-"
 
     @staticmethod

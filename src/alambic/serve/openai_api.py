@@ -118,7 +118,7 @@ class Gateway:
         def chunk(choices: list[dict], **extra: Any) -> str:
             payload = {
                 "id": response_id,
-                "object": f"{fmt.object_name}.chunk" if fmt is ChatFormat else fmt.object_name,
+                "object": fmt.chunk_object_name,
                 "created": created,
                 "model": self.model_name,
                 "system_fingerprint": FINGERPRINT,
