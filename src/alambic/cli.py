@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -71,9 +70,6 @@ def serve(
     settings = GatewaySettings(
         admin_key=admin_key, default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit
     )
-    # The generation thread holds the GIL between torch calls; a short switch interval keeps the event
-    # loop's auth and logging from queueing behind it for the default 5 ms at every hand-off.
-    sys.setswitchinterval(0.0005)
     console.print(f"Serving [bold]{loaded.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
     try:
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
