@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from alambic.generation import GenerationEngine
 from alambic.models import LoadedModel, tiny_model
@@ -17,7 +21,7 @@ from alambic.serve.server import serve_in_thread
 from alambic.store import Policy, Store, create_account
 
 ADMIN_KEY = "test-admin-key"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+POSTGRES_URL = os.environ.get("ALAMBIC_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +36,37 @@ def engine(tiny: LoadedModel) -> Iterator[GenerationEngine]:
     engine.close()
 
 
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file, or a new database on the CI's PostgreSQL server."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'alambic.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("no PostgreSQL: set ALAMBIC_TEST_POSTGRES_URL (.ci/run starts a server)")
+    name = f"alambic_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every test that uses the store runs on SQLite and on PostgreSQL."""
+    with fresh_database(request.param, tmp_path) as url:
+        store = Store(url)
+        yield store
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     store = Store(f"sqlite:///{tmp_path / 'alambic.db'}")
     yield store
     store.close()

@@ -18,8 +18,8 @@ def teacher_engine():
 
 
 @pytest.fixture
-def teacher_gateway(teacher_engine, store):
-    yield from start_gateway(teacher_engine, store)
+def teacher_gateway(teacher_engine, sqlite_store):
+    yield from start_gateway(teacher_engine, sqlite_store)
 
 
 def test_real_teacher_answers_streams_and_gives_logprobs(teacher_gateway):

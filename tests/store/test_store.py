@@ -20,10 +20,13 @@ from alambic.store import (
 from alambic.store.schema import ApiKey, PolicyChange
 
 
-def test_migrations_create_every_table_in_wal_mode(store):
+def test_migrations_create_every_table(store):
     tables = set(inspect(store.engine).get_table_names())
     assert {"accounts", "api_keys", "policy_changes", "requests", "alembic_version"} <= tables
-    with store.engine.connect() as connection:
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_store):
+    with sqlite_store.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
@@ -33,7 +36,8 @@ def test_reopening_an_existing_store_keeps_its_data(tmp_path):
     assert authenticate(Store(url), key).name == "alice"
 
 
-def test_only_a_hash_of_the_key_is_stored(store):
+def test_only_a_hash_of_the_key_is_stored(sqlite_store):
+    store = sqlite_store
     key = create_account(store, "alice")
     with store.session() as session:
         stored = session.scalars(select(ApiKey)).one()
