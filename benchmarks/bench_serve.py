@@ -17,6 +17,7 @@ import httpx
 import openai
 
 from alambic.generation import GenerationEngine, GenerationRequest, SamplingParams
+from alambic.generation.backends import TransformersBackend
 from alambic.models import load_model
 from alambic.store import Store, create_account
 from common import GatewayProcess, sharegpt_first_turns, write_result
@@ -42,7 +43,7 @@ async def run_concurrently(concurrency: int, prompts: list, ask) -> tuple[int, f
 
 
 async def in_process(engine: GenerationEngine, concurrency: int, prompts: list) -> tuple[int, float]:
-    tokenizer = engine.loaded.tokenizer
+    tokenizer = engine.backend.tokenizer
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
 
     async def ask(messages):
@@ -101,7 +102,7 @@ def idle_overhead_ms(url: str, key: str, requests: int = 50) -> float:
 async def main() -> None:
     loaded = load_model("smollm2")
     prompts = sharegpt_first_turns(max(REQUESTS.values()), loaded.tokenizer)
-    engine = GenerationEngine(loaded)
+    engine = GenerationEngine(TransformersBackend(loaded))
     rows = {}
     for concurrency, count in REQUESTS.items():
         tokens, seconds = await in_process(engine, concurrency, prompts[:count])

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from alambic.generation import GenerationEngine
+from alambic.generation.backends import TransformersBackend
 from alambic.models import LoadedModel, tiny_model
 from alambic.serve import GatewaySettings, create_app
 from alambic.serve.server import serve_in_thread
@@ -31,7 +32,7 @@ def tiny() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def engine(tiny: LoadedModel) -> Iterator[GenerationEngine]:
-    engine = GenerationEngine(tiny, max_batch_size=32)
+    engine = GenerationEngine(TransformersBackend(tiny), max_batch_size=32)
     yield engine
     engine.close()
 
@@ -97,7 +98,7 @@ class LiveGateway:
 def start_gateway(engine: GenerationEngine, store: Store, **settings) -> Iterator[LiveGateway]:
     app = create_app(engine, store, GatewaySettings(admin_key=ADMIN_KEY, **settings))
     with serve_in_thread(app) as url:
-        yield LiveGateway(url, store, engine.loaded.name)
+        yield LiveGateway(url, store, engine.backend.name)
 
 
 @pytest.fixture

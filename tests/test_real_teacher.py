@@ -3,6 +3,7 @@
 import pytest
 
 from alambic.generation import GenerationEngine
+from alambic.generation.backends import TransformersBackend
 from alambic.models import load_model
 from conftest import start_gateway
 
@@ -12,7 +13,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def teacher_engine():
-    engine = GenerationEngine(load_model("smollm2"))
+    engine = GenerationEngine(TransformersBackend(load_model("smollm2")))
     yield engine
     engine.close()
 

@@ -60,13 +60,14 @@ def serve(
     import uvicorn
 
     from alambic.generation import GenerationEngine
+    from alambic.generation.backends import TransformersBackend
     from alambic.models import load_model
     from alambic.serve import GatewaySettings, create_app
 
     with console.status(f"Loading {model} (the first load of smollm2 converts its GGUF once)…"):
         loaded = load_model(model)
     store = Store(db)
-    engine = GenerationEngine(loaded, max_batch_size=max_batch_size)
+    engine = GenerationEngine(TransformersBackend(loaded), max_batch_size=max_batch_size)
     settings = GatewaySettings(
         admin_key=admin_key, default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit
     )

@@ -13,9 +13,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 from alambic.errors import InvalidRequestError, ServerBusyError
+from alambic.generation.backends import ModelBackend
 from alambic.generation.batch import DecodeBatch, Sequence
 from alambic.generation.params import Completion, FinishEvent, GenerationEvent, GenerationRequest
-from alambic.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,12 @@ class GenerationHandle:
 
 
 class GenerationEngine:
-    """Owns one model; batches every request in flight, up to `max_batch_size` sequences at a time."""
+    """Owns one model backend; batches every request in flight, up to `max_batch_size` sequences at a time."""
 
-    def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 32, max_queue: int = 4096) -> None:
-        self.loaded = loaded
+    def __init__(self, backend: ModelBackend, *, max_batch_size: int = 32, max_queue: int = 4096) -> None:
+        self.backend = backend
         self.max_batch_size = max_batch_size
-        self.batch = DecodeBatch(loaded)
+        self.batch = DecodeBatch(backend)
         self._pending: queue.Queue[GenerationHandle] = queue.Queue(maxsize=max_queue)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,7 +175,7 @@ class GenerationEngine:
                 request.params,
                 index,
                 handle.sink,
-                self.loaded.tokenizer,
+                self.backend.tokenizer,
                 lambda: handle.cancelled,
             )
             for index in range(request.n)

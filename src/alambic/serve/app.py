@@ -52,7 +52,7 @@ def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings
     async def healthz() -> dict:
         return {
             "status": "ok",
-            "model": engine.loaded.name,
+            "model": engine.backend.name,
             "active_sequences": engine.active_sequences,
             "queued_requests": engine.queued_requests,
         }

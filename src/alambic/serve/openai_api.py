@@ -70,9 +70,9 @@ class Gateway:
     ) -> None:
         self.engine = engine
         self.journal = journal
-        self.tokenizer = engine.loaded.tokenizer
-        self.model_name = engine.loaded.name
-        self.context_length = engine.loaded.context_length
+        self.tokenizer = engine.backend.tokenizer
+        self.model_name = engine.backend.name
+        self.context_length = engine.backend.context_length
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
         self.started = int(time.time())
