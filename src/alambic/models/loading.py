@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from alambic.errors import ModelNotFoundError
 from alambic.paths import cache_dir
@@ -39,11 +45,16 @@ class LoadedModel:
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return frozenset(ids)
+        return end_of_sequence_ids(self.model.generation_config, self.tokenizer)
+
+
+def end_of_sequence_ids(generation_config: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every token that ends a sequence: the generation config's and the tokenizer's."""
+    ids = generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return frozenset(ids)
 
 
 def smollm2_gguf_path() -> Path:

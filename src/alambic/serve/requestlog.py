@@ -53,6 +53,9 @@ class RequestLogMiddleware:
             return
         state = scope.setdefault("state", {})
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # /v1 speaks JSON only: parse the body as JSON whatever type the client declared (curl -d says form).
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+        scope["headers"].append((b"content-type", b"application/json"))
         client = scope.get("client")
         state["started"] = time.perf_counter()
         state["overhead_s"] = 0.0  # time spent on the gateway's own bookkeeping: auth, policy, logging

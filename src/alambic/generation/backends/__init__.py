@@ -2,5 +2,6 @@
 
 from alambic.generation.backends.base import ModelBackend
 from alambic.generation.backends.hf import TransformersBackend
+from alambic.generation.backends.select import BACKENDS, load_backend
 
-__all__ = ["ModelBackend", "TransformersBackend"]
+__all__ = ["BACKENDS", "ModelBackend", "TransformersBackend", "load_backend"]

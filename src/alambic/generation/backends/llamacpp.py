@@ -1,0 +1,154 @@
+"""llama.cpp backend: the GGUF runs in llama.cpp (llama-cpp-python's low-level API), sequences share
+one KV cache by sequence id, and the logits come back to alambic's own sampling loop, so logits
+processors, logprobs and seeds behave as with the transformers backend.
+
+Each call to `llama_decode` releases the GIL for the whole forward pass, so the gateway's event loop
+runs freely beside it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from alambic.errors import AlambicError, ServerBusyError
+
+try:
+    import llama_cpp
+except ImportError:  # an optional extra: pip install 'alambic[llamacpp]'
+    llama_cpp = None
+
+
+def require_llama_cpp():
+    """The llama_cpp module, initialised once and quiet, or a clear error when the extra is missing."""
+    if llama_cpp is None:
+        raise AlambicError("The llama.cpp backend needs llama-cpp-python: pip install 'alambic[llamacpp]'.")
+    if not hasattr(require_llama_cpp, "log_callback"):
+        llama_cpp.llama_backend_init()
+        require_llama_cpp.log_callback = _errors_only_log_callback()  # llama.cpp keeps calling it
+        llama_cpp.llama_log_set(require_llama_cpp.log_callback, ctypes.c_void_p())
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """Rows map to llama.cpp sequence ids; a row's KV lives in the shared cache under its id."""
+
+    def __init__(
+        self,
+        gguf_path: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        eos_token_ids: frozenset[int],
+        max_sequences: int = 32,
+        kv_tokens: int = 32768,
+        batch_tokens: int = 2048,
+        threads: int | None = None,
+    ) -> None:
+        require_llama_cpp()
+        self.name, self.tokenizer, self.eos_token_ids = name, tokenizer, eos_token_ids
+        self.model = llama_cpp.llama_model_load_from_file(
+            str(gguf_path).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not self.model:
+            raise AlambicError(f"llama.cpp could not load {gguf_path}.")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_tokens
+        params.n_batch = params.n_ubatch = batch_tokens
+        params.n_seq_max = max_sequences
+        params.kv_unified = True  # one pool of KV cells shared by all sequences: short ones leave room
+        threads = threads or torch.get_num_threads()
+        params.n_threads = params.n_threads_batch = threads
+        self.context = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.context:
+            raise AlambicError("llama.cpp could not create a context.")
+        self.memory = llama_cpp.llama_get_memory(self.context)
+        self.vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.context_length = min(llama_cpp.llama_model_n_ctx_train(self.model), kv_tokens)
+        self.batch_tokens = batch_tokens
+        self.batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
+        self.free_ids = list(range(max_sequences - 1, -1, -1))
+        self.sequence_ids: list[int] = []  # per row
+        self.positions: list[int] = []  # per row: the position its next token takes
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        if len(prompts) > len(self.free_ids):
+            raise ServerBusyError("llama.cpp has no free sequence slot.")
+        entries, last_of = [], {}
+        for prompt in prompts:
+            sequence_id = self.free_ids.pop()
+            self.sequence_ids.append(sequence_id)
+            self.positions.append(len(prompt))
+            for position, token in enumerate(prompt):
+                entries.append((token, position, sequence_id))
+            last_of[len(entries) - 1] = len(last_of)
+        logits = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
+        for start in range(0, len(entries), self.batch_tokens):
+            chunk = entries[start : start + self.batch_tokens]
+            wanted = [i for i in range(len(chunk)) if start + i in last_of]
+            self._decode(chunk, wanted)
+            for i in wanted:
+                logits[last_of[start + i]] = _floats(llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size)
+        return torch.from_numpy(logits)
+
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        entries = list(zip(tokens, self.positions, self.sequence_ids, strict=True))
+        self._decode(entries, list(range(len(entries))))
+        self.positions = [p + 1 for p in self.positions]
+        outputs = _floats(llama_cpp.llama_get_logits(self.context), len(entries) * self.vocab_size)
+        return torch.from_numpy(outputs.reshape(len(entries), self.vocab_size).copy())  # (B, V)
+
+    def keep(self, rows: list[int]) -> None:
+        kept = set(rows)
+        for row, sequence_id in enumerate(self.sequence_ids):
+            if row not in kept:
+                llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, -1, -1)
+                self.free_ids.append(sequence_id)
+        self.sequence_ids = [self.sequence_ids[row] for row in rows]
+        self.positions = [self.positions[row] for row in rows]
+
+    def _decode(self, entries: list[tuple[int, int, int]], wanted: list[int]) -> None:
+        batch = self.batch
+        batch.n_tokens = len(entries)
+        outputs = set(wanted)
+        for i, (token, position, sequence_id) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = sequence_id
+            batch.logits[i] = i in outputs
+        status = llama_cpp.llama_decode(self.context, batch)
+        if status == 1:
+            raise ServerBusyError("llama.cpp's KV cache is full; retry when fewer requests are running.")
+        if status != 0:
+            raise AlambicError(f"llama_decode failed with status {status}.")
+
+    def __del__(self) -> None:
+        if llama_cpp is not None and getattr(self, "context", None):
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.context)
+            llama_cpp.llama_model_free(self.model)
+
+
+def _floats(pointer, count: int) -> np.ndarray:
+    """A view of `count` floats that llama.cpp owns (valid until the next decode)."""
+    return np.ctypeslib.as_array(pointer, shape=(count,))
+
+
+GGML_LOG_LEVEL_ERROR = 4
+
+
+def _errors_only_log_callback():
+    """llama.cpp logs every load to stderr at length; pass on its errors only."""
+
+    @llama_cpp.llama_log_callback
+    def log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level == GGML_LOG_LEVEL_ERROR:
+            sys.stderr.write(text.decode(errors="replace"))
+
+    return log

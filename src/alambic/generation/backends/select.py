@@ -1,0 +1,47 @@
+"""Choosing a backend by name: `transformers` runs any model alambic loads, `llamacpp` runs GGUF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer, GenerationConfig
+
+from alambic.errors import InvalidRequestError
+from alambic.generation.backends.base import ModelBackend
+from alambic.generation.backends.hf import TransformersBackend
+from alambic.models import load_model, smollm2_directory
+from alambic.models.gguf import smollm2_gguf
+from alambic.models.loading import SMOLLM2, end_of_sequence_ids
+
+BACKENDS = ("transformers", "llamacpp")
+
+
+def load_backend(
+    model: str, backend: str = "transformers", *, gguf_type: str = "bf16", max_sequences: int = 32
+) -> ModelBackend:
+    """`model` is smollm2, tiny, a model directory, or (llamacpp only) a .gguf file."""
+    if backend == "transformers":
+        return TransformersBackend(load_model(model))
+    if backend != "llamacpp":
+        raise InvalidRequestError(f"Unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
+    from alambic.generation.backends.llamacpp import LlamaCppBackend
+
+    if model == SMOLLM2:
+        gguf, directory = smollm2_gguf(gguf_type), smollm2_directory()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        generation_config = GenerationConfig.from_pretrained(directory)
+    elif model.endswith(".gguf") and Path(model).is_file():
+        gguf = Path(model)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
+    else:
+        raise InvalidRequestError(
+            f"The llama.cpp backend runs GGUF models: smollm2 or a .gguf file, not '{model}'.", param="model"
+        )
+    return LlamaCppBackend(
+        gguf,
+        tokenizer,
+        name=model,
+        eos_token_ids=end_of_sequence_ids(generation_config, tokenizer),
+        max_sequences=max_sequences,
+    )
