@@ -90,6 +90,17 @@ def test_end_of_sequence_stops_and_is_not_counted(engine, tiny, prompts):
     assert completion.token_ids == words[:-1]
 
 
+def test_min_tokens_holds_off_the_end_of_sequence(engine, tiny, prompts):
+    def end_now(_input_ids, scores):  # the model would end at once
+        scores = scores.clone()
+        scores[:, 2] += 100.0
+        return scores
+
+    params = SamplingParams(max_tokens=10, min_tokens=4, logits_processors=(end_now,))
+    [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
+    assert len(completion.token_ids) == 4 and completion.finish_reason == "stop"
+
+
 def test_logprobs_are_the_model_distribution_with_sorted_alternatives(engine, tiny, prompts):
     params = SamplingParams(max_tokens=5, temperature=0, logprobs=True, top_logprobs=4)
     [[completion]] = engine.generate([GenerationRequest(prompts[1], params)])

@@ -127,7 +127,9 @@ class DecodeBatch:
         self.backend.keep(rows)
 
     def _apply_logits_processors(self, logits: torch.Tensor) -> torch.Tensor:
-        if not any(s.params.logits_processors for s in self.sequences):
+        """The rows' logits processors in order, then the ban on ending before `min_tokens`."""
+        too_short = [row for row, s in enumerate(self.sequences) if len(s.generated) < s.params.min_tokens]
+        if not too_short and not any(s.params.logits_processors for s in self.sequences):
             return logits
         logits = logits.clone()
         for row, sequence in enumerate(self.sequences):
@@ -138,6 +140,9 @@ class DecodeBatch:
             for processor in sequence.params.logits_processors:
                 row_scores = processor(ids, row_scores)
             logits[row] = row_scores[0]
+        if too_short:
+            eos = torch.tensor(sorted(self.backend.eos_token_ids))
+            logits[torch.tensor(too_short).unsqueeze(1), eos] = -torch.inf
         return logits
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, params: SamplingParams) -> TokenLogprob:

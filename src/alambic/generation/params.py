@@ -22,6 +22,7 @@ class SamplingParams:
     """How to sample one sequence. temperature 0 is greedy; top_k 0 and top_p 1 are off."""
 
     max_tokens: int = 16
+    min_tokens: int = 0  # end-of-sequence is not sampled before this many tokens (as vLLM's min_tokens)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0

@@ -205,6 +205,7 @@ class Gateway:
         logprobs, top_logprobs = fmt.logprob_request(body)
         return SamplingParams(
             max_tokens=requested or min(default, room),
+            min_tokens=body.min_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,

@@ -42,6 +42,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="Extension (as in vLLM): sample from the k most likely tokens.")
+    min_tokens: int = Field(0, ge=0, description="Extension (as in vLLM): no end of sequence before this many.")
     n: int = Field(1, ge=1, le=32)
     stop: str | list[str] | None = None
     seed: int | None = None
