@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -11,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alambic.errors import AlambicError
+from alambic.harvest.keys import KeyStrategy
 from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy
 
 app = typer.Typer(no_args_is_help=True, help="Serve, distill, detect and prove distillation between LMs.")
@@ -83,6 +86,65 @@ def serve(
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
     finally:
         engine.close()
+
+
+@app.command()
+@one_line_errors
+def harvest(
+    endpoint: Annotated[str, typer.Option(help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")],
+    model: Annotated[str, typer.Option(help="The model to ask.")],
+    prompts: Annotated[Path, typer.Option(help="JSONL, JSON, CSV, Parquet or text file of prompts.")],
+    out: Annotated[Path, typer.Option(help="Dataset directory; run again with the same one to resume.")],
+    api_key: Annotated[
+        list[str], typer.Option("--api-key", envvar="ALAMBIC_API_KEY", help="Repeat to rotate over several keys.")
+    ],
+    field: Annotated[str | None, typer.Option(help="The prompt's field (a list of strings is a conversation).")] = None,
+    system: Annotated[str | None, typer.Option(help="A system message sent before every prompt.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 16,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    n: Annotated[int, typer.Option(min=1, max=32, help="Samples per prompt.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed sent with every request.")] = None,
+    top_logprobs: Annotated[
+        int | None, typer.Option(min=0, max=20, help="Ask for logprobs with this many alternatives.")
+    ] = None,
+    key_strategy: Annotated[KeyStrategy, typer.Option(help="How requests are spread over the keys.")] = (
+        KeyStrategy.ROUND_ROBIN
+    ),
+    rpm_per_key: Annotated[float | None, typer.Option(help="Requests per minute per key.")] = None,
+    jitter: Annotated[float, typer.Option(min=0.0, max=0.99, help="Random spread of each gap, as a fraction.")] = 0.0,
+    pause_every: Annotated[int | None, typer.Option(min=1, help="Rest a key after this many requests.")] = None,
+    pause_seconds: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    max_attempts: Annotated[int, typer.Option(min=1)] = 8,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 120.0,
+    token_budget: Annotated[int | None, typer.Option(min=1, help="Stop after this many tokens.")] = None,
+    cost_budget: Annotated[float | None, typer.Option(min=0.0, help="Stop after this much money.")] = None,
+    price_per_1k_prompt: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    price_per_1k_completion: Annotated[float, typer.Option(min=0.0)] = 0.0,
+) -> None:
+    """Collect a teacher's answers to PROMPTS into a dataset directory, resumably."""
+    from alambic.harvest import Budget, HarvestJob, Pacing, RetryPolicy, Sampling, load_prompts, run_harvest
+    from alambic.harvest.progress import HarvestProgress
+
+    job = HarvestJob(
+        endpoint=endpoint,
+        model=model,
+        api_keys=tuple(api_key),
+        prompts=tuple(load_prompts(prompts, field, system=system)),
+        out=out,
+        concurrency=concurrency,
+        sampling=Sampling(max_tokens, temperature, top_p, n, seed, (), top_logprobs),
+        key_strategy=key_strategy,
+        pacing=Pacing(rpm_per_key, jitter, pause_every, pause_seconds),
+        retry=RetryPolicy(max_attempts=max_attempts, timeout_s=timeout),
+        budget=Budget(token_budget, cost_budget, price_per_1k_prompt, price_per_1k_completion),
+    )
+    with HarvestProgress(console) as progress:
+        stats = asyncio.run(run_harvest(job, progress.update))
+    progress.summarise(stats, out)
+    if stats.status not in ("complete", "budget_exhausted"):
+        raise typer.Exit(1)
 
 
 @accounts_app.command("create")

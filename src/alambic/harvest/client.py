@@ -1,0 +1,78 @@
+"""One chat request through the official openai client, retried the way a polite, persistent client would.
+
+Retried: 429 (after its Retry-After, else backoff), 5xx, timeouts and connection errors, with exponential
+backoff and full jitter. Any other 4xx is final: asking again would get the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from alambic.harvest.keys import ApiKey, KeyPool
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    timeout_s: float = 120.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+
+
+class RequestFailed(Exception):
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+async def create_with_retries(
+    client: openai.AsyncOpenAI,
+    pool: KeyPool,
+    key: ApiKey,
+    request: dict,
+    policy: RetryPolicy,
+    retries: Counter[str],
+    rng: random.Random,
+) -> tuple[ChatCompletion, int]:
+    """The completion and the number of attempts it took; RequestFailed when it will not come."""
+    for attempt in range(1, policy.max_attempts + 1):
+        await pool.wait_turn(key)
+        try:
+            return await client.chat.completions.create(**request), attempt
+        except openai.RateLimitError as error:
+            reason, delay = "429", _retry_after(error) or policy.backoff(attempt, rng)
+        except openai.APITimeoutError:
+            reason, delay = "timeout", policy.backoff(attempt, rng)
+        except openai.APIConnectionError:
+            reason, delay = "connection", policy.backoff(attempt, rng)
+        except openai.APIStatusError as error:
+            if error.status_code < 500:
+                raise RequestFailed(f"HTTP {error.status_code}: {_message(error)}", attempt) from None
+            reason, delay = "5xx", policy.backoff(attempt, rng)
+        if attempt == policy.max_attempts:
+            raise RequestFailed(f"gave up after {attempt} attempts (last: {reason})", attempt)
+        retries[reason] += 1
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    value = error.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to backoff
+        return None
+
+
+def _message(error: openai.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return str(body.get("message") or body.get("error", {}).get("message") or error.message)

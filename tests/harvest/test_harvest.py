@@ -1,0 +1,143 @@
+"""Harvesting from the gateway serving the tiny model."""
+
+import json
+from pathlib import Path
+
+import datasets
+from sqlalchemy import func, select
+
+from alambic.harvest import HarvestDataset, HarvestJob, KeyStrategy, Pacing, Prompt, Sampling, harvest
+from alambic.store.schema import RequestLog
+
+
+def prompts(count, prefix="Question"):
+    return tuple(Prompt.of(f"{prefix} number {i}: what do you think?") for i in range(count))
+
+
+def job(gateway, out, keys, items, **options):
+    return HarvestJob(
+        endpoint=f"{gateway.url}/v1",
+        model="tiny",
+        api_keys=tuple(keys),
+        prompts=items,
+        out=Path(out),
+        sampling=options.pop("sampling", Sampling(max_tokens=6, seed=1)),
+        **options,
+    )
+
+
+def rows(out):
+    return [json.loads(line) for shard in sorted(Path(out, "data").glob("*.jsonl")) for line in shard.open()]
+
+
+def test_500_prompts_at_concurrency_32_give_500_rows_and_500_logged_requests(gateway, tmp_path):
+    items = prompts(500)
+    stats = harvest(job(gateway, tmp_path / "out", [gateway.key("harvester")], items, concurrency=32))
+    assert stats.status == "complete" and stats.rows_done == 500
+    written = rows(tmp_path / "out")
+    assert sorted(r["prompt_id"] for r in written) == sorted(p.prompt_id for p in items)
+    with gateway.store.session() as session:
+        logged, prompt_tokens, completion_tokens = session.execute(
+            select(func.count(), func.sum(RequestLog.prompt_tokens), func.sum(RequestLog.completion_tokens))
+        ).one()
+    assert logged == 500
+    assert sum(r["prompt_tokens"] for r in written) == prompt_tokens
+    assert sum(r["completion_tokens"] for r in written) == completion_tokens == stats.completion_tokens
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows_done"] == 500 and manifest["model"] == "tiny"
+
+    loaded = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    assert loaded.num_rows == 500 and {"prompt_id", "messages", "answer"} <= set(loaded.column_names)
+
+
+def test_a_second_run_asks_nothing_more(gateway, tmp_path):
+    key = gateway.key("harvester")
+    items = prompts(20)
+    harvest(job(gateway, tmp_path / "out", [key], items))
+    again = harvest(job(gateway, tmp_path / "out", [key], items))
+    assert again.rows_written == 0 and again.status == "complete"
+    assert len(rows(tmp_path / "out")) == 20
+
+
+def test_conversations_are_replayed_with_the_teachers_replies(gateway, tmp_path):
+    conversation = Prompt.of(["Hello there", "And then?", "Finally?"])
+    harvest(job(gateway, tmp_path / "out", [gateway.key("harvester")], (conversation,)))
+    turns = sorted(rows(tmp_path / "out"), key=lambda r: r["turn"])
+    assert [r["turn"] for r in turns] == [0, 1, 2]
+    assert [m["role"] for m in turns[2]["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[2]["messages"][1]["content"] == turns[0]["answer"]
+    assert turns[2]["messages"][3]["content"] == turns[1]["answer"]
+
+
+def test_samples_and_logprobs_are_kept(gateway, tmp_path):
+    sampling = Sampling(max_tokens=5, n=3, seed=2, top_logprobs=4)
+    harvest(job(gateway, tmp_path / "out", [gateway.key("harvester")], prompts(4), sampling=sampling))
+    written = rows(tmp_path / "out")
+    assert len(written) == 12 and {r["sample"] for r in written} == {0, 1, 2}
+    for row in written:
+        assert len(row["logprobs"]) == row["completion_tokens"] > 0
+        assert all(len(t["top_logprobs"]) == 4 for t in row["logprobs"])
+
+
+def test_a_torn_last_line_is_repaired_on_resume(gateway, tmp_path):
+    key = gateway.key("harvester")
+    items = prompts(10)
+    harvest(job(gateway, tmp_path / "out", [key], items))
+    [shard] = Path(tmp_path / "out" / "data").glob("*.jsonl")
+    content = shard.read_bytes()
+    shard.write_bytes(content[: len(content) - 40])  # the last row cut mid-line, as by kill -9
+    assert len(HarvestDataset(tmp_path / "out").done) == 9
+    harvest(job(gateway, tmp_path / "out", [key], items))
+    assert sorted(r["prompt_id"] for r in rows(tmp_path / "out")) == sorted(p.prompt_id for p in items)
+
+
+def test_a_prompt_that_keeps_failing_is_recorded_and_the_rest_complete(gateway, tmp_path):
+    items = (*prompts(5), Prompt.of("word " * 2100))  # longer than the tiny model's context: a 400
+    stats = harvest(job(gateway, tmp_path / "out", [gateway.key("harvester")], items))
+    assert stats.rows_done == 5 and stats.failed == 1 and stats.status == "incomplete"
+    [error] = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").open()]
+    assert error["prompt_id"] == items[-1].prompt_id and "HTTP 400" in error["error"] and error["attempts"] == 1
+
+
+def test_token_budget_stops_the_job_cleanly(gateway, tmp_path):
+    stats = harvest(
+        job(gateway, tmp_path / "out", [gateway.key("harvester")], prompts(50), concurrency=1, budget=budget(200))
+    )
+    assert stats.status == "budget_exhausted"
+    assert 0 < len(rows(tmp_path / "out")) < 50
+    assert stats.prompt_tokens + stats.completion_tokens >= 200
+
+
+def budget(tokens):
+    from alambic.harvest import Budget
+
+    return Budget(max_tokens=tokens, price_per_1k_prompt_tokens=0.5, price_per_1k_completion_tokens=1.5)
+
+
+def test_keys_share_the_prompts_by_strategy_with_pacing(gateway, tmp_path):
+    keys = [gateway.key(f"linked-{i}") for i in range(20)]
+    items = prompts(1000)
+    pacing = Pacing(requests_per_minute=600, jitter=0.2)  # a gap of 0.1 s ± 20% per key
+    stats = harvest(
+        job(gateway, tmp_path / "out", keys, items, concurrency=32, key_strategy=KeyStrategy.SHARD, pacing=pacing)
+    )
+    assert stats.status == "complete"
+    with gateway.store.session() as session:
+        per_account = session.execute(select(RequestLog.account_id, func.count()).group_by(RequestLog.account_id)).all()
+        times = session.execute(
+            select(RequestLog.account_id, RequestLog.created_at).order_by(RequestLog.created_at)
+        ).all()
+    assert len(per_account) == 20 and sum(count for _, count in per_account) == 1000
+    # shard: each key owns the prompts its hash picks
+    expected = {}
+    for prompt in items:
+        index = int(prompt.prompt_id[:8], 16) % 20
+        expected[index] = expected.get(index, 0) + 1
+    assert sorted(count for _, count in per_account) == sorted(expected.values())
+    gaps = []
+    last = {}
+    for account, created in times:
+        if account in last:
+            gaps.append((created - last[account]).total_seconds())
+        last[account] = created
+    assert min(gaps) >= 0.1 * 0.8 - 0.02  # never faster than the pacing allows
