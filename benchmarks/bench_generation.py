@@ -1,6 +1,7 @@
 """Generation speed on this CPU: alambic's engine on each backend vs transformers' and llama.cpp's own loops.
 
-Real teacher, ShareGPT first turns, exactly 128 new tokens per request (end of sequence held off),
+Each engine runs in a process of its own, set up as `alambic serve` sets it up. Real teacher, ShareGPT
+first turns, exactly 128 new tokens per request (end of sequence held off),
 greedy, 1/4/16/32 concurrent streams, all in one run. Anchors measured in the same run:
 `transformers.generate` (batch = streams) and llama-cpp-python's own `create_completion` (one stream;
 it has no batching). Run: `.venv/bin/python benchmarks/bench_generation.py`.
@@ -8,6 +9,10 @@ it has no batching). Run: `.venv/bin/python benchmarks/bench_generation.py`.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -84,6 +89,12 @@ def measure_llama_cpp_python(prompt: list[int], eos: int) -> dict:
     return {"tok_s": count / seconds, "tok_s_per_stream": count / seconds, "ttft_s": first - started}
 
 
+def median_run(measure, streams: int) -> dict:
+    """One stream lasts about a second on llama.cpp: take the median of 5 runs there, one run elsewhere."""
+    runs = sorted((measure() for _ in range(5 if streams == 1 else 1)), key=lambda figures: figures["tok_s"])
+    return runs[len(runs) // 2]
+
+
 def peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
@@ -100,6 +111,33 @@ def flops_per_token(config, context: int) -> float:
     per_layer = hidden * hidden * 2 + hidden * kv * 2 + 3 * hidden * config.intermediate_size
     attention = 4 * layers * context * hidden
     return 2 * (layers * per_layer + hidden * config.vocab_size) + attention
+
+
+def engine_figures(backend: str) -> dict[int, dict]:
+    """alambic's engine on `backend`, in a process started as `alambic serve --backend` starts it."""
+    environment = {**os.environ}
+    if backend == "llamacpp":
+        environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `alambic serve --backend llamacpp` does
+    child = subprocess.run(
+        [sys.executable, __file__, "--engine", backend], env=environment, capture_output=True, text=True, check=True
+    )
+    return {int(streams): figures for streams, figures in json.loads(child.stdout.splitlines()[-1]).items()}
+
+
+def measure_backend(backend: str) -> None:
+    """The child's side: print {streams: figures} as one JSON line."""
+    engine = GenerationEngine(load_backend("smollm2", backend, gguf_type=GGUF_TYPE), max_batch_size=max(STREAMS))
+    tokenizer = engine.backend.tokenizer
+    prompts = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for m in sharegpt_first_turns(max(STREAMS), tokenizer)
+    ]
+    measure_engine(engine, prompts, 1)  # warm-up
+    figures = {
+        streams: median_run(lambda s=streams: measure_engine(engine, prompts, s), streams) for streams in STREAMS
+    }
+    print(json.dumps(figures))
+    engine.close()
 
 
 def main() -> None:
@@ -123,14 +161,12 @@ def main() -> None:
 
     for streams in STREAMS:
         record("transformers.generate", streams, measure_hf_generate(loaded.model, tokenizer, prompts, streams), "fp32")
-    record("llama-cpp-python", 1, measure_llama_cpp_python(prompts[0], tokenizer.eos_token_id), "bf16")
+    anchor = median_run(lambda: measure_llama_cpp_python(prompts[0], tokenizer.eos_token_id), 1)
+    record("llama-cpp-python", 1, anchor, "bf16")
 
     for backend, peak in (("transformers", "fp32"), ("llamacpp", "bf16")):
-        engine = GenerationEngine(load_backend("smollm2", backend, gguf_type=GGUF_TYPE), max_batch_size=max(STREAMS))
-        measure_engine(engine, prompts, 1)  # warm-up
-        for streams in STREAMS:
-            record(f"alambic-{backend}", streams, measure_engine(engine, prompts, streams), peak)
-        engine.close()
+        for streams, figures in engine_figures(backend).items():
+            record(f"alambic-{backend}", streams, figures, peak)
 
     best = max(rows["alambic-transformers"][16]["tok_s"], rows["alambic-llamacpp"][16]["tok_s"])
     result = {
@@ -157,4 +193,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--engine":
+        measure_backend(sys.argv[2])
+    else:
+        main()

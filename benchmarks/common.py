@@ -36,6 +36,7 @@ class GatewayProcess:
     """`alambic serve` in a subprocess, so the client's CPU use is not the server's."""
 
     def __init__(self, *args: str, db: str) -> None:
+        """`args` are `alambic serve`'s options; the server's output goes to this process's."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]

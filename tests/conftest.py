@@ -23,6 +23,7 @@ from alambic.store import Policy, Store, create_account
 
 ADMIN_KEY = "test-admin-key"
 POSTGRES_URL = os.environ.get("ALAMBIC_TEST_POSTGRES_URL")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # read in place, never copied here
 
 
 @pytest.fixture(scope="session")

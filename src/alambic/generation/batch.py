@@ -76,8 +76,10 @@ class DecodeBatch:
     @torch.inference_mode()
     def admit(self, joining: list[Sequence]) -> None:
         """Prefill `joining` and add it to the running batch."""
+        # The running rows' logits may live in the backend's buffer, which the prefill overwrites.
+        running = None if self.next_logits is None else self.next_logits.clone()
         logits = self.backend.prefill([s.prompt_ids for s in joining])
-        self.next_logits = logits if self.next_logits is None else torch.cat([self.next_logits, logits])
+        self.next_logits = logits if running is None else torch.cat([running, logits])
         self.sequences.extend(joining)
 
     @torch.inference_mode()
@@ -127,11 +129,11 @@ class DecodeBatch:
         self.backend.keep(rows)
 
     def _apply_logits_processors(self, logits: torch.Tensor) -> torch.Tensor:
-        """The rows' logits processors in order, then the ban on ending before `min_tokens`."""
+        """The rows' logits processors in order, then the ban on ending before `min_tokens` (in place: the
+        batch's logits serve this step only)."""
         too_short = [row for row, s in enumerate(self.sequences) if len(s.generated) < s.params.min_tokens]
         if not too_short and not any(s.params.logits_processors for s in self.sequences):
             return logits
-        logits = logits.clone()
         for row, sequence in enumerate(self.sequences):
             if not sequence.params.logits_processors:
                 continue

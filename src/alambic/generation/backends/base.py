@@ -25,7 +25,9 @@ class ModelBackend(Protocol):
         ...
 
     def decode(self, tokens: list[int]) -> torch.Tensor:
-        """Feed one token to every row, in row order; the logits of each row's next token, (rows, V)."""
+        """Feed one token to every row, in row order; the logits of each row's next token, (rows, V).
+
+        The tensor may be the backend's own buffer: valid, and writable, until the next call."""
         ...
 
     def keep(self, rows: list[int]) -> None:

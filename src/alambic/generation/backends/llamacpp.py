@@ -101,7 +101,7 @@ class LlamaCppBackend:
         self._decode(entries, list(range(len(entries))))
         self.positions = [p + 1 for p in self.positions]
         outputs = _floats(llama_cpp.llama_get_logits(self.context), len(entries) * self.vocab_size)
-        return torch.from_numpy(outputs.reshape(len(entries), self.vocab_size).copy())  # (B, V)
+        return torch.from_numpy(outputs.reshape(len(entries), self.vocab_size))  # (B, V), valid until next decode
 
     def keep(self, rows: list[int]) -> None:
         kept = set(rows)
