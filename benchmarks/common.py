@@ -8,11 +8,11 @@ import platform
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import torch
+
+from alambic.serve.server import wait_until_ready
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,16 +45,7 @@ class GatewayProcess:
             [sys.executable, "-m", "alambic", "serve", "--port", str(self.port), *args],
             env={**os.environ, "ALAMBIC_DB": db},
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.ConnectError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("the gateway exited") from None
-                time.sleep(0.25)
-        raise TimeoutError("the gateway did not start")
+        wait_until_ready(self.url, alive=lambda: self.process.poll() is None)
 
     def close(self) -> None:
         self.process.terminate()

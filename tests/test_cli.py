@@ -4,10 +4,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
+
+from alambic.serve.server import wait_until_ready
 
 
 def alambic(*args, db, check=True):
@@ -70,14 +71,7 @@ def test_serve_answers_and_follows_policy_changes_made_from_the_cli(db):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                assert server.poll() is None, server.stdout.read().decode()
-                time.sleep(0.2)
+        wait_until_ready(url, timeout_s=120, alive=lambda: server.poll() is None)
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         headers = {"Authorization": f"Bearer {key}"}
         assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alambic.errors import AlambicError
+from alambic.harvest.dataset import ShardFormat
 from alambic.harvest.keys import KeyStrategy
 from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy
 
@@ -129,6 +130,9 @@ def harvest(
     cost_budget: Annotated[float | None, typer.Option(min=0.0, help="Stop after this much money.")] = None,
     price_per_1k_prompt: Annotated[float, typer.Option(min=0.0)] = 0.0,
     price_per_1k_completion: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    shard_format: Annotated[ShardFormat, typer.Option("--format", help="Shards as JSONL or Parquet.")] = (
+        ShardFormat.JSONL
+    ),
 ) -> None:
     """Collect a teacher's answers to PROMPTS into a dataset directory, resumably."""
     from alambic.harvest import Budget, HarvestJob, Pacing, RetryPolicy, Sampling, load_prompts, run_harvest
@@ -146,6 +150,7 @@ def harvest(
         pacing=Pacing(rpm_per_key, jitter, pause_every, pause_seconds),
         retry=RetryPolicy(max_attempts=max_attempts, timeout_s=timeout),
         budget=Budget(token_budget, cost_budget, price_per_1k_prompt, price_per_1k_completion),
+        shard_format=shard_format,
     )
     with HarvestProgress(console) as progress:
         stats = asyncio.run(run_harvest(job, progress.update))

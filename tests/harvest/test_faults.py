@@ -74,7 +74,7 @@ def test_harvest_completes_through_429s_500s_and_timeouts(tmp_path):
             )
         )
     assert stats.status == "complete" and stats.failed == 0
-    written = [json.loads(line) for shard in Path(tmp_path / "out" / "data").glob("*.jsonl") for line in shard.open()]
+    written = [json.loads(line) for shard in Path(tmp_path / "out").glob("part-*.jsonl") for line in shard.open()]
     keys = Counter((r["prompt_id"], r["sample"]) for r in written)
     assert set(keys) == {(p.prompt_id, s) for p in items for s in (0, 1)} and max(keys.values()) == 1
     assert stats.retries["429"] == outcomes["429"] and stats.retries["5xx"] == outcomes["500"]
@@ -99,12 +99,12 @@ def test_killed_three_times_then_resumed_every_prompt_is_answered_exactly_once(g
         time.sleep(rng.uniform(2.0, 4.0))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    partial = sum(1 for shard in (out / "data").glob("*.jsonl") for _ in shard.open())
+    partial = sum(1 for shard in out.glob("part-*.jsonl") for _ in shard.open())
     assert partial < 400  # the kills landed mid-harvest
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    lines = [line for shard in (out / "data").glob("*.jsonl") for line in shard.read_text().splitlines()]
+    lines = [line for shard in out.glob("part-*.jsonl") for line in shard.read_text().splitlines()]
     written = [json.loads(line) for line in lines]  # every line whole
     ids = Counter(r["prompt_id"] for r in written)
     assert len(ids) == 400 and set(ids.values()) == {1}

@@ -1,9 +1,11 @@
-"""The harvest directory: append-only JSONL shards of answers, a log of failures, and a manifest.
+"""The harvest directory: shards of answers (`part-*.jsonl` or `part-*.parquet`), a log of failures
+(`errors.log`, JSON lines), a manifest, and a dataset card so `datasets.load_dataset(DIR)` reads the shards.
 
-A row is one line, written whole and flushed before the next request is counted done, so the rows are the
-record of what is done: after a crash (kill -9 included) the next run truncates a torn last line, reads
-which (prompt, turn, sample) have rows, and asks only for the rest. Each run appends to shards of its own.
-`datasets.load_dataset(DIR)` reads `data/*.jsonl` through the dataset card (README.md).
+The shards are the record of what is done; nothing else is. JSONL: a row is one line, flushed as soon as it
+is written; after a crash (kill -9 included) the next run cuts a torn last line. Parquet: rows are buffered
+and each flush writes a whole new file atomically (rename), so a crash loses at most the buffered answers,
+which the next run asks again. Either way the next run reads which (prompt, turn, sample) have rows and asks
+only for the rest: no row lost, none duplicated.
 """
 
 from __future__ import annotations
@@ -11,27 +13,37 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from alambic.errors import InvalidRequestError
 
 RowKey = tuple[str, int, int]  # (prompt_id, turn, sample)
-ROWS_PER_SHARD = 10_000
+ROWS_PER_JSONL_SHARD = 10_000
 DATASET_CARD = """---
 configs:
 - config_name: default
   data_files:
   - split: train
-    path: "data/*.jsonl"
+    path: "part-*.{suffix}"
 ---
 # Teacher answers harvested by alambic
 
 One row per answer: `prompt_id`, `turn`, `sample`, `messages` (what was sent), `answer`, `finish_reason`,
-`logprobs` (when asked), token counts, latency, the key used (as its SHA-256) and the time.
+`logprobs` (when asked), token counts, latency, attempts, the key used (as its SHA-256) and the time.
 `manifest.json` holds the endpoint, the model, the sampling parameters, the counts and the cost;
-`errors.jsonl` the prompts that kept failing.
+`errors.log` the prompts that kept failing.
 """
+
+
+class ShardFormat(StrEnum):
+    JSONL = "jsonl"
+    PARQUET = "parquet"
 
 
 @dataclass
@@ -58,35 +70,47 @@ class AnswerRow:
 
 
 class HarvestDataset:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(
+        self, directory: str | Path, shard_format: ShardFormat = ShardFormat.JSONL, *, parquet_flush_rows: int = 256
+    ) -> None:
         self.directory = Path(directory)
-        self.data_dir = self.directory / "data"
         if self.directory.exists() and not self.directory.is_dir():
             raise InvalidRequestError(f"{self.directory} exists and is not a directory.", param="out")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.directory / "README.md").write_text(DATASET_CARD)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.format = shard_format
+        self.parquet_flush_rows = parquet_flush_rows
+        (self.directory / "README.md").write_text(DATASET_CARD.format(suffix=shard_format.value))
         self.done: dict[RowKey, AnswerRow] = {}
-        for shard in sorted(self.data_dir.glob("*.jsonl")):
-            for row in _read_repairing(shard):
-                self.done.setdefault(row.key, row)
-        self._run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        for shard in sorted(self.directory.glob("part-*.jsonl")):
+            self._remember(_read_jsonl_repairing(shard))
+        for shard in sorted(self.directory.glob("part-*.parquet")):
+            self._remember(AnswerRow(**row) for row in pq.read_table(shard).to_pylist())
+        self._run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # never another run's name
         self._shard_number = 0
-        self._rows_in_shard = 0
-        self._shard = None
+        self._jsonl = None
+        self._rows_in_jsonl = 0
+        self._buffer: list[AnswerRow] = []
 
     def write(self, row: AnswerRow) -> None:
-        """Append one row as one line; it counts as done once this returns."""
+        """Store one answer. JSONL: durable on return. Parquet: durable at the next flush."""
         if row.key in self.done:
             return
-        if self._shard is None or self._rows_in_shard >= ROWS_PER_SHARD:
-            self._open_next_shard()
-        self._shard.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-        self._shard.flush()  # in the kernel now: survives the process being killed
-        self._rows_in_shard += 1
         self.done[row.key] = row
+        if self.format is ShardFormat.PARQUET:
+            self._buffer.append(row)
+            if len(self._buffer) >= self.parquet_flush_rows:
+                self._flush_parquet()
+            return
+        if self._jsonl is None or self._rows_in_jsonl >= ROWS_PER_JSONL_SHARD:
+            self._close_jsonl()
+            self._jsonl = self._next_shard_path().open("a", encoding="utf-8")
+            self._rows_in_jsonl = 0
+        self._jsonl.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+        self._jsonl.flush()  # in the kernel now: survives the process being killed
+        self._rows_in_jsonl += 1
 
     def record_error(self, key: RowKey, error: str, attempts: int) -> None:
-        with (self.directory / "errors.jsonl").open("a", encoding="utf-8") as errors:
+        with (self.directory / "errors.log").open("a", encoding="utf-8") as errors:
             record = {"prompt_id": key[0], "turn": key[1], "sample": key[2], "error": error, "attempts": attempts}
             errors.write(json.dumps({**record, "time": time.time()}) + "\n")
 
@@ -96,20 +120,35 @@ class HarvestDataset:
         staging.replace(self.directory / "manifest.json")  # atomic
 
     def close(self) -> None:
-        if self._shard is not None:
-            os.fsync(self._shard.fileno())
-            self._shard.close()
-            self._shard = None
+        self._flush_parquet()
+        self._close_jsonl()
 
-    def _open_next_shard(self) -> None:
-        self.close()
-        path = self.data_dir / f"part-{self._run}-{self._shard_number:04d}.jsonl"
-        self._shard = path.open("a", encoding="utf-8")
+    def _remember(self, rows) -> None:
+        for row in rows:
+            self.done.setdefault(row.key, row)
+
+    def _next_shard_path(self) -> Path:
+        path = self.directory / f"part-{self._run}-{self._shard_number:04d}.{self.format.value}"
         self._shard_number += 1
-        self._rows_in_shard = 0
+        return path
+
+    def _flush_parquet(self) -> None:
+        if not self._buffer:
+            return
+        path = self._next_shard_path()
+        staging = path.with_suffix(".parquet.partial")
+        pq.write_table(pa.Table.from_pylist([asdict(row) for row in self._buffer]), staging)
+        staging.replace(path)  # atomic: a shard is whole or absent
+        self._buffer = []
+
+    def _close_jsonl(self) -> None:
+        if self._jsonl is not None:
+            os.fsync(self._jsonl.fileno())
+            self._jsonl.close()
+            self._jsonl = None
 
 
-def _read_repairing(shard: Path) -> list[AnswerRow]:
+def _read_jsonl_repairing(shard: Path) -> list[AnswerRow]:
     """The rows of a shard; a torn last line (the writer was killed mid-line) is cut off the file."""
     content = shard.read_bytes()
     complete = content[: content.rfind(b"\n") + 1]

@@ -20,7 +20,7 @@ import openai
 from alambic import __version__
 from alambic.errors import InvalidRequestError
 from alambic.harvest.client import RequestFailed, RetryPolicy, create_with_retries
-from alambic.harvest.dataset import AnswerRow, HarvestDataset
+from alambic.harvest.dataset import AnswerRow, HarvestDataset, ShardFormat
 from alambic.harvest.keys import KeyPool, KeyStrategy, Pacing
 from alambic.harvest.prompts import Prompt
 
@@ -75,6 +75,7 @@ class HarvestJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     budget: Budget = field(default_factory=Budget)
     seed: int | None = None  # for key choice and backoff jitter
+    shard_format: ShardFormat = ShardFormat.JSONL
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -105,7 +106,7 @@ ProgressCallback = Callable[[HarvestStats], None]
 
 
 async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = None) -> HarvestStats:
-    dataset = HarvestDataset(job.out)
+    dataset = HarvestDataset(job.out, job.shard_format)
     samples = job.sampling.n
     stats = HarvestStats(
         rows_total=sum(len(p.turns) for p in job.prompts) * samples,
@@ -247,6 +248,7 @@ def _manifest(job: HarvestJob, stats: HarvestStats) -> dict:
         "key_strategy": job.key_strategy.value,
         "pacing": asdict(job.pacing),
         "concurrency": job.concurrency,
+        "shard_format": job.shard_format.value,
         "prompts": len(job.prompts),
         "budget": asdict(job.budget),
         "status": stats.status,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -31,3 +32,18 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def wait_until_ready(url: str, *, timeout_s: float = 300, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll a gateway's /healthz until it answers; fail early if `alive()` says its process has died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not alive():
+            raise RuntimeError(f"the gateway at {url} exited before it was ready")
+        time.sleep(0.2)
+    raise TimeoutError(f"the gateway at {url} was not ready after {timeout_s} s")
