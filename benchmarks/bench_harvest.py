@@ -1,8 +1,8 @@
 """Is the harvester ever the bottleneck? Its request rate against the gateway's capacity, in one run.
 
 The gateway serves the tiny model in its own process on loopback. Capacity is what a bare load generator
-(httpx, no retries, no bookkeeping) gets at the same concurrency on the same requests; then the harvester
-runs the same requests. Also: the harvester's own CPU time per 1,000 requests.
+(httpx, reading each answer, no retries, no bookkeeping) gets at the same concurrency on the same requests;
+then the harvester runs the same requests. Also: the harvester's own CPU time per 1,000 requests.
 Run: `.venv/bin/python benchmarks/bench_harvest.py`.
 """
 
@@ -47,7 +47,9 @@ async def load_generator(url: str, key: str, items: list[Prompt]) -> float:
                     "max_tokens": MAX_TOKENS,
                     "seed": 1,
                 }
-                (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+                response.json()  # any client reads the answer
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))

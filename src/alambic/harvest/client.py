@@ -11,8 +11,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+import httpx
 import openai
-from openai.types.chat import ChatCompletion
 
 from alambic.harvest.keys import ApiKey, KeyPool
 
@@ -42,12 +42,16 @@ async def create_with_retries(
     policy: RetryPolicy,
     retries: Counter[str],
     rng: random.Random,
-) -> tuple[ChatCompletion, int]:
-    """The completion and the number of attempts it took; RequestFailed when it will not come."""
+) -> tuple[dict, int]:
+    """The completion (OpenAI's JSON) and the number of attempts it took; RequestFailed when it will not come."""
     for attempt in range(1, policy.max_attempts + 1):
         await pool.wait_turn(key)
         try:
-            return await client.chat.completions.create(**request), attempt
+            # The client's own low-level call: the same HTTP, auth and errors as `chat.completions.create`,
+            # without its walk over the typed parameters and the typed response (~1.5 ms of CPU a request,
+            # which on two cores the server would otherwise lose).
+            raw = await client.post("/chat/completions", body=request, cast_to=httpx.Response)
+            return raw.json(), attempt
         except openai.RateLimitError as error:
             reason, delay = "429", _retry_after(error) or policy.backoff(attempt, rng)
         except openai.APITimeoutError:

@@ -164,28 +164,28 @@ async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = No
                         dataset.record_error((prompt.prompt_id, turn, sample), str(failure), failure.attempts)
                     return  # later turns need this turn's answer
                 latency = time.monotonic() - started
-                usage = response.usage
-                stats.prompt_tokens += usage.prompt_tokens if usage else 0
-                stats.completion_tokens += usage.completion_tokens if usage else 0
+                usage = response.get("usage") or {}
+                stats.prompt_tokens += usage.get("prompt_tokens", 0)
+                stats.completion_tokens += usage.get("completion_tokens", 0)
                 stats.cost = job.budget.cost(stats.prompt_tokens, stats.completion_tokens)
-                for choice in response.choices:
-                    if choice.index not in missing:
+                for choice in response["choices"]:
+                    if choice["index"] not in missing:
                         continue
                     dataset.write(
                         AnswerRow(
                             prompt_id=prompt.prompt_id,
                             turn=turn,
-                            sample=choice.index,
+                            sample=choice["index"],
                             messages=list(messages),
-                            answer=choice.message.content or "",
-                            finish_reason=choice.finish_reason or "",
-                            prompt_tokens=usage.prompt_tokens if usage else 0,
+                            answer=choice["message"].get("content") or "",
+                            finish_reason=choice.get("finish_reason") or "",
+                            prompt_tokens=usage.get("prompt_tokens", 0),
                             completion_tokens=_completion_tokens(choice, usage, samples),
                             latency_s=latency,
                             attempts=attempts,
                             key_index=key.index,
                             key_sha256=key.sha256,
-                            model=response.model,
+                            model=response.get("model", job.model),
                             created_at=time.time(),
                             logprobs=_logprobs(choice),
                         )
@@ -218,23 +218,24 @@ def harvest(job: HarvestJob, on_progress: ProgressCallback | None = None) -> Har
     return asyncio.run(run_harvest(job, on_progress))
 
 
-def _completion_tokens(choice, usage, samples: int) -> int:
-    if choice.logprobs is not None and choice.logprobs.content is not None:
-        return len(choice.logprobs.content)
-    total = usage.completion_tokens if usage else 0
-    return total if samples == 1 else -1  # per-sample counts are unknown without logprobs when n > 1
+def _completion_tokens(choice: dict, usage: dict, samples: int) -> int:
+    tokens = (choice.get("logprobs") or {}).get("content")
+    if tokens is not None:
+        return len(tokens)
+    return usage.get("completion_tokens", 0) if samples == 1 else -1  # unknown per sample without logprobs
 
 
-def _logprobs(choice) -> list[dict] | None:
-    if choice.logprobs is None or choice.logprobs.content is None:
+def _logprobs(choice: dict) -> list[dict] | None:
+    tokens = (choice.get("logprobs") or {}).get("content")
+    if tokens is None:
         return None
     return [
         {
-            "token": t.token,
-            "logprob": t.logprob,
-            "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])],
+            "token": t["token"],
+            "logprob": t["logprob"],
+            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []],
         }
-        for t in choice.logprobs.content
+        for t in tokens
     ]
 
 
