@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alambic.errors import AlambicError
+from alambic.errors import AlambicError, InvalidRequestError
 from alambic.harvest.dataset import ShardFormat
 from alambic.harvest.keys import KeyStrategy
-from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy
+from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy, set_watermark
 
 app = typer.Typer(no_args_is_help=True, help="Serve, distill, detect and prove distillation between LMs.")
 accounts_app = typer.Typer(no_args_is_help=True, help="Accounts, API keys and policies.")
 app.add_typer(accounts_app, name="accounts")
 prompts_app = typer.Typer(no_args_is_help=True, help="Prompt sets: generate new ones from seeds.")
 app.add_typer(prompts_app, name="prompts")
+watermark_app = typer.Typer(no_args_is_help=True, help="Watermarks: detect a key's mark in text.")
+app.add_typer(watermark_app, name="watermark")
 console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable)
@@ -70,6 +73,13 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated together.")] = 32,
     default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
+    watermark: Annotated[str | None, typer.Option(help="Watermark answers: kgw or gumbel.")] = None,
+    watermark_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the secret watermark key (never logged).")
+    ] = "ALAMBIC_WATERMARK_KEY",
+    watermark_gamma: Annotated[float, typer.Option(min=0.01, max=0.99, help="kgw: green fraction.")] = 0.25,
+    watermark_delta: Annotated[float, typer.Option(min=0.0, help="kgw: bias added to green logits.")] = 2.0,
+    watermark_context: Annotated[int, typer.Option(min=1, help="Tokens of context seeding the hash.")] = 1,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
     if backend == "llamacpp":
@@ -84,16 +94,38 @@ def serve(
 
     with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
         model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
+    scheme = (
+        watermark_scheme(watermark, watermark_key_env, watermark_gamma, watermark_delta, watermark_context)
+        if watermark
+        else None
+    )
     store = Store(db)
     engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
     settings = GatewaySettings(
-        admin_key=admin_key, default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit
+        admin_key=admin_key,
+        default_max_tokens=default_max_tokens,
+        max_tokens_limit=max_tokens_limit,
+        watermark=scheme,
     )
     console.print(f"Serving [bold]{model_backend.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
     try:
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
     finally:
         engine.close()
+
+
+def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, context: int):
+    """A scheme keyed from the environment: the key never appears on a command line or in a log."""
+    from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+
+    key = os.environ.get(key_env)
+    if not key:
+        raise InvalidRequestError(f"Set the watermark key in ${key_env} (or name another with --watermark-key-env).")
+    if name == KirchenbauerScheme.name:
+        return KirchenbauerScheme(key, gamma=gamma, delta=delta, context_width=context)
+    if name == AaronsonScheme.name:
+        return AaronsonScheme(key, context_width=context)
+    raise InvalidRequestError(f"Unknown watermark scheme '{name}'; choose kgw or gumbel.")
 
 
 @app.command()
@@ -196,6 +228,51 @@ def prompts_generate(
     console.print(f"{len(made)} new instructions in {out}", highlight=False)
     if len(made) < count:
         raise typer.Exit(1)
+
+
+@watermark_app.command("detect")
+@one_line_errors
+def watermark_detect(
+    files: Annotated[list[Path], typer.Argument(help="Text files (one document each) or JSONL (one per line).")],
+    scheme: Annotated[str, typer.Option(help="kgw or gumbel.")] = "kgw",
+    key_env: Annotated[str, typer.Option(help="Environment variable holding the key.")] = "ALAMBIC_WATERMARK_KEY",
+    gamma: Annotated[float, typer.Option(min=0.01, max=0.99, help="kgw: green fraction.")] = 0.25,
+    context: Annotated[int, typer.Option(min=1, help="Tokens of context seeding the hash.")] = 1,
+    field: Annotated[str, typer.Option(help="JSONL: the field holding the text.")] = "answer",
+    tokenizer: Annotated[str, typer.Option(help="The watermarking model's tokenizer: smollm2 or a directory.")] = (
+        "smollm2"
+    ),
+    fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-positive rate of the verdict.")] = 1e-6,
+    per_document: Annotated[bool, typer.Option(help="Also print one JSON line per document.")] = False,
+) -> None:
+    """Score FILES for a key's watermark; the last line is the pooled result, as JSON."""
+    from transformers import AutoTokenizer
+
+    from alambic.models import smollm2_directory
+    from alambic.watermark.detect import detect_documents, read_documents
+
+    watermark = watermark_scheme(scheme, key_env, gamma, 0.0, context)
+    text_tokenizer = AutoTokenizer.from_pretrained(smollm2_directory() if tokenizer == "smollm2" else tokenizer)
+    documents, pooled = detect_documents(watermark, read_documents(files, field), text_tokenizer, fpr)
+    if per_document:
+        for document in documents:
+            print(json.dumps(vars(document)))
+    print(pooled.to_json())
+
+
+@accounts_app.command("watermark")
+@one_line_errors
+def accounts_watermark(
+    name: str,
+    setting: Annotated[str, typer.Argument(help="on, off, or default (as the server is configured).")],
+    db: DatabaseOption = None,
+) -> None:
+    """Watermark an account's answers, exempt it, or follow the server's setting."""
+    choices = {"on": True, "off": False, "default": None}
+    if setting not in choices:
+        raise InvalidRequestError("The setting is on, off or default.")
+    set_watermark(Store(db), name, choices[setting])
+    console.print(f"{name}: watermark {setting}", highlight=False)
 
 
 @accounts_app.command("create")

@@ -5,17 +5,16 @@ Q4_1 and Q8_0, ~0.1 for BF16, depending on what else is in the batch), F16 only 
 equality between batched and one-at-a-time generation is a fair test of the batching itself.
 """
 
-import hashlib
 import threading
 
 import pytest
-import torch
 from test_engine import ForceTokens, chat_ids
 
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams
 from alambic.generation.backends import load_backend
 from alambic.generation.backends.llamacpp import LlamaCppBackend
 from alambic.models.gguf import smollm2_gguf
+from alambic.watermark import KirchenbauerScheme
 from conftest import start_gateway
 
 pytest.importorskip("llama_cpp")
@@ -87,49 +86,39 @@ def test_logprobs_agree_with_the_transformers_backend(llama_engine, hf_engine, p
     assert {t for t, _, _ in llama.logprobs[0].top[:3]} & {t for t, _, _ in hf.logprobs[0].top[:3]}
 
 
-class KeyedGreenList:
-    """A keyed green list over the vocabulary, seeded by the previous token (the shape of a KGW watermark)."""
+class RecordingProcessor:
+    """Wraps a watermark's logits processor and records each decision: context -> the green list it drew."""
 
-    def __init__(self, key: bytes, vocab_size: int, bias: float = 50.0) -> None:
-        self.key, self.vocab_size, self.bias = key, vocab_size, bias
-        self.decisions: dict[tuple[int, ...], int] = {}
-
-    def green(self, previous: int) -> torch.Tensor:
-        seed = int.from_bytes(hashlib.sha256(self.key + previous.to_bytes(4, "little")).digest()[:8], "little")
-        return torch.randperm(self.vocab_size, generator=torch.Generator().manual_seed(seed))[: self.vocab_size // 4]
+    def __init__(self, scheme: KirchenbauerScheme) -> None:
+        self.scheme, self.inner = scheme, scheme.processor()
+        self.decisions: dict[tuple[int, ...], bytes] = {}
 
     def __call__(self, input_ids, scores):
-        green = self.green(int(input_ids[0, -1]))
-        self.decisions[tuple(input_ids[0].tolist())] = hash(tuple(green.tolist()))
-        scores = scores.clone()
-        scores[0, green] += self.bias
+        before = scores.clone()
+        scores = self.inner(input_ids, scores)
+        self.decisions[tuple(input_ids[0].tolist())] = ((scores - before) > 0).numpy().tobytes()
         return scores
 
 
-def test_logits_processors_make_identical_decisions_in_both_backends(llama_engine, hf_engine, prompts):
-    vocab = len(llama_engine.backend.tokenizer)
+def test_watermark_decisions_are_identical_in_both_backends(llama_engine, hf_engine, prompts):
     forced = llama_engine.backend.tokenizer.encode(" the sea is calm and blue tonight")
     decisions = []
     for engine in (llama_engine, hf_engine):
-        green_list = KeyedGreenList(b"secret", vocab)
+        recorder = RecordingProcessor(KirchenbauerScheme("secret", delta=4.0))
         params = SamplingParams(
-            max_tokens=len(forced),
-            temperature=0,
-            logits_processors=(green_list, ForceTokens(len(prompts[1]), forced)),
+            max_tokens=len(forced), temperature=0, logits_processors=(recorder, ForceTokens(len(prompts[1]), forced))
         )
         [[completion]] = engine.generate([GenerationRequest(prompts[1], params)])
-        assert completion.token_ids == forced
-        decisions.append(green_list.decisions)
+        assert completion.token_ids == forced  # the same contexts reach the watermark in both
+        decisions.append(recorder.decisions)
     assert decisions[0] == decisions[1] and len(decisions[0]) == len(forced)
 
-    # unforced: every token each backend picks is green for its own context
+    # unforced, each backend's own text carries the mark
+    scheme = KirchenbauerScheme("secret", delta=4.0)
     for engine in (llama_engine, hf_engine):
-        green_list = KeyedGreenList(b"secret", vocab)
-        params = SamplingParams(max_tokens=12, temperature=0, logits_processors=(green_list,))
-        [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
-        context = prompts[0] + completion.token_ids
-        for position in range(len(prompts[0]), len(context)):
-            assert context[position] in set(green_list.green(context[position - 1]).tolist())
+        params = SamplingParams(max_tokens=64, temperature=0.7, seed=1, logits_processors=(scheme.processor(),))
+        [[completion]] = engine.generate([GenerationRequest(prompts[2], params)])
+        assert scheme.detect(prompts[2][-1:] + completion.token_ids).pvalue < 1e-4
 
 
 def test_requantised_teacher_is_cached_and_generates(tmp_path, monkeypatch, llama_engine):

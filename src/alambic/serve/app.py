@@ -15,6 +15,7 @@ from alambic.serve.openai_api import Gateway
 from alambic.serve.policy import Gatekeeper
 from alambic.serve.requestlog import RequestJournal, RequestLogMiddleware
 from alambic.store import Store
+from alambic.watermark.schemes import KeyedScheme
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class GatewaySettings:
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096
     max_body_bytes: int = 1 << 20
+    watermark: KeyedScheme | None = None  # applied to every account whose own setting is not off
 
 
 def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings | None = None) -> FastAPI:
@@ -42,6 +44,7 @@ def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings
         journal,
         default_max_tokens=settings.default_max_tokens,
         max_tokens_limit=settings.max_tokens_limit,
+        watermark=settings.watermark,
     )
     app.add_middleware(RequestLogMiddleware, journal=journal, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)

@@ -25,6 +25,7 @@ from alambic.serve.formats import ChatFormat, CompletionFormat, ResponseFormat
 from alambic.serve.requestlog import RequestJournal
 from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from alambic.store import AccountPolicy, RequestRecord
+from alambic.watermark.schemes import KeyedScheme
 
 UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logit_bias")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy endpoint
@@ -67,6 +68,7 @@ class Gateway:
         *,
         default_max_tokens: int,
         max_tokens_limit: int,
+        watermark: KeyedScheme | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -75,6 +77,8 @@ class Gateway:
         self.context_length = engine.backend.context_length
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
+        self.watermark = watermark
+        self.watermark_processors = (watermark.processor(),) if watermark is not None else ()
         self.started = int(time.time())
 
     async def respond(self, request: Request, body: SamplingFields, fmt: ResponseFormat):
@@ -83,8 +87,9 @@ class Gateway:
         self._check_supported(body)
         prompt_ids = fmt.prompt_ids(body, self.tokenizer)
         record.prompt_tokens = len(prompt_ids)
-        params = self._sampling_params(body, fmt, len(prompt_ids))
+        params = self._sampling_params(body, fmt, len(prompt_ids), request.state.account)
         record.max_tokens = params.max_tokens
+        record.watermark_scheme = self.watermark.name if params.logits_processors else None
         generation = GenerationRequest(prompt_ids, params, n=body.n)
         response_id = fmt.id_prefix + uuid.uuid4().hex
         if body.stream:
@@ -183,7 +188,9 @@ class Gateway:
             if getattr(body, field):
                 raise InvalidRequestError(f"{field} is not supported by this server.", param=field)
 
-    def _sampling_params(self, body: SamplingFields, fmt: ResponseFormat, prompt_tokens: int) -> SamplingParams:
+    def _sampling_params(
+        self, body: SamplingFields, fmt: ResponseFormat, prompt_tokens: int, account: AccountPolicy
+    ) -> SamplingParams:
         room = self.context_length - prompt_tokens
         if room <= 0:
             raise ContextLengthError(
@@ -213,6 +220,7 @@ class Gateway:
             seed=body.seed,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            logits_processors=self.watermark_processors if account.watermark is not False else (),
         )
 
     @staticmethod

@@ -50,6 +50,7 @@ class Gatekeeper:
             await self._check_limits(account)
         self.in_flight[account.account_id] += 1
         request.state.admitted = True
+        request.state.account = account
         return account
 
     def release(self, record: RequestRecord, state: dict) -> None:

@@ -8,6 +8,7 @@ from alambic.store.accounts import (
     issue_key,
     list_accounts,
     set_policy,
+    set_watermark,
 )
 from alambic.store.database import Store
 from alambic.store.requestlog import RequestRecord, UsageWindow, log_request, usage_since
@@ -24,5 +25,6 @@ __all__ = [
     "list_accounts",
     "log_request",
     "set_policy",
+    "set_watermark",
     "usage_since",
 ]

@@ -33,6 +33,7 @@ class AccountPolicy:
     policy: Policy
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    watermark: bool | None = None  # None: as the server is configured
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,14 @@ def set_policy(
         return _policy_of(account, None)
 
 
+def set_watermark(store: Store, name: str, enabled: bool | None) -> AccountPolicy:
+    """Watermark this account's answers (True), never (False), or as the server does (None)."""
+    with store.session.begin() as session:
+        account = _account(session, name)
+        account.watermark = enabled
+        return _policy_of(account, None)
+
+
 def list_accounts(store: Store) -> list[AccountSummary]:
     keys = (
         select(func.count(ApiKey.id))
@@ -172,4 +181,5 @@ def _policy_of(account: Account, api_key_id: int | None) -> AccountPolicy:
         policy=Policy(account.policy),
         requests_per_minute=account.requests_per_minute,
         tokens_per_minute=account.tokens_per_minute,
+        watermark=account.watermark,
     )

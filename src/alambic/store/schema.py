@@ -37,6 +37,7 @@ class Account(Base):
     policy: Mapped[str] = mapped_column(String(16), default="allow")  # allow | throttle | block
     requests_per_minute: Mapped[int | None]
     tokens_per_minute: Mapped[int | None]
+    watermark: Mapped[bool | None]  # None: as the server is configured
 
 
 class ApiKey(Base):

@@ -1,0 +1,74 @@
+"""The keyed hash every scheme shares.
+
+A context (the `h` tokens before a position) and the secret key give a 64-bit context hash (SplitMix64,
+Steele et al. 2014, chained over the context). Each candidate token has a fixed 64-bit token key; the draw
+for (context, token) is a multiply-xorshift of their XOR. Generation draws for the whole vocabulary at every
+step, so the per-token work is three vectorised integer operations (0.07 ms for 49k tokens); detection
+draws for the scored pairs only. Both compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 that scatters nearby inputs far apart."""
+    with np.errstate(over="ignore"):
+        z = x + GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * MIX_1
+        z = (z ^ (z >> np.uint64(27))) * MIX_2
+        return z ^ (z >> np.uint64(31))
+
+
+def key_seed(key: str | bytes) -> np.uint64:
+    raw = key.encode() if isinstance(key, str) else key
+    return np.uint64(int.from_bytes(hashlib.sha256(raw).digest()[:8], "little"))
+
+
+def context_hashes(tokens: np.ndarray, width: int, seed: np.uint64) -> np.ndarray:
+    """For every position i >= width, a hash of tokens[i-width:i] and the key: shape (len(tokens) - width,)."""
+    tokens = tokens.astype(np.uint64)
+    count = len(tokens) - width
+    state = np.full(max(count, 0), seed, dtype=np.uint64)
+    for offset in range(width):  # oldest context token first
+        state = splitmix64(state ^ tokens[offset : offset + count])
+    return state
+
+
+def token_keys(token_ids: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return splitmix64(np.asarray(token_ids).astype(np.uint64) * GOLDEN)
+
+
+@lru_cache(maxsize=4)
+def vocabulary_keys(vocab_size: int) -> np.ndarray:
+    return token_keys(np.arange(vocab_size))
+
+
+def draws(context_hash: np.ndarray | np.uint64, keys: np.ndarray) -> np.ndarray:
+    """64-bit draws, one per (context, token key) pair; broadcasts like numpy."""
+    with np.errstate(over="ignore"):
+        mixed = (context_hash ^ keys) * MIX_2
+    return mixed ^ (mixed >> np.uint64(32))
+
+
+def threshold(fraction: float) -> np.uint64:
+    """The draw below which a fraction `fraction` of all draws fall."""
+    return np.uint64(min(int(fraction * 2**64), 2**64 - 1))
+
+
+def to_uniform(draw: np.ndarray) -> np.ndarray:
+    return (draw >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def uniforms(context_hash: np.ndarray | np.uint64, token_ids: np.ndarray) -> np.ndarray:
+    """U[0, 1) draws, one per (context, token) pair."""
+    return to_uniform(draws(context_hash, token_keys(token_ids)))

@@ -1,0 +1,155 @@
+"""Watermark schemes: each one class with its generation side (a logits processor for the shared sampling
+loop) and its detection side (score, tokens scored, exact p-value), sharing `keyed_hash`.
+
+Detection scores only the unique (context, token) pairs, as Fernandez et al. 2023 (*Three Bricks*) and
+Sander et al. 2024 (*Watermarking Makes Language Models Radioactive*) do: a repeated passage cannot inflate
+significance, and under the null hypothesis the scored draws are independent, so the p-values are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from scipy import stats
+
+from alambic.watermark.keyed_hash import (
+    context_hashes,
+    draws,
+    key_seed,
+    threshold,
+    to_uniform,
+    token_keys,
+    uniforms,
+    vocabulary_keys,
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    score: float
+    tokens_scored: int  # unique (context, token) pairs
+    pvalue: float
+
+
+def unique_pairs(token_ids: list[int] | np.ndarray, width: int, seed: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """(context hash, next token) for every position past the first `width`, each distinct pair once."""
+    tokens = np.asarray(token_ids, dtype=np.int64)
+    if len(tokens) <= width:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    contexts = context_hashes(tokens, width, seed)
+    pairs = np.unique(np.stack([contexts, tokens[width:].astype(np.uint64)], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1].astype(np.int64)
+
+
+class KeyedScheme:
+    """What both schemes share: the key, the context width, and detection over unique pairs."""
+
+    name: ClassVar[str]
+
+    def __init__(self, key: str | bytes, context_width: int = 1) -> None:
+        if context_width < 1:
+            raise ValueError("context_width must be at least 1")
+        self.seed = key_seed(key)
+        self.context_width = context_width
+
+    def detect(self, token_ids: list[int] | np.ndarray) -> Detection:
+        return self.detect_pairs(*unique_pairs(token_ids, self.context_width, self.seed))
+
+    def detect_pairs(self, contexts: np.ndarray, tokens: np.ndarray) -> Detection:
+        count = len(tokens)
+        score = float(self.pair_scores(contexts, tokens).sum()) if count else 0.0
+        return Detection(score, count, self.pvalue(score, count) if count else 1.0)
+
+    def _context_hash(self, input_ids: torch.Tensor) -> np.ndarray:
+        """The context hash of the last `context_width` tokens of a (1, T) prompt+generation."""
+        recent = input_ids[0, -self.context_width :].numpy()
+        return context_hashes(np.concatenate([recent, [0]]), self.context_width, self.seed)
+
+
+class KirchenbauerScheme(KeyedScheme):
+    """Green list / red list (Kirchenbauer et al. 2023, *A Watermark for Large Language Models*).
+
+    Each context splits the vocabulary: a token is green when its keyed uniform draw is below `gamma`.
+    Generation adds `delta` to green logits. Detection counts green tokens among n unique pairs;
+    under H0 the count is Binomial(n, gamma), so p = P(X >= s) exactly (the paper's z-score is its normal
+    approximation, z = (s - gamma n) / sqrt(n gamma (1 - gamma))).
+    """
+
+    name = "kgw"
+
+    def __init__(self, key: str | bytes, *, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1) -> None:
+        super().__init__(key, context_width)
+        if not 0 < gamma < 1:
+            raise ValueError("gamma must be in (0, 1)")
+        self.gamma, self.delta = gamma, delta
+        self.green_below = threshold(gamma)
+
+    def green_mask(self, context_hash: np.ndarray, vocab_size: int) -> np.ndarray:
+        return draws(context_hash, vocabulary_keys(vocab_size)) < self.green_below
+
+    def processor(self) -> KirchenbauerProcessor:
+        return KirchenbauerProcessor(self)
+
+    def pair_scores(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return (draws(contexts, token_keys(tokens)) < self.green_below).astype(np.float64)  # 1 per green pair
+
+    def pvalue(self, score: float, count: int) -> float:
+        return float(stats.binom.sf(round(score) - 1, count, self.gamma))
+
+
+class KirchenbauerProcessor:
+    def __init__(self, scheme: KirchenbauerScheme) -> None:
+        self.scheme = scheme
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        green = self.scheme.green_mask(self.scheme._context_hash(input_ids), scores.shape[-1])  # (V,)
+        # numpy, in place on the same memory: single-threaded, so it wakes no torch worker threads
+        np.add(scores[0].numpy(), self.scheme.delta, out=scores[0].numpy(), where=green)
+        return scores
+
+
+class AaronsonScheme(KeyedScheme):
+    """Gumbel-max sampling with keyed randomness (Aaronson 2022; Fernandez et al. 2023).
+
+    Each context gives every token a keyed uniform r_v; generation picks argmax_v r_v^(1/p_v), which is an
+    exact sample from p (distortion-free) but a deterministic function of key and context. Detection sums
+    -log(1 - r_token) over n unique pairs: under H0 each term is Exp(1), the sum Gamma(n, 1), so
+    p = P(Gamma(n, 1) >= score) exactly.
+    """
+
+    name = "gumbel"
+
+    def processor(self) -> AaronsonProcessor:
+        return AaronsonProcessor(self)
+
+    def pair_scores(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return -np.log1p(-uniforms(contexts, tokens))
+
+    def pvalue(self, score: float, count: int) -> float:
+        return float(stats.gamma.sf(score, count))
+
+
+class AaronsonProcessor:
+    """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1)."""
+
+    def __init__(self, scheme: AaronsonScheme) -> None:
+        self.scheme = scheme
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        r = torch.from_numpy(to_uniform(draws(self.scheme._context_hash(input_ids), vocabulary_keys(vocab))))  # (V,)
+        log_p = torch.log_softmax(scores[0].double(), dim=-1)
+        # argmax r^(1/p) = argmax log(r) / p; p = 0 tokens get -inf
+        choice = int(torch.argmax(torch.log(r) / log_p.exp()))
+        scores[0] = float("-inf")
+        scores[0, choice] = 0.0
+        return scores
+
+
+SCHEMES: dict[str, type[KeyedScheme]] = {
+    KirchenbauerScheme.name: KirchenbauerScheme,
+    AaronsonScheme.name: AaronsonScheme,
+}

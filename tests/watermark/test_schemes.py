@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from alambic.generation import GenerationRequest, SamplingParams
+from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+from alambic.watermark.keyed_hash import context_hashes, key_seed, uniforms
+
+SCHEMES = [KirchenbauerScheme, AaronsonScheme]
+VOCAB = 49152
+
+
+def test_keyed_draws_are_uniform_and_depend_on_key_and_context():
+    seed = key_seed("k")
+    draws = uniforms(np.full(VOCAB, seed), np.arange(VOCAB))
+    assert stats.kstest(draws, "uniform").pvalue > 0.01
+    other_key = uniforms(np.full(VOCAB, key_seed("other")), np.arange(VOCAB))
+    assert np.mean(draws == other_key) < 0.001
+    tokens = np.array([5, 9, 5, 9])
+    hashes = context_hashes(tokens, 1, seed)
+    assert hashes[0] == hashes[2] and hashes[0] != hashes[1]  # same previous token, same context
+
+
+@pytest.mark.parametrize("scheme_class", SCHEMES, ids=lambda c: c.name)
+def test_pvalues_on_unwatermarked_text_are_uniform_over_keys(scheme_class):
+    rng = np.random.default_rng(0)
+    text = rng.integers(0, VOCAB, size=1000)
+    pvalues = [scheme_class(f"key-{i}").detect(text).pvalue for i in range(300)]
+    assert stats.kstest(pvalues, "uniform").pvalue > 0.01
+    assert 0.5 * 0.05 < np.mean(np.array(pvalues) < 0.05) < 2 * 0.05
+
+
+@pytest.mark.parametrize("scheme_class", SCHEMES, ids=lambda c: c.name)
+def test_watermarked_text_from_the_tiny_model_is_detected_within_a_few_hundred_tokens(engine, tiny, scheme_class):
+    scheme = scheme_class("secret")
+    prompt = tiny.tokenizer.encode("Once upon a time")
+    params = SamplingParams(max_tokens=200, temperature=1.0, seed=3, logits_processors=(scheme.processor(),))
+    [[completion]] = engine.generate([GenerationRequest(prompt, params)])
+    detection = scheme.detect(prompt[-1:] + completion.token_ids)
+    assert detection.tokens_scored >= 150 and detection.pvalue < 1e-6
+    assert scheme_class("another key").detect(prompt[-1:] + completion.token_ids).pvalue > 1e-3
+
+
+def test_kgw_generation_biases_green_tokens_only(tiny):
+    scheme = KirchenbauerScheme("secret", gamma=0.25, delta=2.0)
+    scores = torch.zeros(1, VOCAB)
+    out = scheme.processor()(torch.tensor([[1, 2, 3]]), scores.clone())
+    green = scheme.green_mask(context_hashes(np.array([3, 0]), 1, scheme.seed), VOCAB)
+    assert torch.equal(out[0] == 2.0, torch.from_numpy(green))
+    assert abs(green.mean() - 0.25) < 0.01
+
+
+def test_aaronson_sampling_follows_the_model_distribution():
+    """Distortion-free: over many contexts, the keyed choice is distributed as p."""
+    scheme = AaronsonScheme("secret")
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    choices = [
+        int(scheme.processor()(torch.tensor([[c]]), probs.log().unsqueeze(0).clone())[0].argmax()) for c in range(3000)
+    ]
+    frequencies = np.bincount(choices, minlength=3) / len(choices)
+    assert np.allclose(frequencies, probs.numpy(), atol=0.03)
+
+
+@pytest.mark.parametrize("scheme_class", SCHEMES, ids=lambda c: c.name)
+def test_a_repeated_passage_adds_nothing_to_the_evidence(scheme_class):
+    scheme = scheme_class("secret")
+    rng = np.random.default_rng(1)
+    # a short passage that happens to look watermarked: the best of many random ones
+    passage = max((rng.integers(0, VOCAB, size=12) for _ in range(2000)), key=lambda t: scheme.detect(t).score)
+    twice, hundred_times = scheme.detect(np.tile(passage, 2)), scheme.detect(np.tile(passage, 100))
+    assert hundred_times == twice  # every pair of the 100 copies is already in two (the seam included)
+    assert twice.pvalue > 1e-7
+    # without de-duplication the same text would look overwhelming
+    tokens = np.tile(passage, 100)
+    every_pair = scheme.pair_scores(context_hashes(tokens, 1, scheme.seed), tokens[1:])
+    assert scheme.pvalue(float(every_pair.sum()), len(every_pair)) < 1e-30
