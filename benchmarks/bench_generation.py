@@ -1,10 +1,11 @@
 """Generation speed on this CPU: alambic's engine on each backend vs transformers' and llama.cpp's own loops.
 
 Each engine runs in a process of its own, set up as `alambic serve` sets it up. Real teacher, ShareGPT
-first turns, exactly 128 new tokens per request (end of sequence held off),
-greedy, 1/4/16/32 concurrent streams, all in one run. Anchors measured in the same run:
-`transformers.generate` (batch = streams) and llama-cpp-python's own `create_completion` (one stream;
-it has no batching). Run: `.venv/bin/python benchmarks/bench_generation.py`.
+first turns, exactly 128 new tokens per request (end of sequence held off), greedy, 1/4/16/32 concurrent
+streams, KGW watermark on and off, all in one run. Anchors measured in the same run:
+`transformers.generate` (batch = streams), and llama-cpp-python's own `create_completion` (one stream; it
+has no batching), interleaved with the llama.cpp engine's single-stream runs in that engine's process.
+Run: `.venv/bin/python benchmarks/bench_generation.py`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest,
 from alambic.generation.backends import load_backend
 from alambic.models import load_model
 from alambic.models.gguf import smollm2_gguf
+from alambic.watermark import KirchenbauerScheme
 from common import sharegpt_first_turns, write_result
 
 NEW_TOKENS = 128
 STREAMS = (1, 4, 16, 32)
-WATERMARK_STREAMS = (1, 16)  # KGW on vs off, same run
+WATERMARK_STREAMS = {1: 5, 16: 3}  # KGW off/on pairs at 1 and 16 streams, same run
 GGUF_TYPE = "bf16"
 
 
@@ -90,10 +92,8 @@ def measure_llama_cpp_python(prompt: list[int], eos: int) -> dict:
     return {"tok_s": count / seconds, "tok_s_per_stream": count / seconds, "ttft_s": first - started}
 
 
-def median_run(measure, streams: int) -> dict:
-    """One stream lasts about a second on llama.cpp: take the median of 5 runs there, one run elsewhere."""
-    runs = sorted((measure() for _ in range(5 if streams == 1 else 1)), key=lambda figures: figures["tok_s"])
-    return runs[len(runs) // 2]
+def median(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda figures: figures["tok_s"])[len(runs) // 2]
 
 
 def peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -114,7 +114,7 @@ def flops_per_token(config, context: int) -> float:
     return 2 * (layers * per_layer + hidden * config.vocab_size) + attention
 
 
-def engine_figures(backend: str) -> dict[int, dict]:
+def engine_figures(backend: str) -> dict[str, dict]:
     """alambic's engine on `backend`, in a process started as `alambic serve --backend` starts it."""
     environment = {**os.environ}
     if backend == "llamacpp":
@@ -122,11 +122,11 @@ def engine_figures(backend: str) -> dict[int, dict]:
     child = subprocess.run(
         [sys.executable, __file__, "--engine", backend], env=environment, capture_output=True, text=True, check=True
     )
-    return {int(streams): figures for streams, figures in json.loads(child.stdout.splitlines()[-1]).items()}
+    return json.loads(child.stdout.splitlines()[-1])
 
 
 def measure_backend(backend: str) -> None:
-    """The child's side: print {streams: figures} as one JSON line."""
+    """The child's side: print {streams: figures} (and the anchor's, for llama.cpp) as one JSON line."""
     engine = GenerationEngine(load_backend("smollm2", backend, gguf_type=GGUF_TYPE), max_batch_size=max(STREAMS))
     tokenizer = engine.backend.tokenizer
     prompts = [
@@ -134,9 +134,26 @@ def measure_backend(backend: str) -> None:
         for m in sharegpt_first_turns(max(STREAMS), tokenizer)
     ]
     measure_engine(engine, prompts, 1)  # warm-up
-    figures = {
-        streams: median_run(lambda s=streams: measure_engine(engine, prompts, s), streams) for streams in STREAMS
-    }
+    figures = {streams: measure_engine(engine, prompts, streams) for streams in STREAMS if streams > 1}
+    # One stream lasts about a second: the median of 5, interleaved with the anchor's runs in this same
+    # process (llama.cpp backend), so drift and process state weigh on both alike.
+    single, anchor = [], []
+    for _ in range(5):
+        single.append(measure_engine(engine, prompts, 1))
+        if backend == "llamacpp":
+            anchor.append(measure_llama_cpp_python(prompts[0], tokenizer.eos_token_id))
+    figures[1] = median(single)
+    if anchor:
+        figures["llama-cpp-python"] = median(anchor)
+    watermark = (KirchenbauerScheme("benchmark key").processor(),)
+    for streams, pairs in WATERMARK_STREAMS.items():  # off and on interleaved: the cost is a few percent
+        off, on = [], []
+        for _ in range(pairs):
+            off.append(measure_engine(engine, prompts, streams))
+            on.append(measure_engine(engine, prompts, streams, watermark))
+        figures[streams]["watermark_off_tok_s"] = median(off)["tok_s"]
+        figures[streams]["watermark_on_tok_s"] = median(on)["tok_s"]
+        figures[streams]["watermark_cost"] = 1 - median(on)["tok_s"] / median(off)["tok_s"]
     print(json.dumps(figures))
     engine.close()
 
@@ -162,12 +179,13 @@ def main() -> None:
 
     for streams in STREAMS:
         record("transformers.generate", streams, measure_hf_generate(loaded.model, tokenizer, prompts, streams), "fp32")
-    anchor = median_run(lambda: measure_llama_cpp_python(prompts[0], tokenizer.eos_token_id), 1)
-    record("llama-cpp-python", 1, anchor, "bf16")
 
     for backend, peak in (("transformers", "fp32"), ("llamacpp", "bf16")):
         for streams, figures in engine_figures(backend).items():
-            record(f"alambic-{backend}", streams, figures, peak)
+            if streams == "llama-cpp-python":
+                record("llama-cpp-python", 1, figures, peak)
+            else:
+                record(f"alambic-{backend}", int(streams), figures, peak)
 
     best = max(rows["alambic-transformers"][16]["tok_s"], rows["alambic-llamacpp"][16]["tok_s"])
     result = {

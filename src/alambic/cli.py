@@ -36,6 +36,10 @@ DatabaseOption = Annotated[
 ]
 RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (throttle).")]
 TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (throttle).")]
+EndpointOption = Annotated[
+    str, typer.Option(help="Base URL of the teacher's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
+]
+ModelOption = Annotated[str, typer.Option(help="The teacher's model id at that endpoint.")]
 
 
 def one_line_errors(command: F) -> F:
@@ -131,8 +135,8 @@ def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, contex
 @app.command()
 @one_line_errors
 def harvest(
-    endpoint: Annotated[str, typer.Option(help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")],
-    model: Annotated[str, typer.Option(help="The model to ask.")],
+    endpoint: EndpointOption,
+    model: ModelOption,
     prompts: Annotated[Path, typer.Option(help="JSONL, JSON, CSV, Parquet or text file of prompts.")],
     out: Annotated[Path, typer.Option(help="Dataset directory; run again with the same one to resume.")],
     api_key: Annotated[
@@ -194,8 +198,8 @@ def harvest(
 @prompts_app.command("generate")
 @one_line_errors
 def prompts_generate(
-    endpoint: Annotated[str, typer.Option(help="Base URL of the teacher's OpenAI-compatible API.")],
-    model: Annotated[str, typer.Option(help="The teacher.")],
+    endpoint: EndpointOption,
+    model: ModelOption,
     seeds: Annotated[Path, typer.Option(help="Seed tasks (any prompt file, e.g. self-instruct's seed_tasks.jsonl).")],
     out: Annotated[Path, typer.Option(help="JSONL file of new instructions ({'instruction': ...} a line).")],
     api_key: Annotated[str, typer.Option(envvar="ALAMBIC_API_KEY")],

@@ -177,3 +177,16 @@ def test_parquet_rows_not_yet_flushed_are_asked_again_never_duplicated(tmp_path)
         resumed.write(row(i))
     resumed.close()
     assert sorted(HarvestDataset(tmp_path, ShardFormat.PARQUET).done) == sorted((f"p{i}", 0, 0) for i in range(10))
+
+
+def test_an_unreachable_endpoint_or_a_refused_key_fails_at_once(gateway, tmp_path):
+    import pytest
+
+    from alambic.errors import InvalidRequestError
+
+    items = prompts(3)
+    unreachable = HarvestJob("http://127.0.0.1:9/v1", "tiny", ("k",), items, tmp_path / "a")
+    with pytest.raises(InvalidRequestError, match="Cannot reach"):
+        harvest(unreachable)
+    with pytest.raises(InvalidRequestError, match="refused API key #2"):
+        harvest(job(gateway, tmp_path / "b", [gateway.key("ok"), "alb-wrong"], items))

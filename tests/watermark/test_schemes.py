@@ -5,7 +5,7 @@ from scipy import stats
 
 from alambic.generation import GenerationRequest, SamplingParams
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
-from alambic.watermark.keyed_hash import context_hashes, key_seed, uniforms
+from alambic.watermark.keyed_hash import context_hash, context_hashes, key_seed, uniforms
 
 SCHEMES = [KirchenbauerScheme, AaronsonScheme]
 VOCAB = 49152
@@ -20,6 +20,9 @@ def test_keyed_draws_are_uniform_and_depend_on_key_and_context():
     tokens = np.array([5, 9, 5, 9])
     hashes = context_hashes(tokens, 1, seed)
     assert hashes[0] == hashes[2] and hashes[0] != hashes[1]  # same previous token, same context
+    # the generation side's scalar hash is the detection side's vectorised one
+    long = np.array([7, 123, 49151, 0, 42])
+    assert [context_hash(list(long[i : i + 3]), seed) for i in range(2)] == list(context_hashes(long, 3, seed))
 
 
 @pytest.mark.parametrize("scheme_class", SCHEMES, ids=lambda c: c.name)

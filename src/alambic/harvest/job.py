@@ -128,6 +128,7 @@ async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = No
         )
         for k in pool.keys
     ]
+    await _check_endpoint_and_keys(job.endpoint, clients)
     rng = random.Random(job.seed)
     queue: asyncio.Queue[Prompt] = asyncio.Queue()
     for prompt in job.prompts:
@@ -211,6 +212,19 @@ async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = No
         dataset.write_manifest(_manifest(job, stats))
         await http.aclose()
     return stats
+
+
+async def _check_endpoint_and_keys(endpoint: str, clients: list[openai.AsyncOpenAI]) -> None:
+    """Fail at once, clearly, on an endpoint that does not answer or a key it refuses (not after retries)."""
+    for index, client in enumerate(clients):
+        try:
+            await client.models.list()
+        except openai.APIConnectionError:
+            raise InvalidRequestError(f"Cannot reach {endpoint}.", param="endpoint") from None
+        except openai.AuthenticationError:
+            raise InvalidRequestError(f"{endpoint} refused API key #{index + 1}.", param="api_key") from None
+        except openai.APIStatusError:
+            pass  # some servers have no /models: what matters is that they answer
 
 
 def harvest(job: HarvestJob, on_progress: ProgressCallback | None = None) -> HarvestStats:

@@ -43,6 +43,18 @@ def context_hashes(tokens: np.ndarray, width: int, seed: np.uint64) -> np.ndarra
     return state
 
 
+def context_hash(recent_tokens: list[int], seed: np.uint64) -> np.uint64:
+    """`context_hashes` for one context, in Python integers: the generation side's per-step hash, where
+    numpy's per-call overhead would cost more than the arithmetic."""
+    mask, state = 2**64 - 1, int(seed)
+    for token in recent_tokens:
+        z = (state ^ int(token)) + int(GOLDEN) & mask
+        z = (z ^ (z >> 30)) * int(MIX_1) & mask
+        z = (z ^ (z >> 27)) * int(MIX_2) & mask
+        state = z ^ (z >> 31)
+    return np.uint64(state)
+
+
 def token_keys(token_ids: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return splitmix64(np.asarray(token_ids).astype(np.uint64) * GOLDEN)

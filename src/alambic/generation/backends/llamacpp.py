@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ class LlamaCppBackend:
         self.context_length = min(llama_cpp.llama_model_n_ctx_train(self.model), kv_tokens)
         self.batch_tokens = batch_tokens
         self.batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
+        # freed with the backend, or at exit before llama_cpp's module is torn down
+        weakref.finalize(self, _free, self.batch, self.context, self.model)
         self.free_ids = list(range(max_sequences - 1, -1, -1))
         self.sequence_ids: list[int] = []  # per row
         self.positions: list[int] = []  # per row: the position its next token takes
@@ -128,11 +131,11 @@ class LlamaCppBackend:
         if status != 0:
             raise AlambicError(f"llama_decode failed with status {status}.")
 
-    def __del__(self) -> None:
-        if llama_cpp is not None and getattr(self, "context", None):
-            llama_cpp.llama_batch_free(self.batch)
-            llama_cpp.llama_free(self.context)
-            llama_cpp.llama_model_free(self.model)
+
+def _free(batch, context, model) -> None:
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(context)
+    llama_cpp.llama_model_free(model)
 
 
 def _floats(pointer, count: int) -> np.ndarray:
