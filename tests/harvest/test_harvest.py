@@ -19,6 +19,8 @@ from alambic.harvest import (
 )
 from alambic.store.schema import RequestLog
 
+COMPLETIONS = RequestLog.endpoint == "/v1/chat/completions"  # the harvest also checks each key on /v1/models
+
 
 def prompts(count, prefix="Question"):
     return tuple(Prompt.of(f"{prefix} number {i}: what do you think?") for i in range(count))
@@ -48,9 +50,12 @@ def test_500_prompts_at_concurrency_32_give_500_rows_and_500_logged_requests(gat
     assert sorted(r["prompt_id"] for r in written) == sorted(p.prompt_id for p in items)
     with gateway.store.session() as session:
         logged, prompt_tokens, completion_tokens = session.execute(
-            select(func.count(), func.sum(RequestLog.prompt_tokens), func.sum(RequestLog.completion_tokens))
+            select(func.count(), func.sum(RequestLog.prompt_tokens), func.sum(RequestLog.completion_tokens)).where(
+                COMPLETIONS
+            )
         ).one()
-    assert logged == 500
+        checks = session.scalar(select(func.count()).where(RequestLog.endpoint == "/v1/models"))
+    assert logged == 500 and checks == 1  # and one preflight check of the key
     assert sum(r["prompt_tokens"] for r in written) == prompt_tokens
     assert sum(r["completion_tokens"] for r in written) == completion_tokens == stats.completion_tokens
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -133,9 +138,11 @@ def test_keys_share_the_prompts_by_strategy_with_pacing(gateway, tmp_path):
     )
     assert stats.status == "complete"
     with gateway.store.session() as session:
-        per_account = session.execute(select(RequestLog.account_id, func.count()).group_by(RequestLog.account_id)).all()
+        per_account = session.execute(
+            select(RequestLog.account_id, func.count()).where(COMPLETIONS).group_by(RequestLog.account_id)
+        ).all()
         times = session.execute(
-            select(RequestLog.account_id, RequestLog.created_at).order_by(RequestLog.created_at)
+            select(RequestLog.account_id, RequestLog.created_at).where(COMPLETIONS).order_by(RequestLog.created_at)
         ).all()
     assert len(per_account) == 20 and sum(count for _, count in per_account) == 1000
     # shard: each key owns the prompts its hash picks
