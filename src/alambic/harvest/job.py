@@ -20,7 +20,7 @@ import openai
 from alambic import __version__
 from alambic.errors import InvalidRequestError
 from alambic.harvest.client import RequestFailed, RetryPolicy, create_with_retries
-from alambic.harvest.dataset import AnswerRow, HarvestDataset, ShardFormat
+from alambic.harvest.dataset import AnswerRow, HarvestDataset, RowKey, ShardFormat
 from alambic.harvest.keys import KeyPool, KeyStrategy, Pacing
 from alambic.harvest.prompts import Prompt
 
@@ -110,13 +110,7 @@ async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = No
     samples = job.sampling.n
     stats = HarvestStats(
         rows_total=sum(len(p.turns) for p in job.prompts) * samples,
-        rows_done=sum(
-            1
-            for p in job.prompts
-            for t in range(len(p.turns))
-            for s in range(samples)
-            if (p.prompt_id, t, s) in dataset.done
-        ),
+        rows_done=sum(key in dataset.done for p in job.prompts for key in _row_keys(p, samples)),
     )
     pool = KeyPool(list(job.api_keys), job.key_strategy, job.pacing, seed=job.seed)
     http = httpx.AsyncClient(
@@ -132,7 +126,7 @@ async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = No
     rng = random.Random(job.seed)
     queue: asyncio.Queue[Prompt] = asyncio.Queue()
     for prompt in job.prompts:
-        if any((prompt.prompt_id, t, s) not in dataset.done for t in range(len(prompt.turns)) for s in range(samples)):
+        if any(key not in dataset.done for key in _row_keys(prompt, samples)):
             queue.put_nowait(prompt)
     dataset.write_manifest(_manifest(job, stats))
 
@@ -230,6 +224,11 @@ async def _check_endpoint_and_keys(endpoint: str, clients: list[openai.AsyncOpen
 def harvest(job: HarvestJob, on_progress: ProgressCallback | None = None) -> HarvestStats:
     """Run a harvest job to its end (blocking); run it again with the same output to resume."""
     return asyncio.run(run_harvest(job, on_progress))
+
+
+def _row_keys(prompt: Prompt, samples: int) -> list[RowKey]:
+    """Every (prompt_id, turn, sample) a prompt must end up with a row for."""
+    return [(prompt.prompt_id, turn, sample) for turn in range(len(prompt.turns)) for sample in range(samples)]
 
 
 def _completion_tokens(choice: dict, usage: dict, samples: int) -> int:
