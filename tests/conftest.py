@@ -105,3 +105,45 @@ def start_gateway(engine: GenerationEngine, store: Store, **settings) -> Iterato
 @pytest.fixture
 def gateway(engine: GenerationEngine, store: Store) -> Iterator[LiveGateway]:
     yield from start_gateway(engine, store, max_tokens_limit=512)
+
+
+@pytest.fixture(scope="session")
+def sharp_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny teacher whose answers depend on the prompt, saved as a model directory."""
+    directory = tmp_path_factory.mktemp("sharp-teacher")
+    teacher = tiny_model(seed=1, initializer_range=0.3, tie_embeddings=False)
+    teacher.model.save_pretrained(directory)
+    teacher.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def harvest_tiny_teacher(teacher: Path, directory: Path, **settings) -> Path:
+    """160 greedy answers of up to 24 tokens with top-5 logprobs from the teacher's gateway (`settings` are
+    the gateway's, e.g. a watermark), through the harvester."""
+    from alambic.harvest import HarvestJob, Prompt, Sampling, harvest
+    from alambic.models import load_model
+
+    store = Store(f"sqlite:///{directory / 'gateway.db'}")
+    engine = GenerationEngine(TransformersBackend(load_model(str(teacher))), max_batch_size=32)
+    try:
+        for gateway in start_gateway(engine, store, **settings):
+            items = tuple(Prompt.of(f"Tell me fact number {i} about topic {i % 7}.") for i in range(160))
+            job = HarvestJob(
+                endpoint=f"{gateway.url}/v1",
+                model=gateway.model,
+                api_keys=(create_account(store, "distiller"),),
+                prompts=items,
+                out=directory / "harvest",
+                concurrency=16,
+                sampling=Sampling(max_tokens=24, temperature=0.0, top_logprobs=5),
+            )
+            assert harvest(job).status == "complete"
+    finally:
+        engine.close()
+    return directory / "harvest"
+
+
+@pytest.fixture(scope="session")
+def answers(sharp_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sharp tiny teacher's answers, for distillation."""
+    return harvest_tiny_teacher(sharp_teacher, tmp_path_factory.mktemp("answers"))

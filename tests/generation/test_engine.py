@@ -110,9 +110,9 @@ def test_logprobs_are_the_model_distribution_with_sorted_alternatives(engine, ti
     record = completion.logprobs[0]
     assert record.token_id == completion.token_ids[0] == int(first.argmax())
     assert record.logprob == pytest.approx(float(first.max()), abs=1e-4)
-    top_values = [lp for _, _, lp in record.top]
+    top_values = [t.logprob for t in record.top]
     assert len(top_values) == 4 and top_values == sorted(top_values, reverse=True)
-    assert record.top[0][0] == record.token_id  # greedy picks the most likely
+    assert record.top[0].token_id == record.token_id  # greedy picks the most likely
 
 
 def test_n_samples_with_a_seed_are_distinct_and_reproducible(engine, prompts):

@@ -83,7 +83,7 @@ def test_logprobs_agree_with_the_transformers_backend(llama_engine, hf_engine, p
     # the same weights: the shipped Q4_1 de-quantised, to F16 for llama.cpp and to fp32 for transformers
     assert llama.token_ids == hf.token_ids
     assert llama.logprobs[0].logprob == pytest.approx(hf.logprobs[0].logprob, abs=0.05)
-    assert {t for t, _, _ in llama.logprobs[0].top[:3]} & {t for t, _, _ in hf.logprobs[0].top[:3]}
+    assert {t.token_id for t in llama.logprobs[0].top[:3]} & {t.token_id for t in hf.logprobs[0].top[:3]}
 
 
 class RecordingProcessor:
@@ -135,7 +135,7 @@ def test_requantised_teacher_is_cached_and_generates(tmp_path, monkeypatch, llam
         [[q8]] = engine.generate([GenerationRequest(ids, params)])
         [[f16]] = llama_engine.generate([GenerationRequest(ids, params)])
         # the same teacher in another encoding: its likeliest next tokens are the same ones
-        assert len({t for t, _, _ in q8.logprobs[0].top} & {t for t, _, _ in f16.logprobs[0].top}) >= 4
+        assert len({t.token_id for t in q8.logprobs[0].top} & {t.token_id for t in f16.logprobs[0].top}) >= 4
     finally:
         engine.close()
 

@@ -6,6 +6,7 @@ from alambic.generation.params import (
     FinishEvent,
     GenerationRequest,
     SamplingParams,
+    TokenChoice,
     TokenEvent,
     TokenLogprob,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "GenerationHandle",
     "GenerationRequest",
     "SamplingParams",
+    "TokenChoice",
     "TokenEvent",
     "TokenLogprob",
 ]

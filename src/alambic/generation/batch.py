@@ -15,11 +15,13 @@ from alambic.generation.params import (
     FinishReason,
     GenerationEvent,
     SamplingParams,
+    TokenChoice,
     TokenEvent,
     TokenLogprob,
 )
 from alambic.generation.sampling import choose_tokens, served_logprobs
 from alambic.generation.text import TextAssembler
+from alambic.models.tokens import vocabulary_bytes
 
 
 @dataclass
@@ -66,7 +68,7 @@ class DecodeBatch:
 
     def __init__(self, backend: ModelBackend) -> None:
         self.backend = backend
-        self.token_text = TokenTexts(backend.tokenizer)
+        self.tokens = TokenPieces(backend.tokenizer)
         self.sequences: list[Sequence] = []
         self.next_logits: torch.Tensor | None = None  # (B, V) logits for each row's next token
 
@@ -148,22 +150,23 @@ class DecodeBatch:
         return logits
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, params: SamplingParams) -> TokenLogprob:
-        top: tuple[tuple[int, str, float], ...] = ()
+        top: tuple[TokenChoice, ...] = ()
         if params.top_logprobs > 0:
             values, ids = torch.topk(logprobs, params.top_logprobs)
-            top = tuple((i, self.token_text(i), v) for i, v in zip(ids.tolist(), values.tolist(), strict=True))
-        return TokenLogprob(token, self.token_text(token), float(logprobs[token]), top)
+            top = tuple(self.tokens.choice(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenLogprob(**vars(self.tokens.choice(token, float(logprobs[token]))), top=top)
 
 
-class TokenTexts:
-    """Memoised text of single tokens, as OpenAI's logprobs report them."""
+class TokenPieces:
+    """Memoised text and bytes of single tokens, as OpenAI's logprobs report them."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
+        self.bytes = vocabulary_bytes(tokenizer)
+        self.texts: dict[int, str] = {}
 
-    def __call__(self, token_id: int) -> str:
-        text = self.cache.get(token_id)
+    def choice(self, token_id: int, logprob: float) -> TokenChoice:
+        text = self.texts.get(token_id)
         if text is None:
-            text = self.cache[token_id] = self.tokenizer.decode([token_id])
-        return text
+            text = self.texts[token_id] = self.tokenizer.decode([token_id])
+        return TokenChoice(token_id, text, self.bytes[token_id], logprob)

@@ -44,13 +44,20 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token with its log-probability under the served distribution and the top alternatives."""
+class TokenChoice:
+    """A token, its text, its raw bytes (exact where the text is a fragment of a character) and log-probability."""
 
     token_id: int
     token: str
+    bytes: bytes
     logprob: float
-    top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class TokenLogprob(TokenChoice):
+    """One generated token under the served distribution, with the top alternatives, most likely first."""
+
+    top: tuple[TokenChoice, ...] = ()
 
 
 @dataclass

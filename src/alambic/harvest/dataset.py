@@ -81,10 +81,7 @@ class HarvestDataset:
         self.parquet_flush_rows = parquet_flush_rows
         (self.directory / "README.md").write_text(DATASET_CARD.format(suffix=shard_format.value))
         self.done: dict[RowKey, AnswerRow] = {}
-        for shard in sorted(self.directory.glob("part-*.jsonl")):
-            self._remember(_read_jsonl_repairing(shard))
-        for shard in sorted(self.directory.glob("part-*.parquet")):
-            self._remember(AnswerRow(**row) for row in pq.read_table(shard).to_pylist())
+        self._remember(read_rows(self.directory, repair=True))
         self._run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # never another run's name
         self._shard_number = 0
         self._jsonl = None
@@ -148,11 +145,20 @@ class HarvestDataset:
             self._jsonl = None
 
 
-def _read_jsonl_repairing(shard: Path) -> list[AnswerRow]:
-    """The rows of a shard; a torn last line (the writer was killed mid-line) is cut off the file."""
+def read_rows(directory: str | Path, *, repair: bool = False) -> list[AnswerRow]:
+    """Every row in a harvest directory's shards. A torn last line (its writer was killed mid-line, or is still
+    writing it) is skipped, and with `repair` cut off the file: only the writer about to resume may do that."""
+    directory = Path(directory)
+    rows = [row for shard in sorted(directory.glob("part-*.jsonl")) for row in _read_jsonl(shard, repair)]
+    for shard in sorted(directory.glob("part-*.parquet")):
+        rows.extend(AnswerRow(**row) for row in pq.read_table(shard).to_pylist())
+    return rows
+
+
+def _read_jsonl(shard: Path, repair: bool) -> list[AnswerRow]:
     content = shard.read_bytes()
     complete = content[: content.rfind(b"\n") + 1]
-    if len(complete) != len(content):
+    if repair and len(complete) != len(content):
         with shard.open("r+b") as file:
             file.truncate(len(complete))
     return [AnswerRow(**json.loads(line)) for line in complete.decode("utf-8").splitlines() if line]

@@ -239,17 +239,19 @@ def _completion_tokens(choice: dict, usage: dict, samples: int) -> int:
 
 
 def _logprobs(choice: dict) -> list[dict] | None:
+    """Each token's text, exact bytes (when the endpoint gives them: they map back to token ids) and logprob,
+    with its alternatives."""
     tokens = (choice.get("logprobs") or {}).get("content")
     if tokens is None:
         return None
-    return [
-        {
-            "token": t["token"],
-            "logprob": t["logprob"],
-            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []],
-        }
-        for t in tokens
-    ]
+
+    def entry(token: dict) -> dict:
+        kept = {"token": token["token"], "logprob": token["logprob"]}
+        if token.get("bytes") is not None:
+            kept["bytes"] = token["bytes"]
+        return kept
+
+    return [{**entry(t), "top_logprobs": [entry(a) for a in t.get("top_logprobs") or []]} for t in tokens]
 
 
 def _manifest(job: HarvestJob, stats: HarvestStats) -> dict:

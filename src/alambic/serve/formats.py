@@ -7,7 +7,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from alambic.errors import InvalidRequestError
-from alambic.generation import Completion, TokenLogprob
+from alambic.generation import Completion, TokenChoice, TokenLogprob
 from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -126,14 +126,10 @@ def _chat_logprobs(records: list[TokenLogprob] | None) -> dict[str, Any] | None:
     if records is None:
         return None
 
-    def entry(token: str, logprob: float) -> dict[str, Any]:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    def entry(choice: TokenChoice) -> dict[str, Any]:
+        return {"token": choice.token, "logprob": choice.logprob, "bytes": list(choice.bytes)}
 
-    return {
-        "content": [
-            {**entry(r.token, r.logprob), "top_logprobs": [entry(t, lp) for _, t, lp in r.top]} for r in records
-        ]
-    }
+    return {"content": [{**entry(r), "top_logprobs": [entry(t) for t in r.top]} for r in records]}
 
 
 def _completion_logprobs(records: list[TokenLogprob] | None) -> dict[str, Any] | None:
@@ -146,6 +142,6 @@ def _completion_logprobs(records: list[TokenLogprob] | None) -> dict[str, Any] |
     return {
         "tokens": [r.token for r in records],
         "token_logprobs": [r.logprob for r in records],
-        "top_logprobs": [{t: lp for _, t, lp in r.top} for r in records],
+        "top_logprobs": [{t.token: t.logprob for t in r.top} for r in records],
         "text_offset": offsets,
     }

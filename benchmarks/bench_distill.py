@@ -1,0 +1,162 @@
+"""Distilling the real teacher into its 6-layer cut (layers 0, 6, 12, 18, 24, 29), in one run.
+
+- Acceptance: SFT on every training answer of the harvest (>= 2,000), agreement and KL with the teacher
+  before and after, on held-out answers.
+- Recovery per loss: SFT, forward KL, reverse KL and JSD (top-20 sparse targets from the harvest) on the same
+  first 500 training answers with the same steps; the share of the teacher's self-agreement (1.0) reached,
+  and of the agreement gap and KL closed.
+- Throughput: alambic's trainer against a plain `transformers.Trainer` on the same examples, both fp32 (and
+  alambic in bf16 autocast, as the runs above train).
+- Memory: bytes a token of stored top-20 targets takes against dense fp32 logits over the 49k vocabulary.
+- Student against teacher: parameters, weights on disk, generation tokens/s on this machine.
+Run: `.venv/bin/python benchmarks/bench_distill.py` (harvests the teacher's answers first if they are missing;
+`--quick` runs every step on a few examples, to check the script, and writes nothing).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+from alambic.distill.data import ExampleBuilder, TeacherAnswers
+from alambic.distill.losses import Loss
+from alambic.distill.run import DistillConfig, DistillResult, distill
+from alambic.evaluate.fidelity import fidelities
+from alambic.evaluate.run import generation_speed
+from alambic.models import load_model, smollm2_directory
+from alambic.models.student import parameter_count, student_from_teacher
+from common import write_result
+from teacher_answers import WORK, answers
+
+QUICK = "--quick" in sys.argv
+LAYERS = 6
+HELDOUT_SCORED = 8 if QUICK else 150
+SUBSET = 16 if QUICK else 500  # training answers per loss in the comparison
+THROUGHPUT_EXAMPLES = 16 if QUICK else 160
+ALL = 32 if QUICK else None
+TRAINING = dict(student_layers=LAYERS, batch_size=8, learning_rate=2e-4, max_length=384, bf16=True, save_steps=1000)
+
+
+def run(data: Path, name: str, **settings) -> tuple[DistillResult, Path]:
+    out = WORK / "distill" / name
+    shutil.rmtree(out, ignore_errors=True)  # a benchmark starts clean
+    result = distill(DistillConfig(data=data, out=out, **{**TRAINING, **settings}))
+    print(f"{name}: {result.steps} steps, {result.tokens_seen / result.wall_seconds:.0f} tok/s", flush=True)
+    return result, out
+
+
+def trainer_baseline(student, examples: list[dict]) -> float:
+    """Tokens/s of a plain transformers.Trainer on the same examples: right padding, full logits, fp32."""
+    arguments = TrainingArguments(
+        output_dir=str(WORK / "distill" / "trainer-baseline"),
+        per_device_train_batch_size=TRAINING["batch_size"],
+        learning_rate=TRAINING["learning_rate"],
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    if student.tokenizer.pad_token is None:
+        student.tokenizer.pad_token = student.tokenizer.eos_token
+    collator = DataCollatorForSeq2Seq(student.tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=student.model.train(), args=arguments, train_dataset=examples, data_collator=collator)
+    started = time.perf_counter()
+    trainer.train()
+    return sum(len(e["input_ids"]) for e in examples) / (time.perf_counter() - started)
+
+
+def sparse_target_bytes(data: Path, tokenizer) -> float:
+    """Stored bytes per answer token of the top-20 targets, as the training dataset holds them."""
+    rows = TeacherAnswers.load(data).train[:200]
+    dataset = ExampleBuilder(tokenizer, max_length=TRAINING["max_length"]).dataset(rows)
+    columns = dataset.data
+    stored = columns.column("teacher_ids").nbytes + columns.column("teacher_logprobs").nbytes
+    return stored / sum(len(ids) for ids in dataset["teacher_ids"])
+
+
+def main() -> None:
+    data = WORK / "answers-plain" if QUICK else answers("plain")  # quick: whatever is harvested so far
+    teacher = load_model("smollm2")
+    split = TeacherAnswers.load(data)
+    builder = ExampleBuilder(teacher.tokenizer, max_length=TRAINING["max_length"])
+    heldout = [builder.example(row, targets=False) for row in split.heldout[:HELDOUT_SCORED]]
+    undistilled = student_from_teacher(teacher, LAYERS)
+
+    full, full_dir = run(data, "sft-all", loss=Loss.SFT, max_examples=ALL)
+    compared = {
+        loss: run(data, f"{loss}-{SUBSET}", loss=loss, max_examples=SUBSET)
+        for loss in (Loss.SFT, Loss.FORWARD_KL, Loss.REVERSE_KL, Loss.JSD)
+    }
+    students = {"undistilled": undistilled.model, "sft-all": load_model(str(full_dir)).model}
+    students |= {str(loss): load_model(str(out)).model for loss, (_, out) in compared.items()}
+    scores = fidelities(students, teacher.model, heldout)
+    before = scores["undistilled"]
+
+    def figures(name: str, result: DistillResult) -> dict:
+        after = scores[name]
+        return {
+            "train_answers": result.train_examples,
+            "steps": result.steps,
+            "agreement_before": before.agreement,
+            "agreement_after": after.agreement,
+            "kl_before": before.kl,
+            "kl_after": after.kl,
+            "perplexity_before": before.perplexity,
+            "perplexity_after": after.perplexity,
+            "agreement_recovered": after.agreement / 1.0,  # of the teacher's self-agreement
+            "agreement_gap_closed": (after.agreement - before.agreement) / (1.0 - before.agreement),
+            "kl_closed": (before.kl - after.kl) / before.kl,
+            "train_tokens_per_s": result.tokens_seen / result.wall_seconds,
+            "train_cpu_s": result.cpu_seconds,
+            "train_tokens": result.tokens_seen,
+        }
+
+    examples = [builder.example(row, targets=False) for row in split.train[:THROUGHPUT_EXAMPLES]]
+    baseline = trainer_baseline(student_from_teacher(teacher, LAYERS), examples)
+    fp32, _ = run(data, "throughput-fp32", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES, bf16=False)
+    bf16, _ = run(data, "throughput-bf16", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES)
+    per_token = sparse_target_bytes(data, teacher.tokenizer)
+    dense = len(teacher.tokenizer) * 4
+    student = load_model(str(full_dir))
+    teacher_speed, student_speed = generation_speed(teacher), generation_speed(student)
+    result = {
+        "teacher": "smollm2 (SmolLM2-135M-Instruct, fp32)",
+        "student": f"{LAYERS} of 30 layers, weights copied ({undistilled.model.config.num_hidden_layers} layers)",
+        "heldout_answers_scored": len(heldout),
+        "heldout_tokens_scored": before.tokens,
+        "acceptance": figures("sft-all", full),
+        "losses": {str(loss): figures(str(loss), r) for loss, (r, _) in compared.items()},
+        "throughput": {
+            "transformers_trainer_tok_s": baseline,
+            "alambic_fp32_tok_s": fp32.tokens_seen / fp32.wall_seconds,
+            "alambic_bf16_tok_s": bf16.tokens_seen / bf16.wall_seconds,
+            "ratio_fp32": fp32.tokens_seen / fp32.wall_seconds / baseline,
+            "ratio_bf16": bf16.tokens_seen / bf16.wall_seconds / baseline,
+        },
+        "memory": {
+            "sparse_top20_bytes_per_token": per_token,
+            "dense_fp32_bytes_per_token": dense,
+            "ratio": per_token / dense,
+        },
+        "student_vs_teacher": {
+            "parameters": parameter_count(student.model) / parameter_count(teacher.model),
+            "disk": sum(p.stat().st_size for p in full_dir.glob("*.safetensors"))
+            / sum(p.stat().st_size for p in smollm2_directory().glob("*.safetensors")),
+            "generation_tokens_per_s": student_speed / teacher_speed,
+            "teacher_tokens_per_s": teacher_speed,
+            "student_tokens_per_s": student_speed,
+        },
+        "targets": {"throughput ratio": ">= 1.0", "memory ratio": "<= 0.01"},
+    }
+    print(result)
+    if not QUICK:
+        print("wrote", write_result("distill", result))
+
+
+if __name__ == "__main__":
+    main()

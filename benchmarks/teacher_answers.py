@@ -1,0 +1,70 @@
+"""The real teacher's answers that the distill and watermark benchmarks train on, harvested once and cached.
+
+2,400 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
+--backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
+plain, once with the KGW watermark under a fixed benchmark key. A rerun resumes whatever is missing.
+Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from alambic.errors import ConflictError
+from alambic.harvest.dataset import read_rows
+from alambic.models.loading import smollm2_directory
+from alambic.paths import cache_dir
+from alambic.store import Store, create_account, issue_key
+from common import SHARED_DATA, GatewayProcess, sharegpt_first_turns
+
+PROMPTS = 2400
+WORK = cache_dir() / "benchmarks"
+WATERMARK_KEY = "alambic-benchmark-watermark-key"  # a benchmark's key, public on purpose
+WATERMARKS = {"plain": (), "kgw": ("--watermark", "kgw")}
+
+
+def prompts_file() -> Path:
+    path = WORK / "prompts.jsonl"
+    if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        with open(SHARED_DATA / "gsm8k" / "train.jsonl") as lines:
+            math = [json.loads(line)["question"] for line, _ in zip(lines, range(PROMPTS // 2), strict=False)]
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_directory())
+        chat = [m[0]["content"] for m in sharegpt_first_turns(PROMPTS // 2, tokenizer, max_prompt_tokens=256)]
+        rows = [prompt for pair in zip(math, chat, strict=True) for prompt in pair]
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    return path
+
+
+def answers(watermark: str) -> Path:
+    """The directory of the teacher's answers, plain or watermarked, harvesting what is missing."""
+    out = WORK / f"answers-{watermark}"
+    if len(read_rows(out)) >= PROMPTS:
+        return out
+    db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
+    store = Store(db)
+    try:
+        key = create_account(store, "benchmark")
+    except ConflictError:  # a run before this one
+        key = issue_key(store, "benchmark")
+    os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
+    gateway = GatewayProcess("--backend", "llamacpp", "--max-batch-size", "32", *WATERMARKS[watermark], db=db)
+    try:
+        command = [sys.executable, "-m", "alambic", "harvest", "--endpoint", f"{gateway.url}/v1"]
+        command += ["--model", "smollm2", "--prompts", str(prompts_file()), "--out", str(out)]
+        command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
+        subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
+    finally:
+        gateway.close()
+    return out
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or list(WATERMARKS):
+        print("answers in", answers(name))

@@ -1,0 +1,63 @@
+"""What every command shares: the Typer app and its sub-apps, the console, common options, and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from alambic.errors import AlambicError, InvalidRequestError
+
+app = typer.Typer(no_args_is_help=True, help="Serve, distill, detect and prove distillation between LMs.")
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts, API keys and policies.")
+app.add_typer(accounts_app, name="accounts")
+prompts_app = typer.Typer(no_args_is_help=True, help="Prompt sets: generate new ones from seeds.")
+app.add_typer(prompts_app, name="prompts")
+watermark_app = typer.Typer(no_args_is_help=True, help="Watermarks: detect a key's mark in text.")
+app.add_typer(watermark_app, name="watermark")
+console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--db", envvar="ALAMBIC_DB", help="SQLAlchemy URL of the store [default: SQLite in the data dir]."),
+]
+RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (throttle).")]
+TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (throttle).")]
+EndpointOption = Annotated[
+    str, typer.Option(help="Base URL of the teacher's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
+]
+ModelOption = Annotated[str, typer.Option(help="The teacher's model id at that endpoint.")]
+
+
+def one_line_errors(command: F) -> F:
+    """AlambicError becomes `error: message` on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AlambicError as error:
+            console.print(f"[red]error:[/red] {error.message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
+
+
+def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, context: int):
+    """A scheme keyed from the environment: the key never appears on a command line or in a log."""
+    from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+
+    key = os.environ.get(key_env)
+    if not key:
+        raise InvalidRequestError(f"Set the watermark key in ${key_env} (or name another with --watermark-key-env).")
+    if name == KirchenbauerScheme.name:
+        return KirchenbauerScheme(key, gamma=gamma, delta=delta, context_width=context)
+    if name == AaronsonScheme.name:
+        return AaronsonScheme(key, context_width=context)
+    raise InvalidRequestError(f"Unknown watermark scheme '{name}'; choose kgw or gumbel.")

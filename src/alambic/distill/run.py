@@ -1,0 +1,248 @@
+"""A distillation run: the teacher's answers in, a trained student directory out.
+
+The output directory holds the student (weights, tokenizer, generation config), `checkpoints/` (the run
+resumes from the newest one when started again), `metrics.jsonl` (one line per logging step: losses,
+tokens seen, tokens/s, CPU seconds), `tensorboard/`, and `distill.json` (the settings and the cost).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from torch.utils.tensorboard import SummaryWriter
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig
+from trl.trainer.callbacks import RichProgressCallback
+
+from alambic.distill.data import ExampleBuilder, TeacherAnswers
+from alambic.distill.losses import Loss
+from alambic.distill.trainer import LeftPaddingCollator, TeacherTargetTrainer
+from alambic.errors import InvalidRequestError
+from alambic.models.loading import LoadedModel, load_model
+from alambic.models.student import student_from_teacher
+
+
+@dataclass
+class DistillConfig:
+    """Everything a run needs; a TOML file of these keys or the CLI's flags fill it."""
+
+    data: Path
+    out: Path
+    teacher: str = "smollm2"
+    student: str | None = None  # a model directory (or `tiny`); by default a cut of the teacher
+    student_layers: int | list[int] = 6
+    loss: Loss = Loss.SFT
+    targets: str = "auto"  # sparse (the harvest's top-k), dense (a local teacher's logits), auto
+    ce_weight: float = 0.0  # the share of cross-entropy mixed into a divergence loss
+    beta: float = 0.5  # jsd's mixture weight
+    top_k: int = 20
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-4
+    warmup_ratio: float = 0.05
+    max_length: int = 512
+    heldout_fraction: float = 0.1
+    max_examples: int | None = None  # train on the first N training answers only
+    packing: bool = False
+    lora_rank: int | None = None
+    bf16: bool = False  # bf16 autocast: about twice the matmul rate on CPUs with avx512_bf16
+    save_steps: int = 100
+    logging_steps: int = 10
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # any other SFTConfig setting
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidRequestError(f"unknown distill settings: {', '.join(unknown)}")
+        values = dict(values)
+        for name in ("data", "out"):
+            if name in values:
+                values[name] = Path(values[name])
+        if "loss" in values:
+            values["loss"] = Loss(values["loss"])
+        return cls(**values)
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    steps: int
+    tokens_seen: int
+    cpu_seconds: float
+    wall_seconds: float
+    train_examples: int
+    examples_with_targets: int
+    targets: str
+
+
+def distill(
+    config: DistillConfig, *, progress: bool = False, callbacks: Sequence[TrainerCallback] = ()
+) -> DistillResult:
+    """Train the student on the teacher's answers, resuming from the newest checkpoint in `config.out`."""
+    answers = TeacherAnswers.load(config.data, config.heldout_fraction)
+    teacher = load_model(config.teacher) if config.student is None or config.targets == "dense" else None
+    student = load_model(config.student) if config.student else student_from_teacher(teacher, config.student_layers)
+    builder = ExampleBuilder(student.tokenizer, max_length=config.max_length, top_k=config.top_k)
+    targets = _target_kind(config, answers, builder)
+    if targets == "dense" and teacher is None:
+        teacher = load_model(config.teacher)
+    train = builder.dataset(answers.train[: config.max_examples], targets=targets == "sparse")
+    packed = config.packing and config.loss is Loss.SFT
+    if config.packing and not packed:
+        raise InvalidRequestError("packing is for sft: a divergence needs each answer's own targets")
+    top_k = config.top_k if targets == "sparse" else 0
+    with_targets = sum(1 for ids in train["teacher_ids"] if ids) if targets == "sparse" else 0
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=_checkpoint_step(resume))
+    trainer = TeacherTargetTrainer(
+        model=student.model.train(),
+        args=_training_arguments(config, checkpoints, packed=packed),
+        train_dataset=train,
+        processing_class=student.tokenizer,
+        data_collator=None if packed else LeftPaddingCollator(_pad_id(student), top_k),
+        peft_config=_lora(config),
+        callbacks=[
+            metrics,
+            TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))),
+            *([RichProgressCallback()] if progress else []),
+            *callbacks,
+        ],
+        loss=config.loss,
+        ce_weight=config.ce_weight,
+        beta=config.beta,
+        teacher=teacher.model if targets == "dense" else None,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    wall_seconds = metrics.wall_base + time.perf_counter() - started
+    model = trainer.model.merge_and_unload() if config.lora_rank else trainer.model
+    _save_student(model, student, teacher, out)
+    result = DistillResult(
+        out=out,
+        steps=trainer.state.global_step,
+        tokens_seen=metrics.tokens_seen,
+        cpu_seconds=metrics.cpu_seconds,
+        wall_seconds=wall_seconds,
+        train_examples=len(train),
+        examples_with_targets=with_targets,
+        targets=targets,
+    )
+    summary = {"config": {**asdict(config), "data": str(config.data), "out": str(out)}, **asdict(result)}
+    (out / "distill.json").write_text(json.dumps({**summary, "out": str(out)}, indent=2) + "\n")
+    return result
+
+
+class MetricsLog(TrainerCallback):
+    """Appends each logged step to a JSONL file with tokens/s and the run's CPU seconds so far. A resumed
+    run first drops the lines past its checkpoint, so every step appears once and the cost adds up."""
+
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
+        self.path = path
+        kept = []
+        if path.exists():
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in kept if line["step"] <= resume_step]
+        path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        last = kept[-1] if kept else {}
+        self.cpu_base, self.wall_base = last.get("cpu_s", 0.0), last.get("wall_s", 0.0)
+        self.tokens_base = last.get("tokens_seen", 0) if resume_step else 0
+        self.tokens_seen = self.tokens_base
+        self.cpu_seconds = self.cpu_base
+        self._cpu_start, self._wall_start = time.process_time(), time.perf_counter()
+        self._last = (self._wall_start, self.tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        logs = dict(logs or {})
+        if "num_tokens" in logs:
+            self.tokens_seen = self.tokens_base + int(logs.pop("num_tokens"))
+        now = time.perf_counter()
+        self.cpu_seconds = self.cpu_base + time.process_time() - self._cpu_start
+        line = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_s": (self.tokens_seen - self._last[1]) / max(now - self._last[0], 1e-9),
+            "cpu_s": self.cpu_seconds,
+            "wall_s": self.wall_base + now - self._wall_start,
+            **logs,
+        }
+        self._last = (now, self.tokens_seen)
+        with self.path.open("a") as file:
+            file.write(json.dumps(line) + "\n")
+
+
+def _target_kind(config: DistillConfig, answers: TeacherAnswers, builder: ExampleBuilder) -> str:
+    if config.loss is Loss.SFT:
+        return "none"
+    if config.targets in ("sparse", "dense"):
+        return config.targets
+    if config.targets != "auto":
+        raise InvalidRequestError(f"targets must be sparse, dense or auto, not {config.targets!r}")
+    has_logprobs = any(row.logprobs and len(row.logprobs[0]["top_logprobs"]) >= config.top_k for row in answers.train)
+    return "sparse" if has_logprobs else "dense"
+
+
+def _training_arguments(config: DistillConfig, checkpoints: Path, *, packed: bool) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="cosine",
+        max_length=config.max_length,
+        packing=config.packing,
+        packing_strategy="wrapped",  # bfd needs a padding-free attention kernel, which CPUs lack
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        report_to=[],  # TensorBoard through the callback `distill` adds, writing where the run says
+        seed=config.seed,
+        bf16=config.bf16,
+        remove_unused_columns=False,  # the collator reads the teacher's targets
+        dataset_kwargs=None if packed else {"skip_prepare_dataset": True},
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **config.extra,
+    )
+
+
+def _lora(config: DistillConfig) -> LoraConfig | None:
+    if not config.lora_rank:
+        return None
+    return LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules="all-linear")
+
+
+def _pad_id(model: LoadedModel) -> int:
+    tokenizer = model.tokenizer
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _save_student(model: PreTrainedModel, student: LoadedModel, teacher: LoadedModel | None, out: Path) -> None:
+    if teacher is not None:
+        model.generation_config = teacher.model.generation_config
+    model.save_pretrained(out)
+    student.tokenizer.save_pretrained(out)

@@ -1,0 +1,72 @@
+"""How closely models follow the teacher on the teacher's own held-out answers, teacher-forced: top-1
+agreement (the model's likeliest next token is the teacher's), KL(teacher || model) per token, and the model's
+perplexity of the teacher's answers. The teacher against itself gives agreement 1 and KL 0. The teacher's
+logits are computed once per batch for all the models compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from alambic.distill.losses import Loss, dense_divergence
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    agreement: float
+    kl: float
+    perplexity: float
+    tokens: int
+
+
+@torch.inference_mode()
+def fidelities(
+    models: Mapping[str, PreTrainedModel],
+    teacher: PreTrainedModel,
+    examples: Sequence[dict],
+    *,
+    batch_size: int = 8,
+) -> dict[str, Fidelity]:
+    """`examples` have `input_ids` and `labels` (-100 outside the answer), as `ExampleBuilder` makes them."""
+    sums = {name: [0.0, 0.0, 0.0] for name in models}  # agreement, KL, negative log-likelihood
+    tokens = 0
+    for start in range(0, len(examples), batch_size):
+        input_ids, attention, labels = _pad(examples[start : start + batch_size])
+        answer = labels[:, 1:] != -100
+        targets = labels[:, 1:][answer]
+        teacher_logits = teacher(input_ids=input_ids, attention_mask=attention).logits[:, :-1][answer].float()
+        teacher_top = teacher_logits.argmax(-1)
+        for name, model in models.items():
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1][answer].float()
+            sums[name][0] += float((logits.argmax(-1) == teacher_top).sum())
+            sums[name][1] += float(dense_divergence(teacher_logits, logits, Loss.FORWARD_KL).sum())
+            sums[name][2] += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        tokens += int(answer.sum())
+    if not tokens:
+        raise ValueError("no answer tokens to score")
+    return {
+        name: Fidelity(agree / tokens, kl / tokens, math.exp(nll / tokens), tokens)
+        for name, (agree, kl, nll) in sums.items()
+    }
+
+
+def fidelity(model: PreTrainedModel, teacher: PreTrainedModel, examples: Sequence[dict], **options) -> Fidelity:
+    return fidelities({"model": model}, teacher, examples, **options)["model"]
+
+
+def _pad(batch: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    length = max(len(e["input_ids"]) for e in batch)
+    input_ids = torch.zeros(len(batch), length, dtype=torch.long)
+    attention = torch.zeros(len(batch), length, dtype=torch.long)
+    labels = torch.full((len(batch), length), -100, dtype=torch.long)
+    for row, example in enumerate(batch):
+        size = len(example["input_ids"])
+        input_ids[row, :size] = torch.tensor(example["input_ids"])
+        attention[row, :size] = 1
+        labels[row, :size] = torch.tensor(example["labels"])
+    return input_ids, attention, labels

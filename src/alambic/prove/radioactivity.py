@@ -1,0 +1,142 @@
+"""Radioactivity (Sander et al. 2024, *Watermarking Makes Language Models Radioactive*): was a suspect model
+trained on text watermarked with our key?
+
+Reading mode, for open weights: teacher-force the suspect on text and take its likeliest next token at every
+position; score each (watermark context, predicted token) pair with the key, each distinct pair once. A model
+that never saw the watermark predicts independently of the key, so its green rate is gamma and the p-value is
+exact; a model trained on watermarked text leans towards the key's green tokens.
+API mode: sample the suspect's answers through its endpoint and detect the watermark in them.
+
+Either way the same test runs under many other keys: their p-values are the empirical null, so the reported
+p-value is checked in practice, not only in theory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+from transformers import PreTrainedModel
+
+from alambic.watermark.keyed_hash import context_hashes
+from alambic.watermark.schemes import KeyedScheme
+
+GROWTH_POINTS = 12
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a test reads: in each text, position i >= starts[j] scores `tokens[j][i]` in the watermark context
+    that ends at text position i - 1. Text detection scores the text's own tokens (`tokens` is `texts`);
+    reading mode scores the suspect's prediction for position i."""
+
+    texts: list[np.ndarray]
+    tokens: list[np.ndarray]
+    starts: list[int]
+
+    @classmethod
+    def of_text(cls, texts: Sequence[Sequence[int]], starts: Sequence[int]) -> Scored:
+        arrays = [np.asarray(text, dtype=np.int64) for text in texts]
+        return cls(arrays, arrays, list(starts))
+
+
+@dataclass(frozen=True)
+class RadioactivityResult:
+    scheme: str
+    mode: str  # reading or api
+    score: float
+    tokens_scored: int
+    pvalue: float
+    growth: list[tuple[int, float]]  # (unique pairs scored so far, p-value then)
+    null_pvalues: list[float]  # the same test under other keys
+    empirical_pvalue: float  # (1 + #null p-values at or below ours) / (1 + #null keys)
+    null_ks_pvalue: float  # are the null p-values uniform? (Kolmogorov-Smirnov)
+    false_positive_rate: float
+
+    @property
+    def verdict(self) -> str:
+        return "radioactive" if self.pvalue < self.false_positive_rate else "not detected"
+
+
+@torch.inference_mode()
+def suspect_predictions(
+    model: PreTrainedModel, texts: Sequence[Sequence[int]], starts: Sequence[int], *, batch_size: int = 8
+) -> Scored:
+    """Teacher-force the suspect on each text; at every position, the token it finds likeliest there."""
+    arrays, predictions = [], []
+    for first in range(0, len(texts), batch_size):
+        batch = [list(text) for text in texts[first : first + batch_size]]
+        length = max(len(text) for text in batch)
+        ids = torch.zeros(len(batch), length, dtype=torch.long)
+        mask = torch.zeros(len(batch), length, dtype=torch.long)
+        for row, text in enumerate(batch):
+            ids[row, : len(text)] = torch.tensor(text)
+            mask[row, : len(text)] = 1
+        likeliest = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()  # [t]: guess for t + 1
+        for row, text in enumerate(batch):
+            arrays.append(np.asarray(text, dtype=np.int64))
+            predictions.append(np.concatenate([[0], likeliest[row, : len(text) - 1]]))  # [i]: guess for i
+    return Scored(arrays, predictions, list(starts))
+
+
+def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The unique (context hash, scored token) pairs, in reading order."""
+    seed = scheme.seed if seed is None else seed
+    width = scheme.context_width
+    contexts, tokens = [], []
+    for text, scored_tokens, start in zip(scored.texts, scored.tokens, scored.starts, strict=True):
+        if len(text) <= width:
+            continue
+        keep = np.arange(width, len(text)) >= start
+        contexts.append(context_hashes(text, width, seed)[keep])  # [j]: the context of position j + width
+        tokens.append(scored_tokens[width:][keep])
+    if not contexts:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    pairs = np.stack([np.concatenate(contexts), np.concatenate(tokens).astype(np.uint64)], 1)
+    _, first_seen = np.unique(pairs, axis=0, return_index=True)
+    pairs = pairs[np.sort(first_seen)]
+    return pairs[:, 0], pairs[:, 1].astype(np.int64)
+
+
+def radioactivity(
+    scheme: KeyedScheme,
+    scored: Scored,
+    *,
+    mode: str,
+    null_keys: int = 100,
+    false_positive_rate: float = 1e-6,
+) -> RadioactivityResult:
+    contexts, tokens = scored_pairs(scheme, scored)
+    detection = scheme.detect_pairs(contexts, tokens)
+    null = [scheme.detect_pairs(*scored_pairs(scheme, scored, _other_seed(scheme, i))).pvalue for i in range(null_keys)]
+    return RadioactivityResult(
+        scheme=scheme.name,
+        mode=mode,
+        score=detection.score,
+        tokens_scored=detection.tokens_scored,
+        pvalue=detection.pvalue,
+        growth=_growth(scheme, contexts, tokens),
+        null_pvalues=null,
+        empirical_pvalue=(1 + sum(p <= detection.pvalue for p in null)) / (1 + len(null)),
+        null_ks_pvalue=float(stats.kstest(null, "uniform").pvalue) if len(null) >= 2 else 1.0,
+        false_positive_rate=false_positive_rate,
+    )
+
+
+def _growth(scheme: KeyedScheme, contexts: np.ndarray, tokens: np.ndarray) -> list[tuple[int, float]]:
+    """The p-value after the first n pairs, for n on a log scale up to all of them."""
+    if not len(tokens):
+        return []
+    scores = np.cumsum(scheme.pair_scores(contexts, tokens))
+    points = np.unique(np.geomspace(min(10, len(tokens)), len(tokens), GROWTH_POINTS).astype(int))
+    return [(int(n), scheme.pvalue(float(scores[n - 1]), int(n))) for n in points]
+
+
+def _other_seed(scheme: KeyedScheme, index: int) -> np.uint64:
+    """A key for the null that is not ours, derived from ours so the test is reproducible."""
+    digest = hashlib.sha256(f"null-key:{int(scheme.seed)}:{index}".encode()).digest()
+    return np.uint64(int.from_bytes(digest[:8], "little"))

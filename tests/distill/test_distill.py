@@ -1,0 +1,111 @@
+"""Distilling a tiny teacher's harvested answers into a one-layer student: every loss brings the student
+closer to the teacher, and an interrupted run resumes where its checkpoint left it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from alambic.distill.data import ExampleBuilder, TeacherAnswers
+from alambic.distill.losses import Loss
+from alambic.distill.run import DistillConfig, distill
+from alambic.evaluate.fidelity import fidelity
+from alambic.models import load_model
+from alambic.models.student import student_from_teacher
+
+HELDOUT = 0.2
+
+
+def config(answers: Path, teacher: Path, out: Path, **overrides) -> DistillConfig:
+    settings = dict(
+        data=answers,
+        out=out,
+        teacher=str(teacher),
+        student_layers=[0],
+        top_k=5,
+        max_steps=30,
+        batch_size=8,
+        learning_rate=1e-3,
+        heldout_fraction=HELDOUT,
+        logging_steps=5,
+        save_steps=10,
+    )
+    return DistillConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def heldout(answers, sharp_teacher):
+    teacher = load_model(str(sharp_teacher))
+    rows = TeacherAnswers.load(answers, HELDOUT).heldout
+    return teacher, [ExampleBuilder(teacher.tokenizer).example(row, targets=False) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def agreement_before(heldout):
+    teacher, examples = heldout
+    return fidelity(student_from_teacher(teacher, [0]).model, teacher.model, examples)
+
+
+@pytest.mark.parametrize(
+    ("loss", "targets"),
+    [
+        (Loss.SFT, "auto"),
+        (Loss.FORWARD_KL, "sparse"),
+        (Loss.REVERSE_KL, "sparse"),
+        (Loss.JSD, "sparse"),
+        (Loss.FORWARD_KL, "dense"),
+    ],
+)
+def test_distillation_brings_the_student_closer_to_the_teacher(
+    loss, targets, answers, sharp_teacher, heldout, agreement_before, tmp_path
+):
+    result = distill(config(answers, sharp_teacher, tmp_path / "student", loss=loss, targets=targets))
+    teacher, examples = heldout
+    after = fidelity(load_model(str(tmp_path / "student")).model, teacher.model, examples)
+    assert result.steps == 30 and result.tokens_seen > 0 and result.cpu_seconds > 0
+    if targets == "sparse":
+        assert result.targets == "sparse" and result.examples_with_targets >= 0.9 * result.train_examples
+    assert after.agreement > agreement_before.agreement + 0.01
+    assert after.kl < agreement_before.kl
+
+
+class Crash(TrainerCallback):
+    """Kills the run after a given step, as a power cut would."""
+
+    def __init__(self, after_step: int) -> None:
+        self.after_step = after_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.after_step:
+            raise KeyboardInterrupt
+
+
+def logged(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_continues_the_same_loss(answers, sharp_teacher, tmp_path):
+    settings = dict(loss=Loss.FORWARD_KL, max_steps=20)
+    straight = distill(config(answers, sharp_teacher, tmp_path / "straight", **settings))
+    with pytest.raises(KeyboardInterrupt):
+        distill(config(answers, sharp_teacher, tmp_path / "resumed", **settings), callbacks=[Crash(after_step=13)])
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-10").is_dir()
+    resumed = distill(config(answers, sharp_teacher, tmp_path / "resumed", **settings))
+    assert resumed.steps == straight.steps == 20
+    steps = [line["step"] for line in logged(tmp_path / "resumed") if "loss" in line]
+    assert steps == [5, 10, 15, 20]  # the step logged after the checkpoint, before the crash, is not repeated
+    expected = {line["step"]: line["loss"] for line in logged(tmp_path / "straight") if "loss" in line}
+    for line in logged(tmp_path / "resumed"):
+        if "loss" in line:
+            assert line["loss"] == pytest.approx(expected[line["step"]], rel=1e-3)
+    assert resumed.tokens_seen == straight.tokens_seen
+
+
+def test_a_loss_that_needs_targets_says_where_to_get_them(answers, tmp_path):
+    from alambic.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="harvest"):
+        distill(config(tmp_path / "nowhere", tmp_path, tmp_path / "out"))

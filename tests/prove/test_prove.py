@@ -1,0 +1,80 @@
+"""Radioactivity with tiny models: a student distilled from a watermarked teacher's answers carries the key's
+trace, a student distilled from the same teacher's plain answers does not, and other keys give the null."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from alambic.cli import app
+from alambic.distill.losses import Loss
+from alambic.distill.run import DistillConfig, distill
+from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs
+from alambic.prove.run import prove_weights
+from alambic.watermark import KirchenbauerScheme
+from conftest import harvest_tiny_teacher
+
+KEY = "the provider's secret key"
+SCHEME = KirchenbauerScheme(KEY, gamma=0.25, delta=4.0)
+
+
+@pytest.fixture(scope="module")
+def watermarked_answers(sharp_teacher, tmp_path_factory) -> Path:
+    return harvest_tiny_teacher(sharp_teacher, tmp_path_factory.mktemp("watermarked"), watermark=SCHEME)
+
+
+def student(data: Path, teacher: Path, out: Path) -> Path:
+    settings = dict(student_layers=[0], loss=Loss.SFT, max_steps=40, learning_rate=2e-3, logging_steps=10)
+    distill(DistillConfig(data=data, out=out, teacher=str(teacher), save_steps=40, **settings))
+    return out
+
+
+@pytest.fixture(scope="module")
+def suspects(watermarked_answers, answers, sharp_teacher, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("suspects")
+    return (
+        student(watermarked_answers, sharp_teacher, root / "distilled-from-watermarked"),
+        student(answers, sharp_teacher, root / "distilled-from-plain"),
+    )
+
+
+def test_the_student_of_watermarked_answers_is_radioactive_and_the_control_is_not(suspects, watermarked_answers):
+    suspect, control = suspects
+    found = prove_weights(str(suspect), SCHEME, [watermarked_answers], null_keys=50)
+    clean = prove_weights(str(control), SCHEME, [watermarked_answers], null_keys=50)
+    assert found.pvalue < 1e-6 and found.verdict == "radioactive"
+    assert found.empirical_pvalue == pytest.approx(1 / 51)  # no other key comes close
+    assert clean.pvalue > 0.01 and clean.verdict == "not detected"
+    assert clean.null_ks_pvalue > 0.001  # other keys' p-values look uniform
+    assert found.growth[-1][0] == found.tokens_scored and found.growth[-1][1] == pytest.approx(found.pvalue)
+
+
+def test_prove_writes_a_report_and_prints_the_result(suspects, watermarked_answers, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALAMBIC_WATERMARK_KEY", KEY)
+    suspect, _ = suspects
+    command = ["prove", "--suspect", str(suspect), "--text", str(watermarked_answers), "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*command, "--null-keys", "20"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["verdict"] == "radioactive" and printed["pvalue"] < 1e-6
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["tokens_scored"] == printed["tokens_scored"] and len(report["null_pvalues"]) == 20
+    assert "very likely trained" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "evidence.png").stat().st_size > 0
+
+
+def test_repeated_text_is_scored_once():
+    tokens = np.random.default_rng(0).integers(0, 5000, 300)
+    once = scored_pairs(SCHEME, Scored.of_text([tokens], [0]))[0]
+    thrice = scored_pairs(SCHEME, Scored.of_text([tokens, tokens, tokens], [0, 0, 0]))[0]
+    assert len(once) == len(thrice) == len(set(zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True)))
+
+
+def test_random_text_is_not_radioactive_under_any_key():
+    texts = [np.random.default_rng(i).integers(0, 49152, 400) for i in range(10)]
+    result = radioactivity(SCHEME, Scored.of_text(texts, [0] * 10), mode="api", null_keys=200)
+    assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
