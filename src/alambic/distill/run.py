@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from transformers import PreTrainedModel, TrainerCallback
@@ -132,7 +133,9 @@ def distill(
     trainer.train(resume_from_checkpoint=resume)
     wall_seconds = metrics.wall_base + time.perf_counter() - started
     model = trainer.model.merge_and_unload() if config.lora_rank else trainer.model
-    _save_student(model, student, teacher, out)
+    main_process = trainer.accelerator.is_main_process  # under `accelerate launch`, one process writes
+    if main_process:
+        _save_student(model, student, teacher, out)
     result = DistillResult(
         out=out,
         steps=trainer.state.global_step,
@@ -144,7 +147,8 @@ def distill(
         targets=targets,
     )
     summary = {"config": {**asdict(config), "data": str(config.data), "out": str(out)}, **asdict(result)}
-    (out / "distill.json").write_text(json.dumps({**summary, "out": str(out)}, indent=2) + "\n")
+    if main_process:
+        (out / "distill.json").write_text(json.dumps({**summary, "out": str(out)}, indent=2) + "\n")
     return result
 
 
@@ -158,7 +162,8 @@ class MetricsLog(TrainerCallback):
         if path.exists():
             kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             kept = [line for line in kept if line["step"] <= resume_step]
-        path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        if PartialState().is_main_process:
+            path.write_text("".join(json.dumps(line) + "\n" for line in kept))
         last = kept[-1] if kept else {}
         self.cpu_base, self.wall_base = last.get("cpu_s", 0.0), last.get("wall_s", 0.0)
         self.tokens_base = last.get("tokens_seen", 0) if resume_step else 0
@@ -168,6 +173,8 @@ class MetricsLog(TrainerCallback):
         self._last = (self._wall_start, self.tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if not state.is_world_process_zero:
+            return
         logs = dict(logs or {})
         if "num_tokens" in logs:
             self.tokens_seen = self.tokens_base + int(logs.pop("num_tokens"))

@@ -3,8 +3,11 @@
 A context (the `h` tokens before a position) and the secret key give a 64-bit context hash (SplitMix64,
 Steele et al. 2014, chained over the context). Each candidate token has a fixed 64-bit token key; the draw
 for (context, token) is a multiply-xorshift of their XOR. Generation draws for the whole vocabulary at every
-step, so the per-token work is three vectorised integer operations (0.07 ms for 49k tokens); detection
-draws for the scored pairs only. Both compute the same numbers.
+step, so the per-token work is three vectorised integer operations; detection draws for the scored pairs
+only. Both compute the same numbers. A green list needs only a yes/no per token, so it draws in 32 bits
+(both halves of the hashes folded together): 0.016 ms for 49k tokens against 0.065 ms in 64 bits, which is
+what keeps the watermark's cost under 5% of generation at 16 streams. The Gumbel scheme needs fine
+uniforms and draws in 64 bits.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX_2 = np.uint64(0x94D049BB133111EB)
+MIX_32 = np.uint32(0x9E3779B1)  # Knuth's multiplicative constant
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -72,9 +76,26 @@ def draws(context_hash: np.ndarray | np.uint64, keys: np.ndarray) -> np.ndarray:
     return mixed ^ (mixed >> np.uint64(32))
 
 
-def threshold(fraction: float) -> np.uint64:
-    """The draw below which a fraction `fraction` of all draws fall."""
-    return np.uint64(min(int(fraction * 2**64), 2**64 - 1))
+def fold32(hashes: np.ndarray | np.uint64) -> np.ndarray | np.uint32:
+    """The two 32-bit halves of 64-bit hashes XORed together."""
+    return ((hashes ^ (hashes >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+@lru_cache(maxsize=4)
+def vocabulary_keys32(vocab_size: int) -> np.ndarray:
+    return fold32(vocabulary_keys(vocab_size))
+
+
+def draws32(context_hash: np.ndarray | np.uint64, keys32: np.ndarray) -> np.ndarray:
+    """32-bit draws, one per (context, folded token key) pair; broadcasts like numpy."""
+    with np.errstate(over="ignore"):
+        mixed = (fold32(context_hash) ^ keys32) * MIX_32
+    return mixed ^ (mixed >> np.uint32(16))
+
+
+def threshold32(fraction: float) -> np.uint32:
+    """The 32-bit draw below which a fraction `fraction` of all draws fall."""
+    return np.uint32(min(int(fraction * 2**32), 2**32 - 1))
 
 
 def to_uniform(draw: np.ndarray) -> np.ndarray:

@@ -19,12 +19,15 @@ from alambic.watermark.keyed_hash import (
     context_hash,
     context_hashes,
     draws,
+    draws32,
+    fold32,
     key_seed,
-    threshold,
+    threshold32,
     to_uniform,
     token_keys,
     uniforms,
     vocabulary_keys,
+    vocabulary_keys32,
 )
 
 
@@ -85,16 +88,16 @@ class KirchenbauerScheme(KeyedScheme):
         if not 0 < gamma < 1:
             raise ValueError("gamma must be in (0, 1)")
         self.gamma, self.delta = gamma, delta
-        self.green_below = threshold(gamma)
+        self.green_below = threshold32(gamma)
 
     def green_mask(self, context_hash: np.ndarray, vocab_size: int) -> np.ndarray:
-        return draws(context_hash, vocabulary_keys(vocab_size)) < self.green_below
+        return draws32(context_hash, vocabulary_keys32(vocab_size)) < self.green_below
 
     def processor(self) -> KirchenbauerProcessor:
         return KirchenbauerProcessor(self)
 
     def pair_scores(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return (draws(contexts, token_keys(tokens)) < self.green_below).astype(np.float64)  # 1 per green pair
+        return (draws32(contexts, fold32(token_keys(tokens))) < self.green_below).astype(np.float64)  # 1 if green
 
     def pvalue(self, score: float, count: int) -> float:
         return float(stats.binom.sf(round(score) - 1, count, self.gamma))
