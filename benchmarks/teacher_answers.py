@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from alambic.errors import ConflictError
+from alambic.harvest import load_prompts
 from alambic.harvest.dataset import read_rows
 from alambic.models.loading import smollm2_directory
 from alambic.paths import cache_dir
@@ -45,7 +46,7 @@ def prompts_file() -> Path:
 def answers(watermark: str) -> Path:
     """The directory of the teacher's answers, plain or watermarked, harvesting what is missing."""
     out = WORK / f"answers-{watermark}"
-    if len(read_rows(out)) >= PROMPTS:
+    if len(read_rows(out)) >= len(load_prompts(prompts_file())):  # repeated prompts are asked once
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
     store = Store(db)

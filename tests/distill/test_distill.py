@@ -57,12 +57,15 @@ def agreement_before(heldout):
         (Loss.REVERSE_KL, "sparse"),
         (Loss.JSD, "sparse"),
         (Loss.FORWARD_KL, "dense"),
+        (Loss.ON_POLICY, "auto"),
     ],
 )
 def test_distillation_brings_the_student_closer_to_the_teacher(
     loss, targets, answers, sharp_teacher, heldout, agreement_before, tmp_path
 ):
-    result = distill(config(answers, sharp_teacher, tmp_path / "student", loss=loss, targets=targets))
+    result = distill(
+        config(answers, sharp_teacher, tmp_path / "student", loss=loss, targets=targets, on_policy_tokens=24)
+    )
     teacher, examples = heldout
     after = fidelity(load_model(str(tmp_path / "student")).model, teacher.model, examples)
     assert result.steps == 30 and result.tokens_seen > 0 and result.cpu_seconds > 0

@@ -28,12 +28,14 @@ def distill(
         None
     ),
     student_layers: Annotated[int, typer.Option(min=1, help="Teacher layers kept, evenly spaced.")] = 6,
-    loss: Annotated[Loss, typer.Option(help="sft (answers) or a divergence from the teacher's distribution.")] = (
-        Loss.SFT
-    ),
+    loss: Annotated[
+        Loss,
+        typer.Option(help="sft (answers), a divergence from the teacher's distribution, or on_policy (GKD)."),
+    ] = Loss.SFT,
     targets: Annotated[str, typer.Option(help="sparse (harvested top-k), dense (local teacher), or auto.")] = "auto",
     ce_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cross-entropy share in a KL loss.")] = 0.0,
-    beta: Annotated[float, typer.Option(min=0.0, max=1.0, help="jsd: the mixture weight.")] = 0.5,
+    beta: Annotated[float, typer.Option(min=0.0, max=1.0, help="jsd, on_policy: the mixture weight.")] = 0.5,
+    on_policy_tokens: Annotated[int, typer.Option(min=1, help="on_policy: tokens the student samples.")] = 128,
     top_k: Annotated[int, typer.Option(min=1, max=20, help="Teacher alternatives used per token.")] = 20,
     epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: the epochs decide).")] = -1,

@@ -22,6 +22,7 @@ class Loss(StrEnum):
     FORWARD_KL = "forward_kl"  # KL(teacher || student): mode-covering
     REVERSE_KL = "reverse_kl"  # KL(student || teacher): mode-seeking
     JSD = "jsd"  # generalised Jensen-Shannon, beta = 0.5 is the symmetric one
+    ON_POLICY = "on_policy"  # GKD: the student samples, the teacher scores (TRL's DistillationTrainer)
 
 
 def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, loss: Loss, beta: float = 0.5) -> torch.Tensor:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from datasets import Dataset
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig
+from trl import DistillationConfig, DistillationTrainer, SFTConfig
 from trl.trainer.callbacks import RichProgressCallback
 
 from alambic.distill.data import ExampleBuilder, TeacherAnswers
@@ -57,6 +58,7 @@ class DistillConfig:
     packing: bool = False
     lora_rank: int | None = None
     bf16: bool = False  # bf16 autocast: about twice the matmul rate on CPUs with avx512_bf16
+    on_policy_tokens: int = 128  # on_policy: tokens the student samples per prompt
     save_steps: int = 100
     logging_steps: int = 10
     seed: int = 0
@@ -94,41 +96,26 @@ def distill(
 ) -> DistillResult:
     """Train the student on the teacher's answers, resuming from the newest checkpoint in `config.out`."""
     answers = TeacherAnswers.load(config.data, config.heldout_fraction)
-    teacher = load_model(config.teacher) if config.student is None or config.targets == "dense" else None
+    targets = _target_kind(config, answers)
+    needs_teacher = config.student is None or targets in ("dense", "on_policy")
+    teacher = load_model(config.teacher) if needs_teacher else None
     student = load_model(config.student) if config.student else student_from_teacher(teacher, config.student_layers)
-    builder = ExampleBuilder(student.tokenizer, max_length=config.max_length, top_k=config.top_k)
-    targets = _target_kind(config, answers, builder)
-    if targets == "dense" and teacher is None:
-        teacher = load_model(config.teacher)
-    train = builder.dataset(answers.train[: config.max_examples], targets=targets == "sparse")
-    packed = config.packing and config.loss is Loss.SFT
-    if config.packing and not packed:
-        raise InvalidRequestError("packing is for sft: a divergence needs each answer's own targets")
-    top_k = config.top_k if targets == "sparse" else 0
-    with_targets = sum(1 for ids in train["teacher_ids"] if ids) if targets == "sparse" else 0
+    rows = answers.train[: config.max_examples]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=_checkpoint_step(resume))
-    trainer = TeacherTargetTrainer(
-        model=student.model.train(),
-        args=_training_arguments(config, checkpoints, packed=packed),
-        train_dataset=train,
-        processing_class=student.tokenizer,
-        data_collator=None if packed else LeftPaddingCollator(_pad_id(student), top_k),
-        peft_config=_lora(config),
-        callbacks=[
-            metrics,
-            TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))),
-            *([RichProgressCallback()] if progress else []),
-            *callbacks,
-        ],
-        loss=config.loss,
-        ce_weight=config.ce_weight,
-        beta=config.beta,
-        teacher=teacher.model if targets == "dense" else None,
-    )
+    run_callbacks = [
+        metrics,
+        TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))),
+        *([RichProgressCallback()] if progress else []),
+        *callbacks,
+    ]
+    if targets == "on_policy":
+        trainer, with_targets = _on_policy_trainer(config, student, teacher, rows, checkpoints, run_callbacks), 0
+    else:
+        trainer, with_targets = _offline_trainer(config, student, teacher, rows, targets, checkpoints, run_callbacks)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall_seconds = metrics.wall_base + time.perf_counter() - started
@@ -142,7 +129,7 @@ def distill(
         tokens_seen=metrics.tokens_seen,
         cpu_seconds=metrics.cpu_seconds,
         wall_seconds=wall_seconds,
-        train_examples=len(train),
+        train_examples=len(rows),
         examples_with_targets=with_targets,
         targets=targets,
     )
@@ -194,9 +181,11 @@ class MetricsLog(TrainerCallback):
             file.write(json.dumps(line) + "\n")
 
 
-def _target_kind(config: DistillConfig, answers: TeacherAnswers, builder: ExampleBuilder) -> str:
+def _target_kind(config: DistillConfig, answers: TeacherAnswers) -> str:
     if config.loss is Loss.SFT:
         return "none"
+    if config.loss is Loss.ON_POLICY:
+        return "on_policy"
     if config.targets in ("sparse", "dense"):
         return config.targets
     if config.targets != "auto":
@@ -230,6 +219,80 @@ def _training_arguments(config: DistillConfig, checkpoints: Path, *, packed: boo
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **config.extra,
+    )
+
+
+def _offline_trainer(
+    config: DistillConfig,
+    student: LoadedModel,
+    teacher: LoadedModel | None,
+    rows: list,
+    targets: str,
+    checkpoints: Path,
+    callbacks: list[TrainerCallback],
+) -> tuple[TeacherTargetTrainer, int]:
+    """The trainer on the harvested answers, and how many of them carry sparse targets."""
+    builder = ExampleBuilder(student.tokenizer, max_length=config.max_length, top_k=config.top_k)
+    train = builder.dataset(rows, targets=targets == "sparse")
+    packed = config.packing and config.loss is Loss.SFT
+    if config.packing and not packed:
+        raise InvalidRequestError("packing is for sft: a divergence needs each answer's own targets")
+    top_k = config.top_k if targets == "sparse" else 0
+    trainer = TeacherTargetTrainer(
+        model=student.model.train(),
+        args=_training_arguments(config, checkpoints, packed=packed),
+        train_dataset=train,
+        processing_class=student.tokenizer,
+        data_collator=None if packed else LeftPaddingCollator(_pad_id(student), top_k),
+        peft_config=_lora(config),
+        callbacks=callbacks,
+        loss=config.loss,
+        ce_weight=config.ce_weight,
+        beta=config.beta,
+        teacher=teacher.model if targets == "dense" else None,
+    )
+    return trainer, sum(1 for ids in train["teacher_ids"] if ids) if top_k else 0
+
+
+def _on_policy_trainer(
+    config: DistillConfig,
+    student: LoadedModel,
+    teacher: LoadedModel,
+    rows: list,
+    checkpoints: Path,
+    callbacks: list[TrainerCallback],
+) -> DistillationTrainer:
+    """GKD (Agarwal et al. 2024) through TRL: the student answers the harvest's prompts itself and learns the
+    teacher's distribution on its own samples; `beta` 0 is forward KL, 1 reverse KL, between them JSD."""
+    arguments = DistillationConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        max_completion_length=config.on_policy_tokens,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        seed=config.seed,
+        bf16=config.bf16,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **config.extra,
+    )
+    return DistillationTrainer(
+        model=student.model.train(),
+        teacher_model=teacher.model,
+        args=arguments,
+        train_dataset=Dataset.from_list([{"prompt": row.messages} for row in rows]),
+        processing_class=student.tokenizer,
+        peft_config=_lora(config),
+        callbacks=callbacks,
     )
 
 

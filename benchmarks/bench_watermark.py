@@ -1,0 +1,172 @@
+"""The watermark's costs and its proof, on the real teacher.
+
+- Detection throughput: the vectorised detector against a straightforward per-token loop of the same KGW
+  scheme (hash the context, draw for the token, count it once per distinct pair), same tokens, same run;
+  their scores must agree exactly.
+- Generation overhead: teacher tokens/s on the llama.cpp backend at 16 streams with each scheme on vs off,
+  interleaved in one process.
+- Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them) on the teacher's answers
+  with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in reading mode on the
+  watermarked answers the provider served: p-value and distinct tokens scored, and the p-value's growth.
+Run: `.venv/bin/python benchmarks/bench_watermark.py` (harvests the plain and watermarked answers first if
+they are missing: about 25 minutes each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from statistics import median
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `alambic serve --backend llamacpp` sets it
+
+import numpy as np
+from scipy import stats
+
+from alambic.distill.losses import Loss
+from alambic.generation import GenerationEngine
+from alambic.generation.backends import load_backend
+from alambic.harvest.dataset import HarvestDataset, read_rows
+from alambic.prove.run import prove_weights
+from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+from alambic.watermark.keyed_hash import GOLDEN, MIX_1, MIX_2, MIX_32, context_hash
+from bench_distill import run
+from bench_generation import measure_engine
+from common import sharegpt_first_turns, write_result
+from teacher_answers import WATERMARK_KEY, WORK, answers
+
+FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.0)
+DETECTION_TOKENS = 200_000
+MASK64, MASK32 = 2**64 - 1, 2**32 - 1
+
+
+def reference_green_count(scheme: KirchenbauerScheme, tokens: list[int]) -> tuple[int, int]:
+    """The textbook detector, one token at a time in Python: (green pairs, distinct pairs)."""
+    seen, green = set(), 0
+    for i in range(scheme.context_width, len(tokens)):
+        context = int(context_hash(tokens[i - scheme.context_width : i], scheme.seed))
+        if (context, tokens[i]) in seen:
+            continue
+        seen.add((context, tokens[i]))
+        key = _splitmix(tokens[i] * int(GOLDEN) & MASK64)
+        folded_context = (context ^ (context >> 32)) & MASK32
+        mixed = ((folded_context ^ ((key ^ (key >> 32)) & MASK32)) * int(MIX_32)) & MASK32
+        green += (mixed ^ (mixed >> 16)) < int(scheme.green_below)
+    return green, len(seen)
+
+
+def _splitmix(x: int) -> int:
+    z = (x + int(GOLDEN)) & MASK64
+    z = ((z ^ (z >> 30)) * int(MIX_1)) & MASK64
+    z = ((z ^ (z >> 27)) * int(MIX_2)) & MASK64
+    return z ^ (z >> 31)
+
+
+def detection_throughput(scheme: KirchenbauerScheme) -> dict:
+    tokens = np.random.default_rng(0).integers(0, 49152, DETECTION_TOKENS)
+    started = time.perf_counter()
+    fast = scheme.detect(tokens)
+    fast_s = time.perf_counter() - started
+    started = time.perf_counter()
+    green, scored = reference_green_count(scheme, tokens.tolist())
+    slow_s = time.perf_counter() - started
+    return {
+        "tokens": DETECTION_TOKENS,
+        "vectorised_tok_s": DETECTION_TOKENS / fast_s,
+        "reference_tok_s": DETECTION_TOKENS / slow_s,
+        "speedup": slow_s / fast_s,
+        "scores_agree": fast.score == green and fast.tokens_scored == scored,
+        "reference_pvalue": float(stats.binom.sf(green - 1, scored, scheme.gamma)),
+        "vectorised_pvalue": fast.pvalue,
+    }
+
+
+def generation_overhead(pairs: int = 3, streams: int = 16) -> dict:
+    engine = GenerationEngine(load_backend("smollm2", "llamacpp"), max_batch_size=streams)
+    tokenizer = engine.backend.tokenizer
+    prompts = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for m in sharegpt_first_turns(streams, tokenizer)
+    ]
+    measure_engine(engine, prompts, streams)  # warm-up
+    figures = {}
+    for scheme in (KirchenbauerScheme(WATERMARK_KEY), AaronsonScheme(WATERMARK_KEY)):
+        off, on = [], []
+        for _ in range(pairs):
+            off.append(measure_engine(engine, prompts, streams)["tok_s"])
+            on.append(measure_engine(engine, prompts, streams, (scheme.processor(),))["tok_s"])
+        figures[scheme.name] = {"off_tok_s": median(off), "on_tok_s": median(on), "ratio": median(on) / median(off)}
+    engine.close()
+    return figures
+
+
+def mixture(plain: Path, marked: Path, fraction: float) -> tuple[Path, list[str]]:
+    """A harvest directory with `fraction` of the prompts answered by the watermarked teacher (chosen by a
+    hash of the prompt), the rest by the plain one; and the prompts whose watermarked answers were used."""
+    watermarked = {row.prompt_id: row for row in read_rows(marked)}
+    rows = sorted(read_rows(plain), key=lambda row: hashlib.sha256(row.prompt_id.encode()).digest())
+    chosen = {row.prompt_id for row in rows[: round(fraction * len(rows))] if row.prompt_id in watermarked}
+    out = WORK / "radioactivity" / f"mix-{fraction}"
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    for row in rows:
+        dataset.write(watermarked[row.prompt_id] if row.prompt_id in chosen else row)
+    dataset.close()
+    return out, sorted(chosen)
+
+
+def served_text(marked: Path, prompt_ids: list[str]) -> Path:
+    """The watermarked answers the provider served for these prompts: the text `prove` reads the suspect on."""
+    wanted = set(prompt_ids)
+    out = WORK / "radioactivity" / f"served-{len(wanted)}"
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    for row in read_rows(marked):
+        if row.prompt_id in wanted:
+            dataset.write(row)
+    dataset.close()
+    return out
+
+
+def main() -> None:
+    plain, marked = answers("plain"), answers("kgw")
+    scheme = KirchenbauerScheme(WATERMARK_KEY)  # what `alambic serve --watermark kgw` applied
+    detection = detection_throughput(scheme)
+    print("detection", detection, flush=True)
+    overhead = generation_overhead()
+    print("generation", overhead, flush=True)
+    by_fraction = {}
+    all_marked = sorted(row.prompt_id for row in read_rows(marked))
+    for fraction in FRACTIONS:
+        data, used = mixture(plain, marked, fraction)
+        _, student = run(data, f"radioactive-{fraction}", loss=Loss.SFT)
+        text = served_text(marked, used or all_marked)  # the control is read on all the served answers
+        found = prove_weights(str(student), scheme, [text], null_keys=100)
+        by_fraction[fraction] = {
+            "watermarked_answers": len(used),
+            "pvalue": found.pvalue,
+            "tokens_scored": found.tokens_scored,
+            "empirical_pvalue": found.empirical_pvalue,
+            "growth": found.growth,
+        }
+        print(fraction, by_fraction[fraction]["pvalue"], found.tokens_scored, flush=True)
+    write_result(
+        "radioactivity",
+        {
+            "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
+            "student_pvalue": by_fraction[1.0]["pvalue"],
+            "control_pvalue": by_fraction[0.0]["pvalue"],
+            "tokens_scored": by_fraction[1.0]["tokens_scored"],
+            "by_fraction": by_fraction,
+            "detection": detection,
+            "generation_overhead": overhead,
+            "targets": {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
