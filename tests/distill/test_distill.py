@@ -50,22 +50,21 @@ def agreement_before(heldout):
 
 
 @pytest.mark.parametrize(
-    ("loss", "targets"),
+    ("loss", "targets", "options"),
     [
-        (Loss.SFT, "auto"),
-        (Loss.FORWARD_KL, "sparse"),
-        (Loss.REVERSE_KL, "sparse"),
-        (Loss.JSD, "sparse"),
-        (Loss.FORWARD_KL, "dense"),
-        (Loss.ON_POLICY, "auto"),
+        (Loss.SFT, "auto", {}),
+        (Loss.FORWARD_KL, "sparse", {}),
+        (Loss.REVERSE_KL, "sparse", {}),
+        (Loss.JSD, "sparse", {}),
+        (Loss.FORWARD_KL, "dense", {}),
+        (Loss.ON_POLICY, "auto", {"on_policy_tokens": 24}),
+        (Loss.SFT, "auto", {"lora_rank": 8, "learning_rate": 5e-3}),  # adapters merged into the saved student
     ],
 )
 def test_distillation_brings_the_student_closer_to_the_teacher(
-    loss, targets, answers, sharp_teacher, heldout, agreement_before, tmp_path
+    loss, targets, options, answers, sharp_teacher, heldout, agreement_before, tmp_path
 ):
-    result = distill(
-        config(answers, sharp_teacher, tmp_path / "student", loss=loss, targets=targets, on_policy_tokens=24)
-    )
+    result = distill(config(answers, sharp_teacher, tmp_path / "student", loss=loss, targets=targets, **options))
     teacher, examples = heldout
     after = fidelity(load_model(str(tmp_path / "student")).model, teacher.model, examples)
     assert result.steps == 30 and result.tokens_seen > 0 and result.cpu_seconds > 0
