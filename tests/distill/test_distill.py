@@ -40,7 +40,8 @@ def config(answers: Path, teacher: Path, out: Path, **overrides) -> DistillConfi
 def heldout(answers, sharp_teacher):
     teacher = load_model(str(sharp_teacher))
     rows = TeacherAnswers.load(answers, HELDOUT).heldout
-    return teacher, [ExampleBuilder(teacher.tokenizer).example(row, targets=False) for row in rows]
+    builder = ExampleBuilder(teacher.tokenizer)
+    return teacher, [builder.example(row, targets=False) for row in rows]
 
 
 @pytest.fixture(scope="module")

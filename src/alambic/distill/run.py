@@ -133,9 +133,10 @@ def distill(
         examples_with_targets=with_targets,
         targets=targets,
     )
-    summary = {"config": {**asdict(config), "data": str(config.data), "out": str(out)}, **asdict(result)}
+    settings = {**asdict(config), "data": str(config.data), "out": str(out)}
+    summary = {"config": settings, **asdict(result), "out": str(out)}
     if main_process:
-        (out / "distill.json").write_text(json.dumps({**summary, "out": str(out)}, indent=2) + "\n")
+        (out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
 
 
@@ -153,7 +154,7 @@ class MetricsLog(TrainerCallback):
             path.write_text("".join(json.dumps(line) + "\n" for line in kept))
         last = kept[-1] if kept else {}
         self.cpu_base, self.wall_base = last.get("cpu_s", 0.0), last.get("wall_s", 0.0)
-        self.tokens_base = last.get("tokens_seen", 0) if resume_step else 0
+        self.tokens_base = last.get("tokens_seen", 0)
         self.tokens_seen = self.tokens_base
         self.cpu_seconds = self.cpu_base
         self._cpu_start, self._wall_start = time.process_time(), time.perf_counter()
@@ -194,19 +195,15 @@ def _target_kind(config: DistillConfig, answers: TeacherAnswers) -> str:
     return "sparse" if has_logprobs else "dense"
 
 
-def _training_arguments(config: DistillConfig, checkpoints: Path, *, packed: bool) -> SFTConfig:
-    return SFTConfig(
+def _shared_arguments(config: DistillConfig, checkpoints: Path) -> dict:
+    """The TrainingArguments both trainers take alike: schedule, checkpoints, logging, precision, device."""
+    return dict(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
         learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="cosine",
-        max_length=config.max_length,
-        packing=config.packing,
-        packing_strategy="wrapped",  # bfd needs a padding-free attention kernel, which CPUs lack
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
@@ -214,11 +211,22 @@ def _training_arguments(config: DistillConfig, checkpoints: Path, *, packed: boo
         report_to=[],  # TensorBoard through the callback `distill` adds, writing where the run says
         seed=config.seed,
         bf16=config.bf16,
-        remove_unused_columns=False,  # the collator reads the teacher's targets
-        dataset_kwargs=None if packed else {"skip_prepare_dataset": True},
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **config.extra,
+    )
+
+
+def _training_arguments(config: DistillConfig, checkpoints: Path, *, packed: bool) -> SFTConfig:
+    return SFTConfig(
+        **_shared_arguments(config, checkpoints),
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="cosine",
+        max_length=config.max_length,
+        packing=config.packing,
+        packing_strategy="wrapped",  # bfd needs a padding-free attention kernel, which CPUs lack
+        remove_unused_columns=False,  # the collator reads the teacher's targets
+        dataset_kwargs=None if packed else {"skip_prepare_dataset": True},
     )
 
 
@@ -265,25 +273,10 @@ def _on_policy_trainer(
     """GKD (Agarwal et al. 2024) through TRL: the student answers the harvest's prompts itself and learns the
     teacher's distribution on its own samples; `beta` 0 is forward KL, 1 reverse KL, between them JSD."""
     arguments = DistillationConfig(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        learning_rate=config.learning_rate,
+        **_shared_arguments(config, checkpoints),
         beta=config.beta,
         max_completion_length=config.on_policy_tokens,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        report_to=[],
-        seed=config.seed,
-        bf16=config.bf16,
         gradient_checkpointing=False,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        **config.extra,
     )
     return DistillationTrainer(
         model=student.model.train(),

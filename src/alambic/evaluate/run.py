@@ -70,7 +70,8 @@ def evaluate(
         (run["config"]["heldout_fraction"] for run in runs.values() if run), 0.1
     )
     heldout = TeacherAnswers.load(data, fraction).heldout[: settings.max_examples]
-    examples = [ExampleBuilder(teacher.tokenizer).example(row, targets=False) for row in heldout]
+    builder = ExampleBuilder(teacher.tokenizer)
+    examples = [builder.example(row, targets=False) for row in heldout]
     models: list[tuple[LoadedModel, str, int, dict | None]] = [(teacher, "teacher", _state_bytes(teacher), None)]
     baselines: set[str] = set()
     for student, run in runs.items():
