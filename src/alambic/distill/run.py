@@ -211,6 +211,7 @@ def _shared_arguments(config: DistillConfig, checkpoints: Path) -> dict:
         report_to=[],  # TensorBoard through the callback `distill` adds, writing where the run says
         seed=config.seed,
         bf16=config.bf16,
+        activation_checkpointing=False,  # TRL turns it on; a model this small has the memory, not the time
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **config.extra,
@@ -276,7 +277,6 @@ def _on_policy_trainer(
         **_shared_arguments(config, checkpoints),
         beta=config.beta,
         max_completion_length=config.on_policy_tokens,
-        gradient_checkpointing=False,
     )
     return DistillationTrainer(
         model=student.model.train(),
