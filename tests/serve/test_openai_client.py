@@ -66,7 +66,8 @@ def test_logprobs_with_top_alternatives_and_usage_that_counts_them(gateway):
     for token in content:
         assert len(token.top_logprobs) == 5 and token.logprob <= 0
         assert token.logprob <= token.top_logprobs[0].logprob + 1e-6
-        assert bytes(token.bytes).decode() == token.token
+        # bytes are exact, so a token may hold part of a character; its text shows that as U+FFFD
+        assert bytes(token.bytes).decode(errors="replace") == token.token
 
 
 def test_n_choices_and_legacy_completions(gateway):
