@@ -10,7 +10,8 @@
 - Memory: bytes a token of stored top-20 targets takes against dense fp32 logits over the 49k vocabulary.
 - Student against teacher: parameters, weights on disk, generation tokens/s on this machine.
 Run: `.venv/bin/python benchmarks/bench_distill.py` (harvests the teacher's answers first if they are missing;
-`--quick` runs every step on a few examples, to check the script, and writes nothing).
+`--quick` runs every step on a few examples, to check the script, and writes nothing; `--throughput` reruns
+only the throughput comparison and updates that part of the results).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from common import write_result
 from teacher_answers import WORK, answers
 
 QUICK = "--quick" in sys.argv
+THROUGHPUT_ONLY = "--throughput" in sys.argv
 LAYERS = 6
 HELDOUT_SCORED = 8 if QUICK else 150
 SUBSET = 16 if QUICK else 500  # training answers per loss in the comparison
@@ -79,11 +81,32 @@ def sparse_target_bytes(data: Path, tokenizer) -> float:
     return stored / sum(len(ids) for ids in dataset["teacher_ids"])
 
 
+def throughput(data: Path, teacher, split: TeacherAnswers, builder: ExampleBuilder) -> dict:
+    """alambic's trainer in fp32 and bf16 against a plain transformers.Trainer, same examples, same run."""
+    examples = [builder.example(row, targets=False) for row in split.train[:THROUGHPUT_EXAMPLES]]
+    baseline = trainer_baseline(student_from_teacher(teacher, LAYERS), examples)
+    fp32, _ = run(data, "throughput-fp32", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES, bf16=False)
+    bf16, _ = run(data, "throughput-bf16", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES)
+    return {
+        "transformers_trainer_tok_s": baseline,
+        "alambic_fp32_tok_s": fp32.tokens_seen / fp32.wall_seconds,
+        "alambic_bf16_tok_s": bf16.tokens_seen / bf16.wall_seconds,
+        "ratio_fp32": fp32.tokens_seen / fp32.wall_seconds / baseline,
+        "ratio_bf16": bf16.tokens_seen / bf16.wall_seconds / baseline,
+    }
+
+
 def main() -> None:
     data = WORK / "answers-plain" if QUICK else answers("plain")  # quick: whatever is harvested so far
     teacher = load_model("smollm2")
     split = TeacherAnswers.load(data)
     builder = ExampleBuilder(teacher.tokenizer, max_length=TRAINING["max_length"])
+    if THROUGHPUT_ONLY:
+        figures = throughput(data, teacher, split, builder)
+        print(figures)
+        if not QUICK:
+            print("wrote", write_result("distill", {"throughput": figures}, update=True))
+        return
     heldout = [builder.example(row, targets=False) for row in split.heldout[:HELDOUT_SCORED]]
     undistilled = student_from_teacher(teacher, LAYERS)
 
@@ -116,10 +139,6 @@ def main() -> None:
             "train_tokens": result.tokens_seen,
         }
 
-    examples = [builder.example(row, targets=False) for row in split.train[:THROUGHPUT_EXAMPLES]]
-    baseline = trainer_baseline(student_from_teacher(teacher, LAYERS), examples)
-    fp32, _ = run(data, "throughput-fp32", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES, bf16=False)
-    bf16, _ = run(data, "throughput-bf16", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES)
     per_token = sparse_target_bytes(data, teacher.tokenizer)
     dense = len(teacher.tokenizer) * 4
     student = load_model(str(full_dir))
@@ -131,13 +150,7 @@ def main() -> None:
         "heldout_tokens_scored": before.tokens,
         "acceptance": figures("sft-all", full),
         "losses": {str(loss): figures(str(loss), r) for loss, (r, _) in compared.items()},
-        "throughput": {
-            "transformers_trainer_tok_s": baseline,
-            "alambic_fp32_tok_s": fp32.tokens_seen / fp32.wall_seconds,
-            "alambic_bf16_tok_s": bf16.tokens_seen / bf16.wall_seconds,
-            "ratio_fp32": fp32.tokens_seen / fp32.wall_seconds / baseline,
-            "ratio_bf16": bf16.tokens_seen / bf16.wall_seconds / baseline,
-        },
+        "throughput": throughput(data, teacher, split, builder),
         "memory": {
             "sparse_top20_bytes_per_token": per_token,
             "dense_fp32_bytes_per_token": dense,

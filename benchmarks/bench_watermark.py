@@ -5,11 +5,16 @@
   their scores must agree exactly.
 - Generation overhead: teacher tokens/s on the llama.cpp backend at 16 streams with each scheme on vs off,
   interleaved in one process.
+- Quality cost: the teacher answers 200 GSM8K test questions under KGW at delta 1, 2 and 4 and without a
+  watermark (temperature 0.7, as the harvests ask), and under Gumbel and without (temperature 1): the answers'
+  perplexity as the unwatermarked teacher scores them, GSM8K exact match, one answer's median p-value.
 - Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them) on the teacher's answers
   with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in reading mode on the
-  watermarked answers the provider served: p-value and distinct tokens scored, and the p-value's growth.
-Run: `.venv/bin/python benchmarks/bench_watermark.py` (harvests the plain and watermarked answers first if
-they are missing: about 25 minutes each).
+  watermarked answers the provider served: p-value and distinct tokens scored, and the p-value's growth. The
+  unwatermarked teacher read on 1,000 of the served answers is a further control.
+Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity]` (all
+four by default; the sections named replace theirs in the results; the radioactivity section harvests the
+plain and watermarked answers first if they are missing: about 25 minutes each).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from statistics import median
@@ -27,19 +33,24 @@ import numpy as np
 from scipy import stats
 
 from alambic.distill.losses import Loss
+from alambic.evaluate.gsm8k import load_problems
+from alambic.evaluate.watermark_cost import watermark_cost_table
 from alambic.generation import GenerationEngine
 from alambic.generation.backends import load_backend
 from alambic.harvest.dataset import HarvestDataset, read_rows
+from alambic.models import load_model
 from alambic.prove.run import prove_weights
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.keyed_hash import GOLDEN, MIX_1, MIX_2, MIX_32, context_hash
 from bench_distill import run
 from bench_generation import measure_engine
-from common import sharegpt_first_turns, write_result
+from common import SHARED_DATA, sharegpt_first_turns, write_result
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
 FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.0)
 DETECTION_TOKENS = 200_000
+QUALITY_QUESTIONS = 200
+TEACHER_READ = 1000
 MASK64, MASK32 = 2**64 - 1, 2**32 - 1
 
 
@@ -131,13 +142,19 @@ def served_text(marked: Path, prompt_ids: list[str]) -> Path:
     return out
 
 
-def main() -> None:
+def quality_cost() -> list[dict]:
+    engine = GenerationEngine(load_backend("smollm2", "llamacpp"), max_batch_size=32)
+    problems = load_problems(SHARED_DATA / "gsm8k" / "test.jsonl", QUALITY_QUESTIONS)
+    try:
+        rows = watermark_cost_table(engine, load_model("smollm2").model, problems, WATERMARK_KEY)
+    finally:
+        engine.close()
+    return [vars(row) for row in rows]
+
+
+def radioactivity() -> dict:
     plain, marked = answers("plain"), answers("kgw")
     scheme = KirchenbauerScheme(WATERMARK_KEY)  # what `alambic serve --watermark kgw` applied
-    detection = detection_throughput(scheme)
-    print("detection", detection, flush=True)
-    overhead = generation_overhead()
-    print("generation", overhead, flush=True)
     by_fraction = {}
     all_marked = sorted(row.prompt_id for row in read_rows(marked))
     for fraction in FRACTIONS:
@@ -152,20 +169,41 @@ def main() -> None:
             "empirical_pvalue": found.empirical_pvalue,
             "growth": found.growth,
         }
-        print(fraction, by_fraction[fraction]["pvalue"], found.tokens_scored, flush=True)
-    write_result(
-        "radioactivity",
-        {
-            "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
-            "student_pvalue": by_fraction[1.0]["pvalue"],
-            "control_pvalue": by_fraction[0.0]["pvalue"],
-            "tokens_scored": by_fraction[1.0]["tokens_scored"],
-            "by_fraction": by_fraction,
-            "detection": detection,
-            "generation_overhead": overhead,
-            "targets": {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"},
+        print(fraction, found.pvalue, found.tokens_scored, flush=True)
+    # the unwatermarked teacher, which predicts the served text best, is the strictest control of the reading
+    teacher = prove_weights("smollm2", scheme, [served_text(marked, all_marked)], limit=TEACHER_READ, null_keys=100)
+    print("teacher", teacher.pvalue, teacher.tokens_scored, flush=True)
+    return {
+        "teacher_control": {
+            "answers_read": TEACHER_READ,
+            "pvalue": teacher.pvalue,
+            "tokens_scored": teacher.tokens_scored,
         },
-    )
+        "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
+        "student_pvalue": by_fraction[1.0]["pvalue"],
+        "control_pvalue": by_fraction[0.0]["pvalue"],
+        "tokens_scored": by_fraction[1.0]["tokens_scored"],
+        "by_fraction": by_fraction,
+    }
+
+
+SECTIONS = {
+    "detection": lambda: {"detection": detection_throughput(KirchenbauerScheme(WATERMARK_KEY))},
+    "overhead": lambda: {"generation_overhead": generation_overhead()},
+    "quality": lambda: {"quality_cost": quality_cost()},
+    "radioactivity": radioactivity,
+}
+TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}
+
+
+def main() -> None:
+    unknown = set(sys.argv[1:]) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown section {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    for name in sys.argv[1:] or list(SECTIONS):
+        figures = SECTIONS[name]()
+        print(name, figures, flush=True)
+        write_result("radioactivity", {**figures, "targets": TARGETS}, update=True)
 
 
 if __name__ == "__main__":

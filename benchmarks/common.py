@@ -62,8 +62,10 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, result: dict) -> Path:
+def write_result(name: str, result: dict, *, update: bool = False) -> Path:
+    """Write `results/{name}.json`; with `update`, only the keys in `result` change (a rerun of some sections)."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    earlier = json.loads(path.read_text()) if update and path.exists() else {}
+    path.write_text(json.dumps({**earlier, "machine": machine(), **result}, indent=2) + "\n")
     return path

@@ -16,6 +16,7 @@ from alambic.distill.run import DistillConfig, distill
 from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs
 from alambic.prove.run import prove_weights
 from alambic.watermark import KirchenbauerScheme
+from alambic.watermark.keyed_hash import context_hash
 from conftest import harvest_tiny_teacher
 
 KEY = "the provider's secret key"
@@ -78,3 +79,34 @@ def test_random_text_is_not_radioactive_under_any_key():
     texts = [np.random.default_rng(i).integers(0, 49152, 400) for i in range(10)]
     result = radioactivity(SCHEME, Scored.of_text(texts, [0] * 10), mode="api", null_keys=200)
     assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
+
+
+def watermarked_walk(seed: int, length: int = 300, vocabulary: int = 60) -> np.ndarray:
+    """Text over a few tokens in which 90% of the steps take a green token of the key: contexts repeat often."""
+    rng = np.random.default_rng(seed)
+    candidates = np.arange(1000, 1000 + vocabulary)
+    text = [int(rng.choice(candidates))]
+    for _ in range(length - 1):
+        contexts = np.full(vocabulary, context_hash(text[-1:], SCHEME.seed), dtype=np.uint64)
+        green = candidates[SCHEME.pair_scores(contexts, candidates) > 0]
+        text.append(int(rng.choice(green if len(green) and rng.random() < 0.9 else candidates)))
+    return np.array(text)
+
+
+def copied_predictions(text: np.ndarray) -> np.ndarray:
+    """An induction head with no weights at all: at i, the token that followed the last earlier occurrence of
+    token i - 1 (else token i - 1 again). It never trained on anything, so it cannot be radioactive."""
+    followers, predictions = {}, [0]
+    for i in range(1, len(text)):
+        predictions.append(followers.get(text[i - 1], text[i - 1]))
+        followers[text[i - 1]] = text[i]
+    return np.array(predictions)
+
+
+def test_copying_the_watermarked_input_is_not_taken_for_radioactivity():
+    texts = [watermarked_walk(seed) for seed in range(20)]
+    predictions = [copied_predictions(text) for text in texts]
+    every_position = Scored(texts, predictions, [0] * 20)
+    assert radioactivity(SCHEME, every_position, mode="reading", null_keys=0).pvalue < 1e-6  # a false alarm
+    fresh = radioactivity(SCHEME, Scored(texts, predictions, [0] * 20, fresh_contexts_only=True), mode="reading")
+    assert fresh.pvalue > 1e-3 and fresh.null_ks_pvalue > 0.001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -15,6 +14,7 @@ from alambic.cli.common import (
     TpmOption,
     accounts_app,
     app,
+    before_backend_loads,
     console,
     one_line_errors,
     watermark_scheme,
@@ -53,10 +53,7 @@ def serve(
     watermark_context: Annotated[int, typer.Option(min=1, help="Tokens of context seeding the hash.")] = 1,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
-    if backend == "llamacpp":
-        # torch's OpenMP workers, left spinning after the sampler's small ops, take the core that llama.cpp's
-        # own worker needs: 65 vs 115 tok/s for one stream, measured. Must be set before torch loads.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    before_backend_loads(backend)
     import uvicorn
 
     from alambic.generation import GenerationEngine

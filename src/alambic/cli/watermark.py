@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from alambic.cli.common import app, console, one_line_errors, watermark_app, watermark_scheme
+from alambic.cli.common import (
+    app,
+    before_backend_loads,
+    console,
+    one_line_errors,
+    watermark_app,
+    watermark_key,
+    watermark_scheme,
+)
 from alambic.errors import InvalidRequestError
 
 
@@ -40,6 +48,68 @@ def watermark_detect(
         for document in documents:
             print(json.dumps(vars(document)))
     print(pooled.to_json())
+
+
+@watermark_app.command("cost")
+@one_line_errors
+def watermark_cost(
+    gsm8k: Annotated[Path, typer.Option(help="GSM8K JSONL: the questions answered under each setting.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the table here, as JSON.")] = None,
+    model: Annotated[str, typer.Option(help="smollm2, tiny or a model directory.")] = "smollm2",
+    backend: Annotated[str, typer.Option(help="transformers or llamacpp.")] = "transformers",
+    delta: Annotated[list[float] | None, typer.Option(help="kgw strengths to try; repeat (default 1, 2, 4).")] = None,
+    gamma: Annotated[float, typer.Option(min=0.01, max=0.99, help="kgw: green fraction.")] = 0.25,
+    key_env: Annotated[str, typer.Option(help="Environment variable holding the key.")] = "ALAMBIC_WATERMARK_KEY",
+    context: Annotated[int, typer.Option(min=1, help="Tokens of context seeding the hash.")] = 1,
+    limit: Annotated[int, typer.Option(min=1, help="Questions asked.")] = 100,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the kgw rows.")] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 256,
+) -> None:
+    """What each watermark setting costs: the answers' perplexity as the unwatermarked model scores them, GSM8K
+    accuracy, and one answer's median detection p-value, against the same sampling without a watermark."""
+    before_backend_loads(backend)
+    from rich.console import Console
+    from rich.table import Table
+
+    from alambic.evaluate.gsm8k import load_problems
+    from alambic.evaluate.watermark_cost import watermark_cost_table
+    from alambic.generation import GenerationEngine
+    from alambic.generation.backends import load_backend
+    from alambic.models import load_model
+
+    problems = load_problems(gsm8k, limit)
+    key = watermark_key(key_env)
+    engine = GenerationEngine(load_backend(model, backend), max_batch_size=32)
+    try:
+        scorer = engine.backend.model if backend == "transformers" else load_model(model).model
+        with console.status(f"Answering {len(problems)} questions per setting…"):
+            rows = watermark_cost_table(
+                engine,
+                scorer,
+                problems,
+                key,
+                deltas=delta or (1.0, 2.0, 4.0),
+                gamma=gamma,
+                context_width=context,
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+    finally:
+        engine.close()
+    table = Table("setting", "temperature", "perplexity", "GSM8K", "median p (one answer)", "tokens")
+    for row in rows:
+        pvalue = "-" if row.median_pvalue is None else f"{row.median_pvalue:.2g}"
+        table.add_row(
+            row.setting,
+            f"{row.temperature:g}",
+            f"{row.perplexity:.2f}",
+            f"{row.accuracy:.1%}",
+            pvalue,
+            str(row.answer_tokens),
+        )
+    Console().print(table)  # the result, on stdout
+    if out:
+        out.write_text(json.dumps([vars(row) for row in rows], indent=2) + "\n")
 
 
 @app.command()

@@ -55,6 +55,20 @@ def fidelities(
     }
 
 
+@torch.inference_mode()
+def perplexity(model: PreTrainedModel, examples: Sequence[dict], *, batch_size: int = 8) -> float:
+    """The model's perplexity of the label tokens (-100 elsewhere) of `examples`."""
+    nll, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        input_ids, attention, labels = _pad(examples[start : start + batch_size])
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        nll += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="sum"))
+        tokens += int((labels[:, 1:] != -100).sum())
+    if not tokens:
+        raise ValueError("no tokens to score")
+    return math.exp(nll / tokens)
+
+
 def fidelity(model: PreTrainedModel, teacher: PreTrainedModel, examples: Sequence[dict], **options) -> Fidelity:
     return fidelities({"model": model}, teacher, examples, **options)["model"]
 

@@ -56,6 +56,15 @@ def final_number(text: str) -> str | None:
     return normalise(found[-1]) if found else None
 
 
-def gsm8k_accuracy(model: LoadedModel, problems: Sequence[Problem], *, max_tokens: int = 256) -> Accuracy:
-    answers = model_answers(model, [f"{p.question}\n\n{INSTRUCTION}" for p in problems], max_tokens=max_tokens)
+def question(problem: Problem) -> str:
+    """What the model is asked."""
+    return f"{problem.question}\n\n{INSTRUCTION}"
+
+
+def score_answers(problems: Sequence[Problem], answers: Sequence[str]) -> Accuracy:
     return Accuracy(sum(final_number(a) == p.answer for a, p in zip(answers, problems, strict=True)), len(problems))
+
+
+def gsm8k_accuracy(model: LoadedModel, problems: Sequence[Problem], *, max_tokens: int = 256) -> Accuracy:
+    """Greedy answers' exact match."""
+    return score_answers(problems, model_answers(model, [question(p) for p in problems], max_tokens=max_tokens))

@@ -2,9 +2,13 @@
 trained on text watermarked with our key?
 
 Reading mode, for open weights: teacher-force the suspect on text and take its likeliest next token at every
-position; score each (watermark context, predicted token) pair with the key, each distinct pair once. A model
-that never saw the watermark predicts independently of the key, so its green rate is gamma and the p-value is
-exact; a model trained on watermarked text leans towards the key's green tokens.
+position; score each (watermark context, predicted token) pair with the key, each distinct pair once. When the
+text read is itself watermarked, a position is scored only where its watermark context is new in that text's
+watermarked part: otherwise the suspect could copy, from its own input, the green token the key chose after
+the same context earlier (an induction head would), and a model that never trained on the watermark would look
+radioactive. So filtered, a model that never saw the watermark predicts independently of the key, its green
+rate is gamma and the p-value is exact; a model trained on watermarked text leans towards the key's green
+tokens.
 API mode: sample the suspect's answers through its endpoint and detect the watermark in them.
 
 Either way the same test runs under many other keys: their p-values are the empirical null, so the reported
@@ -37,6 +41,7 @@ class Scored:
     texts: list[np.ndarray]
     tokens: list[np.ndarray]
     starts: list[int]
+    fresh_contexts_only: bool = False  # score a context once per text, the first time it occurs from its start
 
     @classmethod
     def of_text(cls, texts: Sequence[Sequence[int]], starts: Sequence[int]) -> Scored:
@@ -80,7 +85,7 @@ def suspect_predictions(
         for row, text in enumerate(batch):
             arrays.append(np.asarray(text, dtype=np.int64))
             predictions.append(np.concatenate([[0], likeliest[row, : len(text) - 1]]))  # [i]: guess for i
-    return Scored(arrays, predictions, list(starts))
+    return Scored(arrays, predictions, list(starts), fresh_contexts_only=True)
 
 
 def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +96,14 @@ def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = N
     for text, scored_tokens, start in zip(scored.texts, scored.tokens, scored.starts, strict=True):
         if len(text) <= width:
             continue
-        keep = np.arange(width, len(text)) >= start
-        contexts.append(context_hashes(text, width, seed)[keep])  # [j]: the context of position j + width
-        tokens.append(scored_tokens[width:][keep])
+        first = max(start, width)
+        hashes = context_hashes(text, width, seed)[first - width :]  # [j]: the context of position first + j
+        predicted = scored_tokens[first:]
+        if scored.fresh_contexts_only:
+            _, fresh = np.unique(hashes, return_index=True)
+            hashes, predicted = hashes[np.sort(fresh)], predicted[np.sort(fresh)]
+        contexts.append(hashes)
+        tokens.append(predicted)
     if not contexts:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
     pairs = np.stack([np.concatenate(contexts), np.concatenate(tokens).astype(np.uint64)], 1)
