@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 from transformers import PreTrainedModel
 
-from alambic.watermark.keyed_hash import context_hashes
+from alambic.watermark.keyed_hash import context_hashes, first_occurrences
 from alambic.watermark.schemes import KeyedScheme
 
 GROWTH_POINTS = 12
@@ -106,10 +106,9 @@ def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = N
         tokens.append(predicted)
     if not contexts:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
-    pairs = np.stack([np.concatenate(contexts), np.concatenate(tokens).astype(np.uint64)], 1)
-    _, first_seen = np.unique(pairs, axis=0, return_index=True)
-    pairs = pairs[np.sort(first_seen)]
-    return pairs[:, 0], pairs[:, 1].astype(np.int64)
+    contexts, tokens = np.concatenate(contexts), np.concatenate(tokens)
+    first = first_occurrences(contexts, tokens)
+    return contexts[first], tokens[first]
 
 
 def radioactivity(

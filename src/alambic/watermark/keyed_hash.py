@@ -4,10 +4,9 @@ A context (the `h` tokens before a position) and the secret key give a 64-bit co
 Steele et al. 2014, chained over the context). Each candidate token has a fixed 64-bit token key; the draw
 for (context, token) is a multiply-xorshift of their XOR. Generation draws for the whole vocabulary at every
 step, so the per-token work is three vectorised integer operations; detection draws for the scored pairs
-only. Both compute the same numbers. A green list needs only a yes/no per token, so it draws in 32 bits
-(both halves of the hashes folded together): 0.016 ms for 49k tokens against 0.065 ms in 64 bits, which is
-what keeps the watermark's cost under 5% of generation at 16 streams. The Gumbel scheme needs fine
-uniforms and draws in 64 bits.
+only. Both compute the same numbers. Generation draws in 32 bits (both halves of the hashes folded
+together): 0.016 ms for 49k tokens against 0.065 ms in 64 bits, which keeps a watermark's cost near 5% of
+generation at 16 streams. A draw d stands for the uniform (d + 1/2) / 2^32, fine enough for Gumbel sampling.
 """
 
 from __future__ import annotations
@@ -69,13 +68,6 @@ def vocabulary_keys(vocab_size: int) -> np.ndarray:
     return token_keys(np.arange(vocab_size))
 
 
-def draws(context_hash: np.ndarray | np.uint64, keys: np.ndarray) -> np.ndarray:
-    """64-bit draws, one per (context, token key) pair; broadcasts like numpy."""
-    with np.errstate(over="ignore"):
-        mixed = (context_hash ^ keys) * MIX_2
-    return mixed ^ (mixed >> np.uint64(32))
-
-
 def fold32(hashes: np.ndarray | np.uint64) -> np.ndarray | np.uint32:
     """The two 32-bit halves of 64-bit hashes XORed together."""
     return ((hashes ^ (hashes >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
@@ -98,10 +90,20 @@ def threshold32(fraction: float) -> np.uint32:
     return np.uint32(min(int(fraction * 2**32), 2**32 - 1))
 
 
-def to_uniform(draw: np.ndarray) -> np.ndarray:
-    return (draw >> np.uint64(11)).astype(np.float64) / float(2**53)
+def complements32(draws32: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """1 - u for the uniform u = (d + 1/2) / 2^32 of each 32-bit draw d, from the complement of d: exact in
+    float64, and accurate in float32 where u is near 1 (1 - u is small), where float32 of u itself would
+    round to 1."""
+    return ((~draws32).astype(dtype) + dtype(0.5)) * dtype(2**-32)
 
 
-def uniforms(context_hash: np.ndarray | np.uint64, token_ids: np.ndarray) -> np.ndarray:
-    """U[0, 1) draws, one per (context, token) pair."""
-    return to_uniform(draws(context_hash, token_keys(token_ids)))
+def pair_draws32(context_hashes: np.ndarray | np.uint64, token_ids: np.ndarray) -> np.ndarray:
+    """The 32-bit draws of (context, token) pairs, as generation drew them."""
+    return draws32(context_hashes, fold32(token_keys(token_ids)))
+
+
+def first_occurrences(context_hashes: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    """Indices of each distinct (context, token) pair's first occurrence, in order. Pairs are told apart by
+    the context hash XOR the token's 64-bit key: two distinct pairs collide with probability 2^-64."""
+    _, first = np.unique(context_hashes ^ token_keys(token_ids), return_index=True)
+    return np.sort(first)

@@ -16,17 +16,14 @@ import torch
 from scipy import stats
 
 from alambic.watermark.keyed_hash import (
+    complements32,
     context_hash,
     context_hashes,
-    draws,
     draws32,
-    fold32,
+    first_occurrences,
     key_seed,
+    pair_draws32,
     threshold32,
-    to_uniform,
-    token_keys,
-    uniforms,
-    vocabulary_keys,
     vocabulary_keys32,
 )
 
@@ -43,9 +40,9 @@ def unique_pairs(token_ids: list[int] | np.ndarray, width: int, seed: np.uint64)
     tokens = np.asarray(token_ids, dtype=np.int64)
     if len(tokens) <= width:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
-    contexts = context_hashes(tokens, width, seed)
-    pairs = np.unique(np.stack([contexts, tokens[width:].astype(np.uint64)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1].astype(np.int64)
+    contexts, tokens = context_hashes(tokens, width, seed), tokens[width:]
+    first = first_occurrences(contexts, tokens)
+    return contexts[first], tokens[first]
 
 
 class KeyedScheme:
@@ -97,7 +94,7 @@ class KirchenbauerScheme(KeyedScheme):
         return KirchenbauerProcessor(self)
 
     def pair_scores(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return (draws32(contexts, fold32(token_keys(tokens))) < self.green_below).astype(np.float64)  # 1 if green
+        return (pair_draws32(contexts, tokens) < self.green_below).astype(np.float64)  # 1 if green
 
     def pvalue(self, score: float, count: int) -> float:
         return float(stats.binom.sf(round(score) - 1, count, self.gamma))
@@ -131,24 +128,26 @@ class AaronsonScheme(KeyedScheme):
         return AaronsonProcessor(self)
 
     def pair_scores(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return -np.log1p(-uniforms(contexts, tokens))
+        return -np.log(complements32(pair_draws32(contexts, tokens)))  # -log(1 - r)
 
     def pvalue(self, score: float, count: int) -> float:
         return float(stats.gamma.sf(score, count))
 
 
 class AaronsonProcessor:
-    """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1)."""
+    """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1).
+
+    argmax_v r_v^(1/p_v) = argmax_v (logit_v - log(-log r_v)): the Gumbel-max trick, with no softmax, in float32
+    (0.13 ms for 49k tokens against 0.5 ms for the softmax form in float64); -log r is taken as
+    -log1p(-(1 - r)), exact where r is near 1, where the winners are."""
 
     def __init__(self, scheme: AaronsonScheme) -> None:
         self.scheme = scheme
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        vocab = scores.shape[-1]
-        r = torch.from_numpy(to_uniform(draws(self.scheme._context_hash(input_ids), vocabulary_keys(vocab))))  # (V,)
-        log_p = torch.log_softmax(scores[0].double(), dim=-1)
-        # argmax r^(1/p) = argmax log(r) / p; p = 0 tokens get -inf
-        choice = int(torch.argmax(torch.log(r) / log_p.exp()))
+        draws = draws32(self.scheme._context_hash(input_ids), vocabulary_keys32(scores.shape[-1]))
+        gumbel = -np.log(-np.log1p(-complements32(draws, np.float32)))  # (V,); p = 0 tokens keep -inf
+        choice = int(np.argmax(scores[0].numpy() + gumbel))
         scores[0] = float("-inf")
         scores[0, choice] = 0.0
         return scores
