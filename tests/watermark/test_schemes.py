@@ -85,8 +85,14 @@ def test_gumbel_processor_takes_the_textbook_choice():
     scheme, rng = AaronsonScheme("k"), np.random.default_rng(0)
     for step in range(200):
         logits = torch.from_numpy(rng.normal(0, 3, VOCAB).astype(np.float32))
-        input_ids = torch.tensor([[step, int(rng.integers(VOCAB))]])
+        input_ids = torch.tensor([[step, step + 1]])
         r = 1 - complements32(pair_draws32(np.full(VOCAB, scheme._context_hash(input_ids)), np.arange(VOCAB)))
         textbook = int(np.argmax(np.log(r) / torch.softmax(logits.double(), -1).numpy()))
         chosen = scheme.processor()(input_ids, logits[None].clone())[0]
         assert torch.isfinite(chosen).sum() == 1 and int(torch.argmax(chosen)) == textbook
+
+
+def test_gumbel_leaves_a_repeated_context_to_ordinary_sampling():
+    processor, logits = AaronsonScheme("k", context_width=2).processor(), torch.randn(1, VOCAB)
+    assert torch.equal(processor(torch.tensor([[5, 6, 7, 5, 6]]), logits.clone()), logits)  # (5, 6) again
+    assert torch.isfinite(processor(torch.tensor([[5, 6, 7, 6, 5]]), logits.clone())).sum() == 1

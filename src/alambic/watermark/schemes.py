@@ -138,19 +138,32 @@ class AaronsonProcessor:
     """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1).
 
     argmax_v r_v^(1/p_v) = argmax_v (logit_v - log(-log r_v)): the Gumbel-max trick, with no softmax, in float32
-    (0.13 ms for 49k tokens against 0.5 ms for the softmax form in float64); -log r is taken as
-    -log1p(-(1 - r)), exact where r is near 1, where the winners are."""
+    (0.09 ms for 49k tokens against 0.5 ms for the softmax form in float64); -log r is taken as
+    -log1p(-(1 - r)), exact where r is near 1, where the winners are.
+
+    A context already seen in the sequence is left to ordinary sampling: the keyed choice is a function of
+    the context, so it would repeat the earlier choice, and with a one-token context the text falls into
+    loops (measured: perplexity 1.8 against 9.4 unwatermarked, as the teacher scores GSM8K answers)."""
 
     def __init__(self, scheme: AaronsonScheme) -> None:
         self.scheme = scheme
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._context_seen_before(input_ids[0]):
+            return scores
         draws = draws32(self.scheme._context_hash(input_ids), vocabulary_keys32(scores.shape[-1]))
         gumbel = -np.log(-np.log1p(-complements32(draws, np.float32)))  # (V,); p = 0 tokens keep -inf
         choice = int(np.argmax(scores[0].numpy() + gumbel))
         scores[0] = float("-inf")
         scores[0, choice] = 0.0
         return scores
+
+    def _context_seen_before(self, ids: torch.Tensor) -> bool:
+        width = self.scheme.context_width
+        if len(ids) <= width:
+            return False
+        earlier = ids[:-1].unfold(0, width, 1)  # every window that ends before the last token
+        return bool((earlier == ids[-width:]).all(1).any())
 
 
 SCHEMES: dict[str, type[KeyedScheme]] = {
