@@ -12,8 +12,8 @@
   with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in reading mode on the
   watermarked answers the provider served: p-value and distinct tokens scored, and the p-value's growth. The
   unwatermarked teacher read on 1,000 of the served answers is a further control.
-Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity]` (all
-four by default; the sections named replace theirs in the results; the radioactivity section harvests the
+Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [teacher]`
+(all by default; the sections named replace theirs in the results; the radioactivity section harvests the
 plain and watermarked answers first if they are missing: about 25 minutes each).
 """
 
@@ -47,7 +47,7 @@ from bench_generation import measure_engine
 from common import SHARED_DATA, sharegpt_first_turns, write_result
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
-FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.0)
+FRACTIONS = (1.0, 0.0, 0.1, 0.5, 0.05)
 DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
@@ -152,38 +152,52 @@ def quality_cost() -> list[dict]:
     return [vars(row) for row in rows]
 
 
+def student(data: Path, fraction: float) -> Path:
+    """The student distilled on this mixture; one a run before this one finished is reused."""
+    out = WORK / "distill" / f"radioactive-{fraction}"
+    if (out / "distill.json").exists():
+        return out
+    return run(data, out.name, loss=Loss.SFT)[1]
+
+
 def radioactivity() -> dict:
+    """By fraction of watermarked answers, the acceptance's first; the results are written as each lands."""
     plain, marked = answers("plain"), answers("kgw")
     scheme = KirchenbauerScheme(WATERMARK_KEY)  # what `alambic serve --watermark kgw` applied
-    by_fraction = {}
     all_marked = sorted(row.prompt_id for row in read_rows(marked))
+    figures = {"scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": 1}}
+    by_fraction = figures["by_fraction"] = {}
     for fraction in FRACTIONS:
         data, used = mixture(plain, marked, fraction)
-        _, student = run(data, f"radioactive-{fraction}", loss=Loss.SFT)
         text = served_text(marked, used or all_marked)  # the control is read on all the served answers
-        found = prove_weights(str(student), scheme, [text], null_keys=100)
+        found = prove_weights(str(student(data, fraction)), scheme, [text], null_keys=100)
         by_fraction[fraction] = {
             "watermarked_answers": len(used),
             "pvalue": found.pvalue,
             "tokens_scored": found.tokens_scored,
             "empirical_pvalue": found.empirical_pvalue,
+            "null_ks_pvalue": found.null_ks_pvalue,
             "growth": found.growth,
         }
         print(fraction, found.pvalue, found.tokens_scored, flush=True)
-    # the unwatermarked teacher, which predicts the served text best, is the strictest control of the reading
-    teacher = prove_weights("smollm2", scheme, [served_text(marked, all_marked)], limit=TEACHER_READ, null_keys=100)
-    print("teacher", teacher.pvalue, teacher.tokens_scored, flush=True)
+        if 1.0 in by_fraction:
+            figures |= {
+                "student_pvalue": by_fraction[1.0]["pvalue"],
+                "tokens_scored": by_fraction[1.0]["tokens_scored"],
+            }
+        if 0.0 in by_fraction:
+            figures["control_pvalue"] = by_fraction[0.0]["pvalue"]
+        write_result("radioactivity", {**figures, "targets": TARGETS}, update=True)
+    return figures
+
+
+def teacher_control() -> dict:
+    """The unwatermarked teacher, which predicts the served text best, read on it: the strictest control."""
+    marked = answers("kgw")
+    text = served_text(marked, sorted(row.prompt_id for row in read_rows(marked)))
+    found = prove_weights("smollm2", KirchenbauerScheme(WATERMARK_KEY), [text], limit=TEACHER_READ, null_keys=100)
     return {
-        "teacher_control": {
-            "answers_read": TEACHER_READ,
-            "pvalue": teacher.pvalue,
-            "tokens_scored": teacher.tokens_scored,
-        },
-        "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
-        "student_pvalue": by_fraction[1.0]["pvalue"],
-        "control_pvalue": by_fraction[0.0]["pvalue"],
-        "tokens_scored": by_fraction[1.0]["tokens_scored"],
-        "by_fraction": by_fraction,
+        "teacher_control": {"answers_read": TEACHER_READ, "pvalue": found.pvalue, "tokens_scored": found.tokens_scored}
     }
 
 
@@ -192,6 +206,7 @@ SECTIONS = {
     "overhead": lambda: {"generation_overhead": generation_overhead()},
     "quality": lambda: {"quality_cost": quality_cost()},
     "radioactivity": radioactivity,
+    "teacher": teacher_control,
 }
 TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}
 
