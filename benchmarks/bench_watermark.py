@@ -129,9 +129,10 @@ def mixture(plain: Path, marked: Path, fraction: float) -> tuple[Path, list[str]
     return out, sorted(chosen)
 
 
-def served_text(marked: Path, prompt_ids: list[str]) -> Path:
-    """The watermarked answers the provider served for these prompts: the text `prove` reads the suspect on."""
-    wanted = set(prompt_ids)
+def served_text(marked: Path, prompt_ids: list[str] | None = None) -> Path:
+    """The watermarked answers the provider served for these prompts (all of them by default): the text
+    `prove` reads the suspect on."""
+    wanted = set(prompt_ids) if prompt_ids else {row.prompt_id for row in read_rows(marked)}
     out = WORK / "radioactivity" / f"served-{len(wanted)}"
     shutil.rmtree(out, ignore_errors=True)
     dataset = HarvestDataset(out)
@@ -164,12 +165,11 @@ def radioactivity() -> dict:
     """By fraction of watermarked answers, the acceptance's first; the results are written as each lands."""
     plain, marked = answers("plain"), answers("kgw")
     scheme = KirchenbauerScheme(WATERMARK_KEY)  # what `alambic serve --watermark kgw` applied
-    all_marked = sorted(row.prompt_id for row in read_rows(marked))
-    figures = {"scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": 1}}
+    figures = {"scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width}}
     by_fraction = figures["by_fraction"] = {}
     for fraction in FRACTIONS:
         data, used = mixture(plain, marked, fraction)
-        text = served_text(marked, used or all_marked)  # the control is read on all the served answers
+        text = served_text(marked, used)  # the control (none used) is read on all the served answers
         found = prove_weights(str(student(data, fraction)), scheme, [text], null_keys=100)
         by_fraction[fraction] = {
             "watermarked_answers": len(used),
@@ -193,8 +193,7 @@ def radioactivity() -> dict:
 
 def teacher_control() -> dict:
     """The unwatermarked teacher, which predicts the served text best, read on it: the strictest control."""
-    marked = answers("kgw")
-    text = served_text(marked, sorted(row.prompt_id for row in read_rows(marked)))
+    text = served_text(answers("kgw"))
     found = prove_weights("smollm2", KirchenbauerScheme(WATERMARK_KEY), [text], limit=TEACHER_READ, null_keys=100)
     return {
         "teacher_control": {"answers_read": TEACHER_READ, "pvalue": found.pvalue, "tokens_scored": found.tokens_scored}

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from alambic.cli import app
+from conftest import SHARED_DATA
 
-SHARED_GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
+SHARED_GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ the unwatermarked model than the same sampling without it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
 from alambic.cli import app
+from conftest import SHARED_DATA
 
-SHARED_GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
+SHARED_GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
 def test_watermark_cost_table(sharp_teacher, tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def watermark_cost(
     from rich.table import Table
 
     from alambic.evaluate.gsm8k import load_problems
-    from alambic.evaluate.watermark_cost import watermark_cost_table
+    from alambic.evaluate.watermark_cost import DEFAULT_DELTAS, watermark_cost_table
     from alambic.generation import GenerationEngine
     from alambic.generation.backends import load_backend
     from alambic.models import load_model
@@ -88,7 +88,7 @@ def watermark_cost(
                 scorer,
                 problems,
                 key,
-                deltas=delta or (1.0, 2.0, 4.0),
+                deltas=delta or DEFAULT_DELTAS,
                 gamma=gamma,
                 context_width=context,
                 temperature=temperature,

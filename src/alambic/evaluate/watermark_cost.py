@@ -21,6 +21,8 @@ from alambic.evaluate.gsm8k import Problem, question, score_answers
 from alambic.generation import GenerationEngine, SamplingParams
 from alambic.watermark.schemes import AaronsonScheme, KeyedScheme, KirchenbauerScheme
 
+DEFAULT_DELTAS = (1.0, 2.0, 4.0)
+
 
 @dataclass(frozen=True)
 class WatermarkCost:
@@ -74,7 +76,7 @@ def watermark_cost_table(
     problems: Sequence[Problem],
     key: str,
     *,
-    deltas: Sequence[float] = (1.0, 2.0, 4.0),
+    deltas: Sequence[float] = DEFAULT_DELTAS,
     gamma: float = 0.25,
     context_width: int = 1,
     temperature: float = 0.7,

@@ -100,8 +100,8 @@ def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = N
         hashes = context_hashes(text, width, seed)[first - width :]  # [j]: the context of position first + j
         predicted = scored_tokens[first:]
         if scored.fresh_contexts_only:
-            _, fresh = np.unique(hashes, return_index=True)
-            hashes, predicted = hashes[np.sort(fresh)], predicted[np.sort(fresh)]
+            fresh = np.sort(np.unique(hashes, return_index=True)[1])
+            hashes, predicted = hashes[fresh], predicted[fresh]
         contexts.append(hashes)
         tokens.append(predicted)
     if not contexts:
