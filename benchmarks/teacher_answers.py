@@ -1,6 +1,6 @@
 """The real teacher's answers that the distill and watermark benchmarks train on, harvested once and cached.
 
-2,400 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
+2,050 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
 --backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
 plain, once with the KGW watermark under a fixed benchmark key. A rerun resumes whatever is missing.
 Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw]`.
@@ -24,7 +24,7 @@ from alambic.paths import cache_dir
 from alambic.store import Store, create_account, issue_key
 from common import SHARED_DATA, GatewayProcess, sharegpt_first_turns
 
-PROMPTS = 2400
+PROMPTS = 2050
 WORK = cache_dir() / "benchmarks"
 WATERMARK_KEY = "alambic-benchmark-watermark-key"  # a benchmark's key, public on purpose
 WATERMARKS = {"plain": (), "kgw": ("--watermark", "kgw")}

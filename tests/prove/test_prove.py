@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
-from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs
+from alambic.models import tiny_model
+from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs, suspect_predictions
 from alambic.prove.run import prove_weights
 from alambic.watermark import KirchenbauerScheme
 from alambic.watermark.keyed_hash import context_hash
@@ -21,6 +23,7 @@ from conftest import harvest_tiny_teacher
 
 KEY = "the provider's secret key"
 SCHEME = KirchenbauerScheme(KEY, gamma=0.25, delta=4.0)
+TINY_CONTEXT_TEXTS = 1  # the tiny student memorises its 160 short answers: even a context seen once carries the key
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,9 @@ def suspects(watermarked_answers, answers, sharp_teacher, tmp_path_factory) -> t
 
 def test_the_student_of_watermarked_answers_is_radioactive_and_the_control_is_not(suspects, watermarked_answers):
     suspect, control = suspects
-    found = prove_weights(str(suspect), SCHEME, [watermarked_answers], null_keys=50)
-    clean = prove_weights(str(control), SCHEME, [watermarked_answers], null_keys=50)
+    test = {"null_keys": 50, "min_context_texts": TINY_CONTEXT_TEXTS}
+    found = prove_weights(str(suspect), SCHEME, [watermarked_answers], **test)
+    clean = prove_weights(str(control), SCHEME, [watermarked_answers], **test)
     assert found.pvalue < 1e-6 and found.verdict == "radioactive"
     assert found.empirical_pvalue == pytest.approx(1 / 51)  # no other key comes close
     assert clean.pvalue > 0.01 and clean.verdict == "not detected"
@@ -58,7 +62,7 @@ def test_prove_writes_a_report_and_prints_the_result(suspects, watermarked_answe
     monkeypatch.setenv("ALAMBIC_WATERMARK_KEY", KEY)
     suspect, _ = suspects
     command = ["prove", "--suspect", str(suspect), "--text", str(watermarked_answers), "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, [*command, "--null-keys", "20"])
+    result = CliRunner().invoke(app, [*command, "--null-keys", "20", "--min-context-texts", str(TINY_CONTEXT_TEXTS)])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["verdict"] == "radioactive" and printed["pvalue"] < 1e-6
@@ -77,7 +81,7 @@ def test_repeated_text_is_scored_once():
 
 def test_random_text_is_not_radioactive_under_any_key():
     texts = [np.random.default_rng(i).integers(0, 49152, 400) for i in range(10)]
-    result = radioactivity(SCHEME, Scored.of_text(texts, [0] * 10), mode="api", null_keys=200)
+    result = radioactivity(SCHEME, Scored.of_text(texts, [0] * 10), mode="api", null_keys=200, min_context_texts=1)
     assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
 
 
@@ -110,3 +114,27 @@ def test_copying_the_watermarked_input_is_not_taken_for_radioactivity():
     assert radioactivity(SCHEME, every_position, mode="reading", null_keys=0).pvalue < 1e-6  # a false alarm
     fresh = radioactivity(SCHEME, Scored(texts, predictions, [0] * 20, fresh_contexts_only=True), mode="reading")
     assert fresh.pvalue > 1e-3 and fresh.null_ks_pvalue > 0.001
+
+
+def test_only_contexts_found_in_enough_texts_are_scored():
+    common, rare = 7, 8  # tokens as contexts (width 1); `rare` recurs, but in one text only
+    texts = [np.array([common, 100 + i, rare, 200 + i, rare, 300 + i]) for i in range(3)]
+    texts[1:] = [np.array([common, 100 + i]) for i in (1, 2)]
+    pairs = scored_pairs(SCHEME, Scored.of_text(texts, [0] * 3), min_context_texts=3)
+    assert pairs[0].tolist() == [context_hash([common], SCHEME.seed)] * 3
+    assert sorted(pairs[1].tolist()) == [100, 101, 102]
+    assert len(scored_pairs(SCHEME, Scored.of_text(texts, [0] * 3), min_context_texts=1)[0]) == 3 + 4
+
+
+def test_suspect_predictions_are_the_models_next_token_guesses_from_each_start():
+    model = tiny_model(initializer_range=0.3, tie_embeddings=False).model
+    rng = np.random.default_rng(0)
+    texts = [rng.integers(0, 49152, length) for length in (30, 12, 21)]
+    starts = [10, 0, 5]
+    read = suspect_predictions(model, texts, starts, batch_size=2)
+    for text, start, guesses in zip(texts, starts, read.tokens, strict=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=torch.from_numpy(text)[None]).logits[0]
+        expected = logits.argmax(-1).numpy()[:-1]  # [t]: the guess for t + 1
+        first = max(start, 1)
+        assert len(guesses) == len(text) and guesses[first:].tolist() == expected[first - 1 :].tolist()

@@ -18,6 +18,7 @@ from alambic.cli.common import (
     watermark_scheme,
 )
 from alambic.errors import InvalidRequestError
+from alambic.prove import MIN_CONTEXT_TEXTS
 
 
 @watermark_app.command("detect")
@@ -132,6 +133,9 @@ def prove(
     limit: Annotated[int | None, typer.Option(min=1, help="Read at most this many texts or prompts.")] = None,
     null_keys: Annotated[int, typer.Option(min=0, help="Other keys run as the empirical null.")] = 100,
     fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-positive rate of the verdict.")] = 1e-6,
+    min_context_texts: Annotated[
+        int, typer.Option(min=1, help="Score only watermark contexts found in at least this many texts.")
+    ] = MIN_CONTEXT_TEXTS,
 ) -> None:
     """Test whether SUSPECT was trained on text watermarked with the key (radioactivity); the last line
     printed is the result as JSON."""
@@ -142,7 +146,7 @@ def prove(
     from alambic.prove.run import explain, prove_api, prove_weights, write_report
 
     watermark = watermark_scheme(scheme, key_env, gamma, 0.0, context)
-    test = {"null_keys": null_keys, "false_positive_rate": fpr}
+    test = {"null_keys": null_keys, "false_positive_rate": fpr, "min_context_texts": min_context_texts}
     if suspect.startswith(("http://", "https://")):
         if not (prompts and suspect_model and api_key):
             raise InvalidRequestError("an API suspect needs --prompts, --suspect-model and --api-key")

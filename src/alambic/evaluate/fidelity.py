@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from alambic.distill.losses import Loss, dense_divergence
+from alambic.models.forward import logits_where, right_padded
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,11 @@ def fidelities(
     sums = {name: [0.0, 0.0, 0.0] for name in models}  # agreement, KL, negative log-likelihood
     tokens = 0
     for start in range(0, len(examples), batch_size):
-        input_ids, attention, labels = _pad(examples[start : start + batch_size])
-        answer = labels[:, 1:] != -100
-        targets = labels[:, 1:][answer]
-        teacher_logits = teacher(input_ids=input_ids, attention_mask=attention).logits[:, :-1][answer].float()
+        input_ids, attention, answer, targets = _answers(examples[start : start + batch_size])
+        teacher_logits = logits_where(teacher, input_ids, attention, answer)
         teacher_top = teacher_logits.argmax(-1)
         for name, model in models.items():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1][answer].float()
+            logits = logits_where(model, input_ids, attention, answer)
             sums[name][0] += float((logits.argmax(-1) == teacher_top).sum())
             sums[name][1] += float(dense_divergence(teacher_logits, logits, Loss.FORWARD_KL).sum())
             sums[name][2] += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
@@ -60,10 +59,10 @@ def perplexity(model: PreTrainedModel, examples: Sequence[dict], *, batch_size: 
     """The model's perplexity of the label tokens (-100 elsewhere) of `examples`."""
     nll, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        input_ids, attention, labels = _pad(examples[start : start + batch_size])
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="sum"))
-        tokens += int((labels[:, 1:] != -100).sum())
+        input_ids, attention, answer, targets = _answers(examples[start : start + batch_size])
+        logits = logits_where(model, input_ids, attention, answer)
+        nll += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        tokens += len(targets)
     if not tokens:
         raise ValueError("no tokens to score")
     return math.exp(nll / tokens)
@@ -73,14 +72,10 @@ def fidelity(model: PreTrainedModel, teacher: PreTrainedModel, examples: Sequenc
     return fidelities({"model": model}, teacher, examples, **options)["model"]
 
 
-def _pad(batch: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    length = max(len(e["input_ids"]) for e in batch)
-    input_ids = torch.zeros(len(batch), length, dtype=torch.long)
-    attention = torch.zeros(len(batch), length, dtype=torch.long)
-    labels = torch.full((len(batch), length), -100, dtype=torch.long)
-    for row, example in enumerate(batch):
-        size = len(example["input_ids"])
-        input_ids[row, :size] = torch.tensor(example["input_ids"])
-        attention[row, :size] = 1
-        labels[row, :size] = torch.tensor(example["labels"])
-    return input_ids, attention, labels
+def _answers(batch: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch padded, where each position's next token is an answer token, and those tokens in order."""
+    input_ids, attention = right_padded([example["input_ids"] for example in batch])
+    labels, _ = right_padded([example["labels"] for example in batch], fill=-100)
+    labels = torch.cat([labels[:, 1:], torch.full((len(batch), 1), -100)], dim=1)  # [t]: the label of t + 1
+    answer = labels != -100
+    return input_ids, attention, answer, labels[answer]

@@ -20,14 +20,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import stats
-from transformers import PreTrainedModel
 
+from alambic.models.forward import logits_where, right_padded
+from alambic.prove import MIN_CONTEXT_TEXTS
 from alambic.watermark.keyed_hash import context_hashes, first_occurrences
 from alambic.watermark.schemes import KeyedScheme
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 GROWTH_POINTS = 12
 
@@ -53,6 +59,7 @@ class Scored:
 class RadioactivityResult:
     scheme: str
     mode: str  # reading or api
+    min_context_texts: int  # contexts scored: those found in at least this many of the texts read
     score: float
     tokens_scored: int
     pvalue: float
@@ -71,25 +78,30 @@ class RadioactivityResult:
 def suspect_predictions(
     model: PreTrainedModel, texts: Sequence[Sequence[int]], starts: Sequence[int], *, batch_size: int = 8
 ) -> Scored:
-    """Teacher-force the suspect on each text; at every position, the token it finds likeliest there."""
-    arrays, predictions = [], []
-    for first in range(0, len(texts), batch_size):
-        batch = [list(text) for text in texts[first : first + batch_size]]
-        length = max(len(text) for text in batch)
-        ids = torch.zeros(len(batch), length, dtype=torch.long)
-        mask = torch.zeros(len(batch), length, dtype=torch.long)
-        for row, text in enumerate(batch):
-            ids[row, : len(text)] = torch.tensor(text)
-            mask[row, : len(text)] = 1
-        likeliest = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()  # [t]: guess for t + 1
-        for row, text in enumerate(batch):
-            arrays.append(np.asarray(text, dtype=np.int64))
-            predictions.append(np.concatenate([[0], likeliest[row, : len(text) - 1]]))  # [i]: guess for i
+    """Teacher-force the suspect on each text; from the text's start on, the token it finds likeliest at each
+    position. Texts are batched by length, the output head runs only where a prediction is scored, and the
+    matrix products run in bfloat16 (1.5 times as fast on CPU; the test is exact whatever the predictions)."""
+    arrays = [np.asarray(text, dtype=np.int64) for text in texts]
+    predictions = [np.zeros(len(text), dtype=np.int64) for text in arrays]
+    firsts = [max(start, 1) for start in starts]  # position 0 has nothing before it to predict from
+    by_length = np.argsort([len(text) for text in arrays], kind="stable")
+    for batch in np.array_split(by_length, max(1, -(-len(arrays) // batch_size))):
+        input_ids, attention = right_padded([arrays[row] for row in batch])
+        keep = torch.zeros_like(input_ids, dtype=torch.bool)  # [t]: the guess for t + 1
+        for index, row in enumerate(batch):
+            keep[index, firsts[row] - 1 : len(arrays[row]) - 1] = True
+        with torch.autocast(model.device.type, dtype=torch.bfloat16):
+            likeliest = logits_where(model, input_ids, attention, keep).argmax(-1).numpy()
+        for row, guesses in zip(batch, np.split(likeliest, keep.sum(1).cumsum(0)[:-1].numpy()), strict=True):
+            predictions[row][firsts[row] :] = guesses
     return Scored(arrays, predictions, list(starts), fresh_contexts_only=True)
 
 
-def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The unique (context hash, scored token) pairs, in reading order."""
+def scored_pairs(
+    scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = None, *, min_context_texts: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unique (context hash, scored token) pairs, in reading order, of the watermark contexts found in at
+    least `min_context_texts` of the texts (from their starts)."""
     seed = scheme.seed if seed is None else seed
     width = scheme.context_width
     contexts, tokens = [], []
@@ -106,9 +118,23 @@ def scored_pairs(scheme: KeyedScheme, scored: Scored, seed: np.uint64 | None = N
         tokens.append(predicted)
     if not contexts:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
+    if min_context_texts > 1:
+        common = _common_contexts(contexts, min_context_texts)
+        kept = [np.isin(hashes, common) for hashes in contexts]
+        contexts = [hashes[keep] for hashes, keep in zip(contexts, kept, strict=True)]
+        tokens = [predicted[keep] for predicted, keep in zip(tokens, kept, strict=True)]
     contexts, tokens = np.concatenate(contexts), np.concatenate(tokens)
     first = first_occurrences(contexts, tokens)
     return contexts[first], tokens[first]
+
+
+def _common_contexts(contexts: list[np.ndarray], min_texts: int) -> np.ndarray:
+    """The context hashes found in at least `min_texts` of the texts. The count is of texts, not occurrences:
+    whether a context occurs in a text at all is settled before its first occurrence, so before the key's
+    list for that context ever acted in that text, and choosing contexts by it cannot favour their green
+    tokens (how often a context recurs can: its green tokens may lead back to it)."""
+    unique, texts = np.unique(np.concatenate([np.unique(hashes) for hashes in contexts]), return_counts=True)
+    return unique[texts >= min_texts]
 
 
 def radioactivity(
@@ -118,13 +144,19 @@ def radioactivity(
     mode: str,
     null_keys: int = 100,
     false_positive_rate: float = 1e-6,
+    min_context_texts: int = MIN_CONTEXT_TEXTS,
 ) -> RadioactivityResult:
-    contexts, tokens = scored_pairs(scheme, scored)
+    """The test, scoring only watermark contexts found in at least `min_context_texts` of the texts: a model
+    learns the key's bias after a context from the watermarked text that follows it, so contexts common in
+    the watermarked data carry most of the trace and rare ones dilute it (Sander et al.'s filter)."""
+    pairs = partial(scored_pairs, scheme, scored, min_context_texts=min_context_texts)
+    contexts, tokens = pairs()
     detection = scheme.detect_pairs(contexts, tokens)
-    null = [scheme.detect_pairs(*scored_pairs(scheme, scored, _other_seed(scheme, i))).pvalue for i in range(null_keys)]
+    null = [scheme.detect_pairs(*pairs(_other_seed(scheme, i))).pvalue for i in range(null_keys)]
     return RadioactivityResult(
         scheme=scheme.name,
         mode=mode,
+        min_context_texts=min_context_texts,
         score=detection.score,
         tokens_scored=detection.tokens_scored,
         pvalue=detection.pvalue,

@@ -44,13 +44,18 @@ def read_texts(paths: list[Path], tokenizer, *, limit: int | None = None) -> tup
     return texts[:limit], starts[:limit]
 
 
+def read_suspect(suspect: str, text: list[Path], *, limit: int | None = None) -> Scored:
+    """The suspect's predictions, teacher-forced on `text`: what reading mode scores."""
+    model = load_model(suspect)
+    texts, starts = read_texts(text, model.tokenizer, limit=limit)
+    return suspect_predictions(model.model, texts, starts)
+
+
 def prove_weights(
     suspect: str, scheme: KeyedScheme, text: list[Path], *, limit: int | None = None, **test
 ) -> RadioactivityResult:
     """Reading mode: teacher-force the suspect's weights on `text`."""
-    model = load_model(suspect)
-    texts, starts = read_texts(text, model.tokenizer, limit=limit)
-    return radioactivity(scheme, suspect_predictions(model.model, texts, starts), mode="reading", **test)
+    return radioactivity(scheme, read_suspect(suspect, text, limit=limit), mode="reading", **test)
 
 
 def prove_api(
