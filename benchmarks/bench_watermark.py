@@ -10,11 +10,12 @@
   perplexity as the unwatermarked teacher scores them, GSM8K exact match, one answer's median p-value.
 - Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them) on the teacher's answers
   with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in reading mode on the
-  watermarked answers the provider served: p-value and distinct tokens scored, and the p-value's growth. The
-  unwatermarked teacher read on 1,000 of the served answers is a further control.
+  watermarked answers the provider served: p-value and distinct tokens scored at `prove`'s default context
+  filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at other
+  filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [teacher]`
 (all by default; the sections named replace theirs in the results; the radioactivity section harvests the
-plain and watermarked answers first if they are missing: about 25 minutes each).
+plain and watermarked answers first if they are missing: 35 to 45 minutes each).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from alambic.generation import GenerationEngine
 from alambic.generation.backends import load_backend
 from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models import load_model
-from alambic.prove.run import prove_weights
+from alambic.prove import MIN_CONTEXT_TEXTS
+from alambic.prove.radioactivity import Scored, radioactivity
+from alambic.prove.run import prove_weights, read_suspect
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.keyed_hash import GOLDEN, MIX_1, MIX_2, MIX_32, context_hash
 from bench_distill import run
@@ -51,6 +54,7 @@ FRACTIONS = (1.0, 0.0, 0.1, 0.5, 0.05)
 DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
+MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
 MASK64, MASK32 = 2**64 - 1, 2**32 - 1
 
 
@@ -161,25 +165,58 @@ def student(data: Path, fraction: float) -> Path:
     return run(data, out.name, loss=Loss.SFT)[1]
 
 
-def radioactivity() -> dict:
+def reading(suspect: Path, text: Path) -> Scored:
+    """The suspect's predictions on the served text, kept beside its weights: reading is the slow part."""
+    path = suspect / "reading.npz"
+    if not path.exists():
+        scored = read_suspect(str(suspect), [text])
+        lengths = [len(t) for t in scored.texts]
+        np.savez(
+            path,
+            texts=np.concatenate(scored.texts),
+            tokens=np.concatenate(scored.tokens),
+            lengths=lengths,
+            starts=scored.starts,
+        )
+    saved = np.load(path)
+    cuts = np.cumsum(saved["lengths"])[:-1]
+    texts, tokens = np.split(saved["texts"], cuts), np.split(saved["tokens"], cuts)
+    return Scored(texts, tokens, saved["starts"].tolist(), fresh_contexts_only=True)
+
+
+def prove(scored: Scored, scheme: KirchenbauerScheme) -> dict:
+    """The test at `alambic prove`'s default context filter, and at others for comparison."""
+    found = radioactivity(scheme, scored, mode="reading", null_keys=100)
+    return {
+        "pvalue": found.pvalue,
+        "tokens_scored": found.tokens_scored,
+        "empirical_pvalue": found.empirical_pvalue,
+        "null_ks_pvalue": found.null_ks_pvalue,
+        "growth": found.growth,
+        "by_min_context_texts": {
+            texts: {"pvalue": other.pvalue, "tokens_scored": other.tokens_scored}
+            for texts in MIN_CONTEXT_TEXTS_SWEEP
+            for other in [radioactivity(scheme, scored, mode="reading", null_keys=0, min_context_texts=texts)]
+        },
+    }
+
+
+def radioactivity_by_fraction() -> dict:
     """By fraction of watermarked answers, the acceptance's first; the results are written as each lands."""
     plain, marked = answers("plain"), answers("kgw")
     scheme = KirchenbauerScheme(WATERMARK_KEY)  # what `alambic serve --watermark kgw` applied
-    figures = {"scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width}}
+    figures = {
+        "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
+        "min_context_texts": MIN_CONTEXT_TEXTS,
+    }
     by_fraction = figures["by_fraction"] = {}
     for fraction in FRACTIONS:
         data, used = mixture(plain, marked, fraction)
         text = served_text(marked, used)  # the control (none used) is read on all the served answers
-        found = prove_weights(str(student(data, fraction)), scheme, [text], null_keys=100)
-        by_fraction[fraction] = {
-            "watermarked_answers": len(used),
-            "pvalue": found.pvalue,
-            "tokens_scored": found.tokens_scored,
-            "empirical_pvalue": found.empirical_pvalue,
-            "null_ks_pvalue": found.null_ks_pvalue,
-            "growth": found.growth,
-        }
-        print(fraction, found.pvalue, found.tokens_scored, flush=True)
+        by_fraction[fraction] = {"watermarked_answers": len(used)} | prove(
+            reading(student(data, fraction), text), scheme
+        )
+        print(fraction, by_fraction[fraction]["pvalue"], by_fraction[fraction]["tokens_scored"], flush=True)
         if 1.0 in by_fraction:
             figures |= {
                 "student_pvalue": by_fraction[1.0]["pvalue"],
@@ -204,7 +241,7 @@ SECTIONS = {
     "detection": lambda: {"detection": detection_throughput(KirchenbauerScheme(WATERMARK_KEY))},
     "overhead": lambda: {"generation_overhead": generation_overhead()},
     "quality": lambda: {"quality_cost": quality_cost()},
-    "radioactivity": radioactivity,
+    "radioactivity": radioactivity_by_fraction,
     "teacher": teacher_control,
 }
 TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}
