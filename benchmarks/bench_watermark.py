@@ -213,10 +213,9 @@ def radioactivity_by_fraction() -> dict:
     for fraction in FRACTIONS:
         data, used = mixture(plain, marked, fraction)
         text = served_text(marked, used)  # the control (none used) is read on all the served answers
-        by_fraction[fraction] = {"watermarked_answers": len(used)} | prove(
-            reading(student(data, fraction), text), scheme
-        )
-        print(fraction, by_fraction[fraction]["pvalue"], by_fraction[fraction]["tokens_scored"], flush=True)
+        found = prove(reading(student(data, fraction), text), scheme)
+        by_fraction[fraction] = {"watermarked_answers": len(used), **found}
+        print(fraction, found["pvalue"], found["tokens_scored"], flush=True)
         if 1.0 in by_fraction:
             figures |= {
                 "student_pvalue": by_fraction[1.0]["pvalue"],

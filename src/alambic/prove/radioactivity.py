@@ -118,12 +118,11 @@ def scored_pairs(
         tokens.append(predicted)
     if not contexts:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
-    if min_context_texts > 1:
-        common = _common_contexts(contexts, min_context_texts)
-        kept = [np.isin(hashes, common) for hashes in contexts]
-        contexts = [hashes[keep] for hashes, keep in zip(contexts, kept, strict=True)]
-        tokens = [predicted[keep] for predicted, keep in zip(tokens, kept, strict=True)]
+    common = _common_contexts(contexts, min_context_texts) if min_context_texts > 1 else None
     contexts, tokens = np.concatenate(contexts), np.concatenate(tokens)
+    if common is not None:
+        kept = np.isin(contexts, common)
+        contexts, tokens = contexts[kept], tokens[kept]
     first = first_occurrences(contexts, tokens)
     return contexts[first], tokens[first]
 
