@@ -83,6 +83,13 @@ class RateLimitError(AlambicError):
         self.retry_after_s = retry_after_s
 
 
+class ClientDisconnectedError(AlambicError):
+    """The client left before its answer was ready (nginx's 499): its generation was cancelled, the log says so."""
+
+    status_code = 499
+    error_type = "client_disconnected"
+
+
 class ServerBusyError(AlambicError):
     status_code = 503
     error_type = "server_error"

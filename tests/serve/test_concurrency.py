@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from alambic.store.schema import RequestLog
@@ -46,6 +47,19 @@ async def test_50_concurrent_clients_each_sending_4_requests(gateway, engine):
     assert sum(r.prompt_tokens for r in rows) == sum(a.usage.prompt_tokens for a in answers)
 
 
+def settled_log(gateway, engine) -> list[RequestLog]:
+    """The log once the engine has no sequence left running (a leaving client's row is written last)."""
+    deadline = time.monotonic() + 30
+    rows = []
+    while time.monotonic() < deadline:
+        with gateway.store.session() as session:
+            rows = session.scalars(select(RequestLog)).all()
+        if rows and engine.active_sequences == 0:
+            break
+        time.sleep(0.05)
+    return rows
+
+
 def test_a_client_leaving_mid_stream_is_logged_and_frees_its_slot(gateway, engine):
     key = gateway.key("leaver")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500, "stream": True}
@@ -55,15 +69,19 @@ def test_a_client_leaving_mid_stream_is_logged_and_frees_its_slot(gateway, engin
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
-    deadline = time.monotonic() + 30
-    rows = []
-    while time.monotonic() < deadline:
-        with gateway.store.session() as session:
-            rows = session.scalars(select(RequestLog)).all()
-        if rows and engine.active_sequences == 0:
-            break
-        time.sleep(0.05)
-    [row] = rows
+    [row] = settled_log(gateway, engine)
     assert (row.status_code, row.error_type) == (200, "client_disconnected")
     assert 0 < row.completion_tokens < 500 and row.response_texts[0]
+    assert engine.active_sequences == 0
+
+
+def test_a_client_timing_out_before_its_answer_cancels_the_generation(gateway, engine):
+    key = gateway.key("impatient")
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500, "min_tokens": 500}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=0.2
+        )
+    [row] = settled_log(gateway, engine)
+    assert (row.status_code, row.error_type) == (499, "client_disconnected")
     assert engine.active_sequences == 0

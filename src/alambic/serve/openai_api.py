@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from alambic import __version__
-from alambic.errors import AlambicError, ContextLengthError, InvalidRequestError, ModelNotFoundError
+from alambic.errors import (
+    AlambicError,
+    ClientDisconnectedError,
+    ContextLengthError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from alambic.generation import (
     Completion,
     FinishEvent,
@@ -30,6 +37,7 @@ from alambic.watermark.schemes import KeyedScheme
 UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logit_bias")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy endpoint
 FINGERPRINT = f"alambic-{__version__}"
+T = TypeVar("T")
 
 
 async def admitted_account(request: Request) -> AccountPolicy:
@@ -95,7 +103,7 @@ class Gateway:
         if body.stream:
             events = self._stream(request, generation, fmt, response_id, body)
             return StreamingResponse(events, media_type="text/event-stream")
-        completions = await self.engine.complete(generation)
+        completions = await _unless_client_leaves(request, self.engine.complete(generation))
         self._record_result(record, completions)
         return JSONResponse(
             {
@@ -233,3 +241,27 @@ class Gateway:
 def _usage(record: RequestRecord) -> dict[str, int]:
     prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client disconnects first, `work` is cancelled (so a client that timed out
+    frees its place in the batch instead of leaving the server to finish an answer nobody reads)."""
+    task, left = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        left.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})  # the engine's stream closes, cancelling the request
+    raise ClientDisconnectedError("The client disconnected before the answer was ready.")
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body is already read, so only the disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
