@@ -249,14 +249,11 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     task, left = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
     finally:
         left.cancel()
+        task.cancel()  # a no-op once it is done
     if task in done:
         return task.result()
-    task.cancel()
     await asyncio.wait({task})  # the engine's stream closes, cancelling the request
     raise ClientDisconnectedError("The client disconnected before the answer was ready.")
 

@@ -15,6 +15,7 @@ import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from alambic.errors import ClientDisconnectedError
 from alambic.store import RequestRecord, Store, log_request
 
 LOGGED_PREFIX = "/v1/"
@@ -91,8 +92,8 @@ class RequestLogMiddleware:
         finally:
             if not state.get("logged"):
                 # Cut short: the client left mid-stream (status already sent) or nothing was sent at all.
-                record.error_type = record.error_type or "client_disconnected"
-                record.status_code = record.status_code or 499
+                record.error_type = record.error_type or ClientDisconnectedError.error_type
+                record.status_code = record.status_code or ClientDisconnectedError.status_code
                 await self.journal.commit(state)
 
     def _limited(self, receive: Receive, headers: dict[str, str]) -> Receive:
