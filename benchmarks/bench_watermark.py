@@ -8,11 +8,12 @@
 - Quality cost: the teacher answers 200 GSM8K test questions under KGW at delta 1, 2 and 4 and without a
   watermark (temperature 0.7, as the harvests ask), and under Gumbel and without (temperature 1): the answers'
   perplexity as the unwatermarked teacher scores them, GSM8K exact match, one answer's median p-value.
-- Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them) on the teacher's answers
-  with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in reading mode on the
-  watermarked answers the provider served: p-value and distinct tokens scored at `prove`'s default context
-  filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at other
-  filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
+- Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them, but for two epochs, as
+  instruction tuning commonly runs several: after one the key's bias is learnt only in the commonest contexts)
+  on the teacher's answers with 100%, 10% and 5% of them watermarked, and a control with none; `prove` in
+  reading mode on the watermarked answers the provider served: p-value and distinct tokens scored at `prove`'s
+  default context filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at
+  other filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [teacher]`
 (all by default; the sections named replace theirs in the results; the radioactivity section harvests the
 plain and watermarked answers first if they are missing: 35 to 45 minutes each).
@@ -50,7 +51,8 @@ from bench_generation import measure_engine
 from common import SHARED_DATA, sharegpt_first_turns, write_result
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
-FRACTIONS = (1.0, 0.0, 0.1, 0.5, 0.05)
+FRACTIONS = (1.0, 0.0, 0.1, 0.05)
+STUDENT_EPOCHS = 2
 DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
@@ -159,10 +161,10 @@ def quality_cost() -> list[dict]:
 
 def student(data: Path, fraction: float) -> Path:
     """The student distilled on this mixture; one a run before this one finished is reused."""
-    out = WORK / "distill" / f"radioactive-{fraction}"
+    out = WORK / "distill" / f"radioactive-{fraction}-epochs-{STUDENT_EPOCHS}"
     if (out / "distill.json").exists():
         return out
-    return run(data, out.name, loss=Loss.SFT)[1]
+    return run(data, out.name, loss=Loss.SFT, epochs=STUDENT_EPOCHS)[1]
 
 
 def reading(suspect: Path, text: Path) -> Scored:
@@ -208,6 +210,7 @@ def radioactivity_by_fraction() -> dict:
     figures = {
         "scheme": {"name": "kgw", "gamma": scheme.gamma, "delta": scheme.delta, "context": scheme.context_width},
         "min_context_texts": MIN_CONTEXT_TEXTS,
+        "student_epochs": STUDENT_EPOCHS,
     }
     by_fraction = figures["by_fraction"] = {}
     for fraction in FRACTIONS:
