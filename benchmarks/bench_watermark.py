@@ -10,7 +10,7 @@
   perplexity as the unwatermarked teacher scores them, GSM8K exact match, one answer's median p-value.
 - Radioactivity: 6-layer students distilled (SFT, as bench_distill trains them, but for two epochs, as
   instruction tuning commonly runs several: after one the key's bias is learnt only in the commonest contexts)
-  on the teacher's answers with 100%, 10% and 5% of them watermarked, and a control with none; `prove` in
+  on the teacher's answers with 100%, 50%, 10% and 5% of them watermarked, and a control with none; `prove` in
   reading mode on the watermarked answers the provider served: p-value and distinct tokens scored at `prove`'s
   default context filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at
   other filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
@@ -51,7 +51,7 @@ from bench_generation import measure_engine
 from common import SHARED_DATA, sharegpt_first_turns, write_result
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
-FRACTIONS = (1.0, 0.0, 0.1, 0.05)
+FRACTIONS = (1.0, 0.0, 0.1, 0.05, 0.5)
 STUDENT_EPOCHS = 2
 DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
