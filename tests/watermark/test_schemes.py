@@ -5,7 +5,14 @@ from scipy import stats
 
 from alambic.generation import GenerationRequest, SamplingParams
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
-from alambic.watermark.keyed_hash import complements32, context_hash, context_hashes, key_seed, pair_draws32
+from alambic.watermark.keyed_hash import (
+    complements32,
+    context_hash,
+    context_hashes,
+    gumbel_noises32,
+    key_seed,
+    pair_draws32,
+)
 
 SCHEMES = [KirchenbauerScheme, AaronsonScheme]
 VOCAB = 49152
@@ -90,6 +97,15 @@ def test_gumbel_processor_takes_the_textbook_choice():
         textbook = int(np.argmax(np.log(r) / torch.softmax(logits.double(), -1).numpy()))
         chosen = scheme.processor()(input_ids, logits[None].clone())[0]
         assert torch.isfinite(chosen).sum() == 1 and int(torch.argmax(chosen)) == textbook
+
+
+def test_gumbel_noise_is_finite_and_accurate_for_every_draw():
+    """float32 rounds 1 - u to 1 for the smallest draws: their noise must stay finite, not -inf."""
+    draws = np.array([0, 127, 128, 2**20, 2**31, 2**32 - 1], dtype=np.uint32)
+    exact = -np.log(-np.log((draws.astype(np.float64) + 0.5) * 2**-32))
+    noises = gumbel_noises32(draws)
+    assert np.isfinite(noises).all() and np.abs(noises - exact).max() < 0.35
+    np.testing.assert_allclose(noises[-2:], exact[-2:], rtol=1e-6)  # u >= 1/2, where the winners are
 
 
 def test_gumbel_leaves_a_repeated_context_to_ordinary_sampling():

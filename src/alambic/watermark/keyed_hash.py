@@ -97,6 +97,17 @@ def complements32(draws32: np.ndarray, dtype: type = np.float64) -> np.ndarray:
     return ((~draws32).astype(dtype) + dtype(0.5)) * dtype(2**-32)
 
 
+FLOAT32_BELOW_ONE = np.float32(1 - 2**-24)
+
+
+def gumbel_noises32(draws32: np.ndarray) -> np.ndarray:
+    """-log(-log u) of each draw's uniform u, in float32. -log u is taken as -log1p(-(1 - u)), exact where u is
+    near 1, where the winners are; 1 - u is held below 1, to which float32 rounds it for the 128 smallest
+    draws, so their noise is about -2.8 (exactly -3.1 to -2.85) rather than -inf."""
+    complements = np.minimum(complements32(draws32, np.float32), FLOAT32_BELOW_ONE)
+    return -np.log(-np.log1p(-complements))
+
+
 def pair_draws32(context_hashes: np.ndarray | np.uint64, token_ids: np.ndarray) -> np.ndarray:
     """The 32-bit draws of (context, token) pairs, as generation drew them."""
     return draws32(context_hashes, fold32(token_keys(token_ids)))

@@ -21,6 +21,7 @@ from alambic.watermark.keyed_hash import (
     context_hashes,
     draws32,
     first_occurrences,
+    gumbel_noises32,
     key_seed,
     pair_draws32,
     threshold32,
@@ -138,8 +139,7 @@ class AaronsonProcessor:
     """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1).
 
     argmax_v r_v^(1/p_v) = argmax_v (logit_v - log(-log r_v)): the Gumbel-max trick, with no softmax, in float32
-    (0.09 ms for 49k tokens against 0.5 ms for the softmax form in float64); -log r is taken as
-    -log1p(-(1 - r)), exact where r is near 1, where the winners are.
+    (0.09 ms for 49k tokens against 0.5 ms for the softmax form in float64).
 
     A context already seen in the sequence is left to ordinary sampling: the keyed choice is a function of
     the context, so it would repeat the earlier choice, and with a one-token context the text falls into
@@ -152,8 +152,7 @@ class AaronsonProcessor:
         if self._context_seen_before(input_ids[0]):
             return scores
         draws = draws32(self.scheme._context_hash(input_ids), vocabulary_keys32(scores.shape[-1]))
-        gumbel = -np.log(-np.log1p(-complements32(draws, np.float32)))  # (V,); p = 0 tokens keep -inf
-        choice = int(np.argmax(scores[0].numpy() + gumbel))
+        choice = int(np.argmax(scores[0].numpy() + gumbel_noises32(draws)))  # p = 0 tokens keep -inf
         scores[0] = float("-inf")
         scores[0, choice] = 0.0
         return scores
