@@ -51,7 +51,7 @@ from bench_generation import measure_engine
 from common import SHARED_DATA, sharegpt_first_turns, write_result
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
-FRACTIONS = (1.0, 0.0, 0.1, 0.05, 0.5)
+FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
 DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
