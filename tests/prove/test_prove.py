@@ -4,25 +4,30 @@ trace, a student distilled from the same teacher's plain answers does not, and o
 from __future__ import annotations
 
 import json
+import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
-from alambic.models import tiny_model
+from alambic.harvest.dataset import AnswerRow
+from alambic.models import smollm2_directory, tiny_model
 from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs, suspect_predictions
-from alambic.prove.run import prove_weights
-from alambic.watermark import KirchenbauerScheme
+from alambic.prove.run import answers_read, prove_weights
+from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.keyed_hash import context_hash
 from conftest import harvest_tiny_teacher
 
 KEY = "the provider's secret key"
 SCHEME = KirchenbauerScheme(KEY, gamma=0.25, delta=4.0)
+BOTH_SCHEMES = [SCHEME, AaronsonScheme(KEY)]
 TINY_CONTEXT_TEXTS = 1  # the tiny student memorises its 160 short answers: even a context seen once carries the key
 
 
@@ -68,15 +73,21 @@ def test_prove_writes_a_report_and_prints_the_result(suspects, watermarked_answe
     assert printed["verdict"] == "radioactive" and printed["pvalue"] < 1e-6
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tokens_scored"] == printed["tokens_scored"] and len(report["null_pvalues"]) == 20
-    assert "very likely trained" in (tmp_path / "report.html").read_text()
+    assert report["tokens_scored"] + sum(report["excluded"].values()) == report["positions"]
+    assert set(report["excluded"]) == {"context_seen_in_input", "repeated_pair", "rare_context"}
+    assert report["cost"]["tokens_read"] > report["positions"] and report["cost"]["cpu_seconds"] > 0
+    page = (tmp_path / "report.html").read_text()
+    assert "very likely trained" in page and "context seen earlier in the input" in page and "CPU seconds" in page
     assert (tmp_path / "evidence.png").stat().st_size > 0
 
 
 def test_repeated_text_is_scored_once():
     tokens = np.random.default_rng(0).integers(0, 5000, 300)
-    once = scored_pairs(SCHEME, Scored.of_text([tokens], [0]))[0]
-    thrice = scored_pairs(SCHEME, Scored.of_text([tokens, tokens, tokens], [0, 0, 0]))[0]
-    assert len(once) == len(thrice) == len(set(zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True)))
+    once = scored_pairs(SCHEME, Scored.of_text([tokens], [0]))
+    thrice = scored_pairs(SCHEME, Scored.of_text([tokens, tokens, tokens], [0, 0, 0]))
+    distinct = len(set(zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True)))
+    assert len(once.contexts) == len(thrice.contexts) == distinct
+    assert thrice.excluded == {"context_seen_in_input": 0, "rare_context": 0, "repeated_pair": 3 * 299 - distinct}
 
 
 def test_random_text_is_not_radioactive_under_any_key():
@@ -85,15 +96,19 @@ def test_random_text_is_not_radioactive_under_any_key():
     assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
 
 
-def watermarked_walk(seed: int, length: int = 300, vocabulary: int = 60) -> np.ndarray:
-    """Text over a few tokens in which 90% of the steps take a green token of the key: contexts repeat often."""
+FAVOURED = {"kgw": 0.5, "gumbel": float(np.log(4))}  # score above which a token is among the key's favoured quarter
+CANDIDATES = np.arange(1000, 1060)
+
+
+def watermarked_walk(seed: int, length: int = 300, candidates: np.ndarray = CANDIDATES, scheme=SCHEME) -> np.ndarray:
+    """Text over a few tokens in which 90% of the steps take one of the quarter of tokens the key favours after
+    the last (kgw: green; gumbel: a draw above 3/4): contexts repeat often."""
     rng = np.random.default_rng(seed)
-    candidates = np.arange(1000, 1000 + vocabulary)
     text = [int(rng.choice(candidates))]
     for _ in range(length - 1):
-        contexts = np.full(vocabulary, context_hash(text[-1:], SCHEME.seed), dtype=np.uint64)
-        green = candidates[SCHEME.pair_scores(contexts, candidates) > 0]
-        text.append(int(rng.choice(green if len(green) and rng.random() < 0.9 else candidates)))
+        contexts = np.full(len(candidates), context_hash(text[-1:], scheme.seed), dtype=np.uint64)
+        favoured = candidates[scheme.pair_scores(contexts, candidates) > FAVOURED[scheme.name]]
+        text.append(int(rng.choice(favoured if len(favoured) and rng.random() < 0.9 else candidates)))
     return np.array(text)
 
 
@@ -116,14 +131,78 @@ def test_copying_the_watermarked_input_is_not_taken_for_radioactivity():
     assert fresh.pvalue > 1e-3 and fresh.null_ks_pvalue > 0.001
 
 
+@pytest.mark.parametrize("scheme", BOTH_SCHEMES, ids=lambda scheme: scheme.name)
+def test_a_copier_reading_a_watermarked_earlier_turn_is_not_taken_for_radioactivity(scheme):
+    """Two-turn rows, as the harvester writes a conversation: the teacher's watermarked first answer sits in
+    the prompt of the second, scored from its start. The copier repeats green tokens it read in turn one."""
+    first_turns = [watermarked_walk(seed, scheme=scheme) for seed in range(20)]
+    # the second answer: the same words and 60 of its own, so it has new contexts to score
+    second_words = [np.r_[CANDIDATES, 2000 + 60 * seed : 2060 + 60 * seed] for seed in range(20)]
+    second_turns = [watermarked_walk(100 + seed, candidates=second_words[seed], scheme=scheme) for seed in range(20)]
+    texts = [np.concatenate(turns) for turns in zip(first_turns, second_turns, strict=True)]
+    read = Scored(texts, [copied_predictions(text) for text in texts], [300] * 20, fresh_contexts_only=True)
+    result = radioactivity(scheme, read, mode="reading", min_context_texts=1)
+    assert result.tokens_scored > 500  # the second turns' new contexts are still read
+    assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
+
+
+@pytest.fixture(scope="module")
+def word_tokens() -> tuple[PreTrainedTokenizerBase, np.ndarray]:
+    """The tokenizer, and ids of whole words with their leading space: any run of them encodes back to itself."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_directory())
+    encode = partial(tokenizer.encode, add_special_tokens=False)
+    words = [
+        i for i in range(1000, 20000) if re.fullmatch(r" [a-z]+", text := tokenizer.decode([i])) and encode(text) == [i]
+    ]
+    return tokenizer, np.array(words[:2000])
+
+
+def copying_answer(passage: np.ndarray, own_words: np.ndarray, seed: int, length: int = 200) -> np.ndarray:
+    """A suspect that never saw the watermark, asked to summarise a watermarked passage: 80% of its steps copy
+    what followed its last word in the passage (any word of the passage if that one is not in it), the rest
+    take a word of its own."""
+    rng = np.random.default_rng(seed)
+    answer = [int(rng.choice(passage))]
+    for _ in range(length - 1):
+        followers = passage[1:][passage[:-1] == answer[-1]]
+        copied = followers if len(followers) else passage
+        answer.append(int(rng.choice(copied if rng.random() < 0.8 else own_words)))
+    return np.array(answer)
+
+
+@pytest.mark.parametrize("scheme", BOTH_SCHEMES, ids=lambda scheme: scheme.name)
+def test_an_api_suspect_copying_a_watermarked_prompt_is_not_taken_for_radioactivity(scheme, word_tokens):
+    tokenizer, words = word_tokens
+    rows = []
+    for seed in range(20):
+        passage = watermarked_walk(seed, candidates=words[:60], scheme=scheme)
+        answer = copying_answer(passage, words[60 + 60 * seed : 120 + 60 * seed], seed)
+        messages = [
+            {"role": "system", "content": "You summarise."},
+            {"role": "user", "content": "Summarise this:" + tokenizer.decode(passage)},
+        ]
+        rows.append(answer_row(f"p{seed}", messages, tokenizer.decode(answer)))
+    read = answers_read(rows, tokenizer)
+    alone = Scored.of_text(read.texts, read.starts)  # the answers without what the suspect was sent
+    assert radioactivity(scheme, alone, mode="api", null_keys=0, min_context_texts=1).pvalue < 1e-6  # a false alarm
+    result = radioactivity(scheme, read, mode="api", min_context_texts=1)
+    assert result.tokens_scored > 500 and result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
+    assert result.excluded["context_seen_in_input"] > 0
+
+
+def answer_row(prompt_id: str, messages: list[dict], answer: str) -> AnswerRow:
+    return AnswerRow(prompt_id, 0, 0, messages, answer, "stop", 0, 0, 0.0, 1, 0, "", "suspect", 0.0)
+
+
 def test_only_contexts_found_in_enough_texts_are_scored():
     common, rare = 7, 8  # tokens as contexts (width 1); `rare` recurs, but in one text only
     texts = [np.array([common, 100 + i, rare, 200 + i, rare, 300 + i]) for i in range(3)]
     texts[1:] = [np.array([common, 100 + i]) for i in (1, 2)]
     pairs = scored_pairs(SCHEME, Scored.of_text(texts, [0] * 3), min_context_texts=3)
-    assert pairs[0].tolist() == [context_hash([common], SCHEME.seed)] * 3
-    assert sorted(pairs[1].tolist()) == [100, 101, 102]
-    assert len(scored_pairs(SCHEME, Scored.of_text(texts, [0] * 3), min_context_texts=1)[0]) == 3 + 4
+    assert pairs.contexts.tolist() == [context_hash([common], SCHEME.seed)] * 3
+    assert sorted(pairs.tokens.tolist()) == [100, 101, 102]
+    assert pairs.excluded["rare_context"] == 4 and pairs.positions == 3 + 4
+    assert len(scored_pairs(SCHEME, Scored.of_text(texts, [0] * 3), min_context_texts=1).contexts) == 3 + 4
 
 
 def test_suspect_predictions_are_the_models_next_token_guesses_from_each_start():

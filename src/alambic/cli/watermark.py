@@ -143,7 +143,8 @@ def prove(
 
     from alambic.harvest import load_prompts
     from alambic.models import smollm2_directory
-    from alambic.prove.run import explain, prove_api, prove_weights, write_report
+    from alambic.prove.report import explain, write_report
+    from alambic.prove.run import prove_api, prove_weights
 
     watermark = watermark_scheme(scheme, key_env, gamma, 0.0, context)
     test = {"null_keys": null_keys, "false_positive_rate": fpr, "min_context_texts": min_context_texts}
