@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from scipy import stats
+from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from alambic.cli import app
@@ -19,6 +20,7 @@ from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
 from alambic.harvest.dataset import AnswerRow
 from alambic.models import smollm2_directory, tiny_model
+from alambic.models.tiny import tiny_config
 from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs, suspect_predictions
 from alambic.prove.run import answers_read, prove_weights
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
@@ -28,6 +30,7 @@ from conftest import harvest_tiny_teacher
 KEY = "the provider's secret key"
 SCHEME = KirchenbauerScheme(KEY, gamma=0.25, delta=4.0)
 BOTH_SCHEMES = [SCHEME, AaronsonScheme(KEY)]
+NULL_KEYS = 60
 TINY_CONTEXT_TEXTS = 1  # the tiny student memorises its 160 short answers: even a context seen once carries the key
 
 
@@ -103,12 +106,15 @@ CANDIDATES = np.arange(1000, 1060)
 def watermarked_walk(seed: int, length: int = 300, candidates: np.ndarray = CANDIDATES, scheme=SCHEME) -> np.ndarray:
     """Text over a few tokens in which 90% of the steps take one of the quarter of tokens the key favours after
     the last (kgw: green; gumbel: a draw above 3/4): contexts repeat often."""
-    rng = np.random.default_rng(seed)
+    size, rng = len(candidates), np.random.default_rng(seed)
+    # [a * size + b]: candidate b after candidate a
+    contexts = np.repeat([context_hash([token], scheme.seed) for token in candidates], size)
+    favoured = scheme.pair_scores(contexts, np.tile(candidates, size)).reshape(size, size) > FAVOURED[scheme.name]
+    row = {int(token): favoured[index] for index, token in enumerate(candidates)}
     text = [int(rng.choice(candidates))]
     for _ in range(length - 1):
-        contexts = np.full(len(candidates), context_hash(text[-1:], scheme.seed), dtype=np.uint64)
-        favoured = candidates[scheme.pair_scores(contexts, candidates) > FAVOURED[scheme.name]]
-        text.append(int(rng.choice(favoured if len(favoured) and rng.random() < 0.9 else candidates)))
+        after = candidates[row[text[-1]]]
+        text.append(int(rng.choice(after if len(after) and rng.random() < 0.9 else candidates)))
     return np.array(text)
 
 
@@ -144,6 +150,35 @@ def test_a_copier_reading_a_watermarked_earlier_turn_is_not_taken_for_radioactiv
     result = radioactivity(scheme, read, mode="reading", min_context_texts=1)
     assert result.tokens_scored > 500  # the second turns' new contexts are still read
     assert result.pvalue > 1e-3 and result.null_ks_pvalue > 0.001
+
+
+@pytest.mark.parametrize("scheme_class", [KirchenbauerScheme, AaronsonScheme], ids=["kgw", "gumbel"])
+def test_innocent_readers_p_values_are_uniform_over_the_keys_that_watermarked_their_text(scheme_class):
+    """The empirical null in small: under each of many keys, two-turn rows watermarked with that key, read by
+    the copier and by a tiny random model (neither trained on any watermark); their p-values are uniform."""
+    torch.manual_seed(0)
+    reader = LlamaForCausalLM(tiny_config(2000, layers=1, hidden=32, initializer_range=0.3, tie_embeddings=False))
+    schemes, texts = [scheme_class(f"null key {index}") for index in range(NULL_KEYS)], []
+    for index, scheme in enumerate(schemes):
+        for row in range(3):  # each row has its own words, and its second turn 60 more
+            words, seed = np.arange(1000 + 240 * row, 1060 + 240 * row), 100 * index + row
+            second = watermarked_walk(seed + 50, 100, np.r_[words, words + 60], scheme)
+            texts.append(np.concatenate([watermarked_walk(seed, 100, words, scheme), second]))
+    readings = {
+        "copier": Scored(texts, [copied_predictions(text) for text in texts], [100] * len(texts), True),
+        "tiny model": suspect_predictions(reader.eval(), texts, [100] * len(texts), batch_size=len(texts)),
+    }
+    for reader_name, reading in readings.items():
+        pvalues = [
+            radioactivity(scheme, _rows(reading, 3 * index, 3), mode="reading", null_keys=0, min_context_texts=1).pvalue
+            for index, scheme in enumerate(schemes)
+        ]
+        assert stats.kstest(pvalues, "uniform").pvalue > 0.01, reader_name
+
+
+def _rows(scored: Scored, first: int, count: int) -> Scored:
+    rows = slice(first, first + count)
+    return Scored(scored.texts[rows], scored.tokens[rows], scored.starts[rows], scored.fresh_contexts_only)
 
 
 @pytest.fixture(scope="module")
