@@ -90,5 +90,5 @@ def answers_read(rows: list[AnswerRow], tokenizer) -> Scored:
     """The suspect's answers as API mode scores them, each with the messages it was sent: a context found in
     them is not scored (the suspect could have copied the key's choice from a watermarked prompt)."""
     encode = partial(tokenizer.encode, add_special_tokens=False)
-    prompts = [[encode(message["content"]) for message in row.messages] for row in rows]
+    prompts = [[encode(message.get("content") or "") for message in row.messages] for row in rows]
     return Scored.of_text([encode(row.answer) for row in rows], [0] * len(rows), prompts)
