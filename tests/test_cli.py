@@ -45,6 +45,7 @@ def test_accounts_create_prints_the_key_alone_on_the_last_line(db):
         (["accounts", "create", "alice"], "already exists"),
         (["accounts", "policy", "alice", "sometimes"], "Invalid value"),
         (["serve", "--model", "/no/such/model"], "does not exist"),
+        (["serve", "--watermark", "kgw", "--watermark-logprobs", "shifted"], "choose plain or marked"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(db, args, message):

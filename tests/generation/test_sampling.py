@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from alambic.generation import SamplingParams
-from alambic.generation.sampling import choose_tokens, served_logprobs
+from alambic.generation.sampling import LOGPROB_FLOOR, choose_tokens, served_logprobs
 
 
 def draws(logits, params, n=400, seed=0):
@@ -42,3 +42,16 @@ def test_same_seed_same_draws():
 def test_served_logprobs_are_normalised():
     logprobs = served_logprobs(torch.randn(3, 100))
     torch.testing.assert_close(logprobs.exp().sum(-1), torch.ones(3))
+
+
+def test_served_logprobs_are_finite_and_rows_can_be_the_models_own():
+    logits = torch.randn(3, 100)
+    model_logits = logits[[1]].clone()
+    logits[0, 5:] = float("-inf")  # a ban or a watermark left few tokens
+    logits[1] = float("-inf")
+    logits[1, 0] = 0.0  # a Gumbel watermark's one choice
+    logits[2] = float("-inf")  # nothing left at all
+    logprobs = served_logprobs(logits, [1], model_logits)
+    assert torch.isfinite(logprobs).all() and logprobs.min() == LOGPROB_FLOOR == -9999.0
+    assert (logprobs[0, 5:] == LOGPROB_FLOOR).all() and (logprobs[2] == LOGPROB_FLOOR).all()
+    torch.testing.assert_close(logprobs[1], torch.log_softmax(model_logits[0], -1))  # before the processors

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,42 @@ def test_gumbel_leaves_a_repeated_context_to_ordinary_sampling():
     processor, logits = AaronsonScheme("k", context_width=2).processor(), torch.randn(1, VOCAB)
     assert torch.equal(processor(torch.tensor([[5, 6, 7, 5, 6]]), logits.clone()), logits)  # (5, 6) again
     assert torch.isfinite(processor(torch.tensor([[5, 6, 7, 6, 5]]), logits.clone())).sum() == 1
+
+
+def rescanned_context_seen_before(ids: list[int], width: int) -> bool:
+    """The repeated-context decision as the processor first took it: a scan of every earlier window."""
+    return any(ids[start : start + width] == ids[-width:] for start in range(len(ids) - width))
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_gumbel_repeated_context_decisions_equal_a_full_rescan(width):
+    rng, vocab = np.random.default_rng(width), 8
+    for _ in range(20):
+        ids = rng.integers(0, 4, size=120).tolist()  # 4 token values: contexts repeat often
+        processor = AaronsonScheme("k", context_width=width).processor()
+        for length in range(int(rng.integers(1, 10)), len(ids) + 1):
+            logits = torch.randn(1, vocab)
+            out = processor(torch.tensor([ids[:length]]), logits.clone())
+            left_alone = torch.equal(out, logits)
+            assert left_alone == rescanned_context_seen_before(ids[:length], width), (ids[:length], width)
+    # one processor handed an unrelated sequence starts over rather than mixing the two
+    processor = AaronsonScheme("k", context_width=2).processor()
+    processor(torch.tensor([[5, 6, 7, 5, 6]]), torch.randn(1, vocab))
+    assert torch.isfinite(processor(torch.tensor([[1, 2, 3, 4, 7, 5]]), torch.randn(1, vocab))).sum() == 1  # (7, 5)
+
+
+def test_gumbel_per_token_cost_does_not_grow_with_the_answer():
+    """The seen contexts are kept, not rescanned: a step at 150,000 tokens costs what one at 100 does."""
+    ids, scores = torch.randint(0, 1000, (1, 150_100)), torch.zeros(1, 16)
+
+    def seconds_per_step(start: int, steps: int = 50) -> float:
+        processor = AaronsonScheme("k").processor()
+        processor(ids[:, :start], scores.clone())  # the first call scans what is already there
+        began = time.perf_counter()
+        for length in range(start + 1, start + 1 + steps):
+            processor(ids[:, :length], scores.clone())
+        return (time.perf_counter() - began) / steps
+
+    short = min(seconds_per_step(100) for _ in range(5))
+    long = min(seconds_per_step(150_000) for _ in range(5))
+    assert long < 3 * short, (short, long)

@@ -64,13 +64,16 @@ def watermark_key(key_env: str) -> str:
     return key
 
 
-def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, context: int):
+def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, context: int, logprobs: str = "plain"):
     """A scheme keyed from the environment: the key never appears on a command line or in a log."""
     from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+    from alambic.watermark.schemes import LOGPROB_MODES
 
+    if logprobs not in LOGPROB_MODES:
+        raise InvalidRequestError(f"Unknown watermark logprobs '{logprobs}'; choose plain or marked.")
     key = watermark_key(key_env)
     if name == KirchenbauerScheme.name:
-        return KirchenbauerScheme(key, gamma=gamma, delta=delta, context_width=context)
+        return KirchenbauerScheme(key, gamma=gamma, delta=delta, context_width=context, logprobs=logprobs)
     if name == AaronsonScheme.name:
-        return AaronsonScheme(key, context_width=context)
+        return AaronsonScheme(key, context_width=context, logprobs=logprobs)
     raise InvalidRequestError(f"Unknown watermark scheme '{name}'; choose kgw or gumbel.")

@@ -51,6 +51,13 @@ def serve(
     watermark_gamma: Annotated[float, typer.Option(min=0.01, max=0.99, help="kgw: green fraction.")] = 0.25,
     watermark_delta: Annotated[float, typer.Option(min=0.0, help="kgw: bias added to green logits.")] = 2.0,
     watermark_context: Annotated[int, typer.Option(min=1, help="Tokens of context seeding the hash.")] = 1,
+    watermark_logprobs: Annotated[
+        str,
+        typer.Option(
+            help="Logprobs served with marked text: plain (the model's own, before the watermark: nothing of the "
+            "key shows) or marked (the watermarked distribution: a kgw green list shows)."
+        ),
+    ] = "plain",
 ) -> None:
     """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
     before_backend_loads(backend)
@@ -60,13 +67,15 @@ def serve(
     from alambic.generation.backends import load_backend
     from alambic.serve import GatewaySettings, create_app
 
-    with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
-        model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
     scheme = (
-        watermark_scheme(watermark, watermark_key_env, watermark_gamma, watermark_delta, watermark_context)
+        watermark_scheme(
+            watermark, watermark_key_env, watermark_gamma, watermark_delta, watermark_context, watermark_logprobs
+        )
         if watermark
         else None
     )
+    with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
+        model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
     store = Store(db)
     engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
     settings = GatewaySettings(

@@ -14,12 +14,14 @@ from alambic.generation.params import (
     FinishEvent,
     FinishReason,
     GenerationEvent,
+    LogitsProcessor,
     SamplingParams,
     TokenChoice,
     TokenEvent,
     TokenLogprob,
+    sequence_processors,
 )
-from alambic.generation.sampling import choose_tokens, served_logprobs
+from alambic.generation.sampling import choose_tokens, served_logprobs, shows_in_logprobs
 from alambic.generation.text import TextAssembler
 from alambic.models.tokens import vocabulary_bytes
 
@@ -35,6 +37,7 @@ class Sequence:
     assembler: TextAssembler
     generator: torch.Generator
     is_cancelled: Callable[[], bool]
+    processors: tuple[LogitsProcessor, ...] = ()  # the params' own, or a fresh one for processors with state
     logprobs: list[TokenLogprob] | None = None
     generated: list[int] = field(default_factory=list)
 
@@ -50,6 +53,7 @@ class Sequence:
             assembler=TextAssembler(tokenizer, params.stop),
             generator=torch.Generator().manual_seed(seed),
             is_cancelled=is_cancelled,
+            processors=sequence_processors(params.logits_processors),
             logprobs=[] if params.logprobs else None,
         )
 
@@ -87,8 +91,13 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self) -> None:
         """Sample one token for every row, emit it, drop finished rows, and run the model on the rest."""
-        logits = self._apply_logits_processors(self.next_logits)
-        logprobs = served_logprobs(logits) if any(s.params.logprobs for s in self.sequences) else None
+        logits = self._ban_early_end(self.next_logits)
+        wants = [s.params.logprobs for s in self.sequences]
+        # rows served logprobs from before their processors: copied now, as the processors work in place
+        model_rows = [row for row, s in enumerate(self.sequences) if wants[row] and not shows_in_logprobs(s.processors)]
+        model_logits = logits[model_rows] if model_rows else None
+        logits = self._apply_logits_processors(logits)
+        logprobs = served_logprobs(logits, model_rows, model_logits) if any(wants) else None
         tokens = choose_tokens(logits, [s.params for s in self.sequences], [s.generator for s in self.sequences])
         eos_token_ids, context_length = self.backend.eos_token_ids, self.backend.context_length
         keep: list[int] = []
@@ -130,23 +139,27 @@ class DecodeBatch:
         self.next_logits = self.next_logits[rows] if rows else None
         self.backend.keep(rows)
 
-    def _apply_logits_processors(self, logits: torch.Tensor) -> torch.Tensor:
-        """The rows' logits processors in order, then the ban on ending before `min_tokens` (in place: the
-        batch's logits serve this step only)."""
+    def _ban_early_end(self, logits: torch.Tensor) -> torch.Tensor:
+        """No end of sequence before `min_tokens` (in place: the batch's logits serve this step only). Before the
+        logits processors, so that a watermark chooses among the tokens allowed."""
         too_short = [row for row, s in enumerate(self.sequences) if len(s.generated) < s.params.min_tokens]
-        if not too_short and not any(s.params.logits_processors for s in self.sequences):
-            return logits
-        for row, sequence in enumerate(self.sequences):
-            if not sequence.params.logits_processors:
-                continue
-            ids = torch.tensor([sequence.prompt_ids + sequence.generated], dtype=torch.long)  # (1, T)
-            row_scores = logits[row : row + 1]
-            for processor in sequence.params.logits_processors:
-                row_scores = processor(ids, row_scores)
-            logits[row] = row_scores[0]
         if too_short:
             eos = torch.tensor(sorted(self.backend.eos_token_ids))
             logits[torch.tensor(too_short).unsqueeze(1), eos] = -torch.inf
+        return logits
+
+    def _apply_logits_processors(self, logits: torch.Tensor) -> torch.Tensor:
+        """The rows' logits processors in order (in place)."""
+        if not any(s.processors for s in self.sequences):
+            return logits
+        for row, sequence in enumerate(self.sequences):
+            if not sequence.processors:
+                continue
+            ids = torch.tensor([sequence.prompt_ids + sequence.generated], dtype=torch.long)  # (1, T)
+            row_scores = logits[row : row + 1]
+            for processor in sequence.processors:
+                row_scores = processor(ids, row_scores)
+            logits[row] = row_scores[0]
         return logits
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, params: SamplingParams) -> TokenLogprob:

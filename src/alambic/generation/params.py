@@ -12,9 +12,18 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class LogitsProcessor(Protocol):
-    """transformers' `LogitsProcessor` signature: (input_ids (1, T), scores (1, V)) -> scores (1, V)."""
+    """transformers' `LogitsProcessor` signature: (input_ids (1, T), scores (1, V)) -> scores (1, V).
+
+    Optional: `for_sequence()`, a fresh instance for one sequence (a processor with per-sequence state; others
+    serve every sequence), and `shows_in_logprobs = False`, to serve the row's logprobs from before the
+    processors (a watermark that keeps its mark out of them)."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor: ...
+
+
+def sequence_processors(processors: Sequence[LogitsProcessor]) -> tuple[LogitsProcessor, ...]:
+    """The processors one sequence runs: each one's `for_sequence()` where it has state, else itself."""
+    return tuple(p.for_sequence() if hasattr(p, "for_sequence") else p for p in processors)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Choosing the next token of each row: logprobs of the served distribution, then temperature, top-k, top-p."""
+"""Choosing the next token of each row: the logprobs served with it, then temperature, top-k, top-p."""
 
 from __future__ import annotations
 
@@ -6,12 +6,29 @@ from collections.abc import Sequence
 
 import torch
 
-from alambic.generation.params import SamplingParams
+from alambic.generation.params import LogitsProcessor, SamplingParams
+
+# What OpenAI reports for a token that cannot be sampled: JSON has no -inf (Python writes -Infinity, which
+# no client parses), and a ban or a Gumbel watermark leaves most of the vocabulary at -inf.
+LOGPROB_FLOOR = -9999.0
 
 
-def served_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities the server reports: the model after its logits processors, before sampling warps."""
-    return torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+def shows_in_logprobs(processors: Sequence[LogitsProcessor]) -> bool:
+    """Whether a row's logprobs are taken after its logits processors: unless one of them keeps out of them
+    (`shows_in_logprobs = False`, a watermark serving plain logprobs)."""
+    return all(getattr(processor, "shows_in_logprobs", True) for processor in processors)
+
+
+def served_logprobs(
+    logits: torch.Tensor, model_rows: Sequence[int] = (), model_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probabilities the server reports (B, V), before temperature, top-k and top-p: of `logits`, those
+    sampled from (after the min_tokens ban and the logits processors), except for `model_rows`, whose
+    `model_logits` (R, V) are taken before the processors. Never below `LOGPROB_FLOOR`, never NaN."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if len(model_rows):
+        logprobs[list(model_rows)] = torch.log_softmax(model_logits.float(), dim=-1)
+    return logprobs.nan_to_num_(nan=LOGPROB_FLOOR).clamp_(min=LOGPROB_FLOOR)  # NaN: a row left with no token
 
 
 def choose_tokens(

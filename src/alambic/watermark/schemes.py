@@ -9,7 +9,7 @@ significance, and under the null hypothesis the scored draws are independent, so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -46,16 +46,25 @@ def unique_pairs(token_ids: list[int] | np.ndarray, width: int, seed: np.uint64)
     return contexts[first], tokens[first]
 
 
+LogprobMode = Literal["plain", "marked"]
+LOGPROB_MODES: tuple[LogprobMode, ...] = ("plain", "marked")
+
+
 class KeyedScheme:
-    """What both schemes share: the key, the context width, and detection over unique pairs."""
+    """What both schemes share: the key, the context width, detection over unique pairs, and what the logprobs
+    served with marked text are: `plain`, the model's own, before its logits processors (nothing of the key
+    shows in them); `marked`, those of the watermarked distribution sampled from (a KGW green list shows)."""
 
     name: ClassVar[str]
 
-    def __init__(self, key: str | bytes, context_width: int = 1) -> None:
+    def __init__(self, key: str | bytes, context_width: int = 1, *, logprobs: LogprobMode = "plain") -> None:
         if context_width < 1:
             raise ValueError("context_width must be at least 1")
+        if logprobs not in LOGPROB_MODES:
+            raise ValueError(f"logprobs must be one of {LOGPROB_MODES}")
         self.seed = key_seed(key)
         self.context_width = context_width
+        self.logprobs = logprobs
 
     def detect(self, token_ids: list[int] | np.ndarray) -> Detection:
         return self.detect_pairs(*unique_pairs(token_ids, self.context_width, self.seed))
@@ -81,8 +90,16 @@ class KirchenbauerScheme(KeyedScheme):
 
     name = "kgw"
 
-    def __init__(self, key: str | bytes, *, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1) -> None:
-        super().__init__(key, context_width)
+    def __init__(
+        self,
+        key: str | bytes,
+        *,
+        gamma: float = 0.25,
+        delta: float = 2.0,
+        context_width: int = 1,
+        logprobs: LogprobMode = "plain",
+    ) -> None:
+        super().__init__(key, context_width, logprobs=logprobs)
         if not 0 < gamma < 1:
             raise ValueError("gamma must be in (0, 1)")
         self.gamma, self.delta = gamma, delta
@@ -101,9 +118,16 @@ class KirchenbauerScheme(KeyedScheme):
         return float(stats.binom.sf(round(score) - 1, count, self.gamma))
 
 
-class KirchenbauerProcessor:
-    def __init__(self, scheme: KirchenbauerScheme) -> None:
+class WatermarkProcessor:
+    """A scheme's generation side, as the sampling loop sees it: whether the row's logprobs show the mark."""
+
+    def __init__(self, scheme: KeyedScheme) -> None:
         self.scheme = scheme
+        self.shows_in_logprobs = scheme.logprobs == "marked"
+
+
+class KirchenbauerProcessor(WatermarkProcessor):
+    """Stateless: one instance serves every sequence."""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         green = self.scheme.green_mask(self.scheme._context_hash(input_ids), scores.shape[-1])  # (V,)
@@ -135,7 +159,7 @@ class AaronsonScheme(KeyedScheme):
         return float(stats.gamma.sf(score, count))
 
 
-class AaronsonProcessor:
+class AaronsonProcessor(WatermarkProcessor):
     """Leaves one finite logit: the keyed Gumbel-max choice under the model's distribution (temperature 1).
 
     argmax_v r_v^(1/p_v) = argmax_v (logit_v - log(-log r_v)): the Gumbel-max trick, with no softmax, in float32
@@ -143,10 +167,19 @@ class AaronsonProcessor:
 
     A context already seen in the sequence is left to ordinary sampling: the keyed choice is a function of
     the context, so it would repeat the earlier choice, and with a one-token context the text falls into
-    loops (measured: perplexity 1.8 against 9.4 unwatermarked, as the teacher scores GSM8K answers)."""
+    loops (measured: perplexity 1.8 against 9.4 unwatermarked, as the teacher scores GSM8K answers). The
+    contexts seen are kept as the sequence grows, so a step costs the same at any length: one instance serves
+    one sequence (`for_sequence` gives the sampling loop a fresh one for each), and an input that does not
+    extend the last one it saw starts it over."""
 
     def __init__(self, scheme: AaronsonScheme) -> None:
-        self.scheme = scheme
+        super().__init__(scheme)
+        self.seen: set[tuple[int, ...]] = set()  # every context window that ends before the last token
+        self.tail: list[int] = []  # the last `context_width` tokens of the input seen last
+        self.length = 0  # that input's length
+
+    def for_sequence(self) -> AaronsonProcessor:
+        return AaronsonProcessor(self.scheme)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self._context_seen_before(input_ids[0]):
@@ -158,11 +191,17 @@ class AaronsonProcessor:
         return scores
 
     def _context_seen_before(self, ids: torch.Tensor) -> bool:
-        width = self.scheme.context_width
-        if len(ids) <= width:
-            return False
-        earlier = ids[:-1].unfold(0, width, 1)  # every window that ends before the last token
-        return bool((earlier == ids[-width:]).all(1).any())
+        """Whether the last `context_width` tokens of `ids` (T,) appeared earlier, reading only the new tokens."""
+        width, length = self.scheme.context_width, len(ids)
+        extends = width <= self.length < length and ids[self.length - width : self.length].tolist() == self.tail
+        start = max(self.length - width, 0) if extends else 0  # earliest token of a window not yet added
+        if not extends:
+            self.seen.clear()
+        new = ids[start:].tolist()
+        for offset in range(len(new) - width):  # windows ending before the last token
+            self.seen.add(tuple(new[offset : offset + width]))
+        self.tail, self.length = new[len(new) - width :], length
+        return length > width and tuple(self.tail) in self.seen
 
 
 SCHEMES: dict[str, type[KeyedScheme]] = {
