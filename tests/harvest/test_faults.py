@@ -2,6 +2,7 @@
 killed with SIGKILL mid-run, and resumes that would mix settings or overspend a budget."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -196,26 +197,32 @@ def test_malformed_answers_are_recorded_as_errors_and_the_rest_complete(tmp_path
 
 
 def test_a_missing_sample_0_fails_the_later_turns_of_its_conversation_not_the_harvest(tmp_path):
-    async def drop_sample_0(body: dict) -> dict | None:
-        if body["messages"][-1]["content"] != "first":
+    async def drop_sample_0(body: dict) -> Response | dict | None:
+        question = body["messages"][-1]["content"]
+        if question == "refused":
+            return JSONResponse({"error": {"message": "no"}}, 400)
+        if question != "first":
             return None
         answer = completion(body)
         answer["choices"] = answer["choices"][1:]  # sample 1 answered, sample 0 never came
         return answer
 
-    broken, whole = Prompt.of(["first", "second", "third"]), Prompt.of(["hello", "and then?"])
+    broken, refused = Prompt.of(["first", "second", "third"]), Prompt.of(["refused", "next"])
+    whole = Prompt.of(["hello", "and then?"])
     app, requests = fake_openai_server(drop_sample_0)
     out = tmp_path / "out"
     with serve_in_thread(app) as url:
-        stats = harvest(fake_job(url, out, (broken, whole), sampling=Sampling(max_tokens=4, n=2)))
-    assert stats.status == "incomplete" and stats.failed == 5
+        stats = harvest(fake_job(url, out, (broken, refused, whole), sampling=Sampling(max_tokens=4, n=2)))
+    assert stats.status == "incomplete" and stats.failed == 5 + 4
     written = {(r["prompt_id"], r["turn"], r["sample"]) for r in shard_rows(out)}
     assert written == {(broken.prompt_id, 0, 1)} | {(whole.prompt_id, t, s) for t in (0, 1) for s in (0, 1)}
     reasons = {(e["prompt_id"], e["turn"], e["sample"]): e["error"] for e in error_rows(out)}
-    assert set(reasons) == {(broken.prompt_id, 0, 0)} | {(broken.prompt_id, t, s) for t in (1, 2) for s in (0, 1)}
+    later = {(broken.prompt_id, t, s) for t in (1, 2) for s in (0, 1)} | {(refused.prompt_id, 1, s) for s in (0, 1)}
+    assert set(reasons) == {(broken.prompt_id, 0, 0), (refused.prompt_id, 0, 0), (refused.prompt_id, 0, 1)} | later
     assert "no choice for sample 0" in reasons[(broken.prompt_id, 0, 0)]
-    assert all(reasons[(broken.prompt_id, t, s)] == "an earlier turn failed" for t in (1, 2) for s in (0, 1))
-    assert not any(r["messages"][-1]["content"] in ("second", "third") for r in requests)
+    assert reasons[(refused.prompt_id, 0, 1)].startswith("HTTP 400")
+    assert all(reasons[key] == "an earlier turn failed" for key in later)
+    assert not any(r["messages"][-1]["content"] in ("second", "third", "next") for r in requests)
 
 
 CHANGED_SAMPLING = {
@@ -239,7 +246,7 @@ CHANGED_SAMPLING = {
     ],
 )
 def test_a_resume_that_would_change_the_answers_is_refused_naming_the_setting(tmp_path, setting, change):
-    assert set(CHANGED_SAMPLING) == set(Sampling.__dataclass_fields__)  # every sampling setting is tried
+    assert set(CHANGED_SAMPLING) == {f.name for f in dataclasses.fields(Sampling)}  # every sampling setting
     app, requests = fake_openai_server()
     out = tmp_path / "out"
     with serve_in_thread(app) as url:
