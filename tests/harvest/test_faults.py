@@ -272,6 +272,22 @@ def test_a_resume_may_change_what_does_not_change_the_answers(tmp_path):
     assert resumed.status == "complete" and resumed.rows_written == 2
 
 
+def test_a_resume_from_a_teacher_at_a_new_address_needs_endpoint_moved(tmp_path):
+    first, _ = fake_openai_server()
+    moved, requests = fake_openai_server()
+    out = tmp_path / "out"
+    with serve_in_thread(first) as url:
+        harvest(fake_job(url, out, questions(3)))
+    with serve_in_thread(moved) as url:
+        with pytest.raises(AlambicError, match="--endpoint-moved"):
+            harvest(fake_job(url, out, questions(5)))
+        resumed = harvest(fake_job(url, out, questions(5), endpoint_moved=True))
+    assert resumed.status == "complete" and resumed.rows_written == 2 and len(requests) == 2
+    assert json.loads((out / "manifest.json").read_text())["endpoint"] == f"{url}/v1"
+    with pytest.raises(AlambicError, match="temperature"):  # only the endpoint may move
+        harvest(fake_job(url, out, questions(5), endpoint_moved=True, sampling=Sampling(max_tokens=4, temperature=0)))
+
+
 def test_the_cli_refuses_a_resume_with_another_temperature_in_one_line(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\n")

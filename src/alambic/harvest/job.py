@@ -79,6 +79,7 @@ class HarvestJob:
     budget: Budget = field(default_factory=Budget)
     seed: int | None = None  # for key choice and backoff jitter
     shard_format: ShardFormat = ShardFormat.JSONL
+    endpoint_moved: bool = False  # the teacher of the answers already in `out` now answers at `endpoint`
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -362,12 +363,15 @@ def _refuse_other_answer_settings(job: HarvestJob) -> None:
         return json.loads(json.dumps({**named, **(settings.get("sampling") or {})}))
 
     before, now = flat(manifest), flat(_answer_settings(job))
+    if job.endpoint_moved:
+        before.pop("endpoint", None)
     changed = [name for name in now if name in before and before[name] != now[name]]
     if changed:
         differences = ", ".join(f"{name} {json.dumps(before[name])} (now {json.dumps(now[name])})" for name in changed)
+        moved = " (--endpoint-moved if the same teacher now answers there)" if "endpoint" in changed else ""
         raise ConflictError(
             f"{job.out} holds answers harvested with other settings: {differences}. "
-            "Resume with the same settings, or harvest into another directory.",
+            f"Resume with the same settings{moved}, or harvest into another directory.",
             param="out",
         )
 
