@@ -30,6 +30,8 @@ from alambic.harvest.prompts import Prompt
 
 @dataclass(frozen=True)
 class Sampling:
+    """Every request setting that changes an answer: a resume into the same directory must keep each one."""
+
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
