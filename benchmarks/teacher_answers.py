@@ -60,6 +60,7 @@ def answers(watermark: str) -> Path:
         command = [sys.executable, "-m", "alambic", "harvest", "--endpoint", f"{gateway.url}/v1"]
         command += ["--model", "smollm2", "--prompts", str(prompts_file()), "--out", str(out)]
         command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
+        command += ["--endpoint-moved"]  # a resumed harvest: the same teacher, its gateway on a new free port
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
     finally:
         gateway.close()

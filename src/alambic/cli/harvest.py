@@ -50,6 +50,9 @@ def harvest(
     shard_format: Annotated[ShardFormat, typer.Option("--format", help="Shards as JSONL or Parquet.")] = (
         ShardFormat.JSONL
     ),
+    endpoint_moved: Annotated[
+        bool, typer.Option(help="Resume although --endpoint changed: the same teacher answers at a new address.")
+    ] = False,
 ) -> None:
     """Collect a teacher's answers to PROMPTS into a dataset directory, resumably."""
     from alambic.harvest import Budget, HarvestJob, Pacing, RetryPolicy, Sampling, load_prompts, run_harvest
@@ -68,6 +71,7 @@ def harvest(
         retry=RetryPolicy(max_attempts=max_attempts, timeout_s=timeout),
         budget=Budget(token_budget, cost_budget, price_per_1k_prompt, price_per_1k_completion),
         shard_format=shard_format,
+        endpoint_moved=endpoint_moved,
     )
     with HarvestProgress(console) as progress:
         stats = asyncio.run(run_harvest(job, progress.update))

@@ -1,7 +1,8 @@
 """One chat request through the official openai client, retried the way a polite, persistent client would.
 
 Retried: 429 (after its Retry-After, else backoff), 5xx, timeouts and connection errors, with exponential
-backoff and full jitter. Any other 4xx is final: asking again would get the same answer.
+backoff and full jitter. Any other 4xx is final: asking again would get the same answer, and so is a 200
+that is not a chat completion (recorded as an error; the next run asks again).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 import openai
 
+from alambic.harvest.completion import Completion, MalformedAnswer, parse_completion
 from alambic.harvest.keys import ApiKey, KeyPool
 
 
@@ -42,8 +44,8 @@ async def create_with_retries(
     policy: RetryPolicy,
     retries: Counter[str],
     rng: random.Random,
-) -> tuple[dict, int]:
-    """The completion (OpenAI's JSON) and the number of attempts it took; RequestFailed when it will not come."""
+) -> tuple[Completion, int]:
+    """The completion, read, and the number of attempts it took; RequestFailed when it will not come."""
     for attempt in range(1, policy.max_attempts + 1):
         await pool.wait_turn(key)
         try:
@@ -51,7 +53,9 @@ async def create_with_retries(
             # without its walk over the typed parameters and the typed response (~1.5 ms of CPU a request,
             # which on two cores the server would otherwise lose).
             raw = await client.post("/chat/completions", body=request, cast_to=httpx.Response)
-            return raw.json(), attempt
+            return parse_completion(raw.content, request.get("n", 1)), attempt
+        except MalformedAnswer as malformed:
+            raise RequestFailed(f"malformed answer: {malformed}", attempt) from None
         except openai.RateLimitError as error:
             reason, delay = "429", _retry_after(error) or policy.backoff(attempt, rng)
         except openai.APITimeoutError:

@@ -36,7 +36,7 @@ configs:
 
 One row per answer: `prompt_id`, `turn`, `sample`, `messages` (what was sent), `answer`, `finish_reason`,
 `logprobs` (when asked), token counts, latency, attempts, the key used (as its SHA-256) and the time.
-`manifest.json` holds the endpoint, the model, the sampling parameters, the counts and the cost;
+`manifest.json` holds the endpoint, the model, the system prompt, the sampling parameters, the counts and the cost;
 `errors.log` the prompts that kept failing.
 """
 
@@ -143,6 +143,20 @@ class HarvestDataset:
             os.fsync(self._jsonl.fileno())
             self._jsonl.close()
             self._jsonl = None
+
+
+def read_manifest(directory: str | Path) -> dict | None:
+    """The manifest the last run left in a harvest directory, or None where there is none yet."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise InvalidRequestError(f"{path} is not a harvest manifest (a JSON object).", param="out")
+    return manifest
 
 
 def read_rows(directory: str | Path, *, repair: bool = False) -> list[AnswerRow]:

@@ -1,16 +1,18 @@
 """A harvest job: prompts in, one row per answer out, through any OpenAI-compatible endpoint.
 
-Bounded concurrency over a pool of keys, retries, budgets that stop the job cleanly, resume by reading
-what the output directory already holds, and a manifest of what was asked and what it cost.
+Bounded concurrency over a pool of keys, retries, budgets that stop the job cleanly (counting what earlier runs
+spent), resume by reading what the output directory already holds (refused when the answers would be asked with
+other settings), and a manifest of what was asked and what it cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,15 +20,18 @@ import httpx
 import openai
 
 from alambic import __version__
-from alambic.errors import InvalidRequestError
+from alambic.errors import ConflictError, InvalidRequestError
 from alambic.harvest.client import RequestFailed, RetryPolicy, create_with_retries
-from alambic.harvest.dataset import AnswerRow, HarvestDataset, RowKey, ShardFormat
-from alambic.harvest.keys import KeyPool, KeyStrategy, Pacing
+from alambic.harvest.completion import Completion
+from alambic.harvest.dataset import AnswerRow, HarvestDataset, RowKey, ShardFormat, read_manifest
+from alambic.harvest.keys import ApiKey, KeyPool, KeyStrategy, Pacing
 from alambic.harvest.prompts import Prompt
 
 
 @dataclass(frozen=True)
 class Sampling:
+    """Every request setting that changes an answer: a resume into the same directory must keep each one."""
+
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
@@ -76,6 +81,7 @@ class HarvestJob:
     budget: Budget = field(default_factory=Budget)
     seed: int | None = None  # for key choice and backoff jitter
     shard_format: ShardFormat = ShardFormat.JSONL
+    endpoint_moved: bool = False  # the teacher of the answers already in `out` now answers at `endpoint`
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -96,6 +102,17 @@ class HarvestStats:
     retries: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.time)
     status: str = "running"
+    prompt_tokens_before: int = 0  # what the rows held before this run cost: budgets count it
+    completion_tokens_before: int = 0
+    cost_before: float = 0.0
+
+    @property
+    def tokens_total(self) -> int:
+        return self.prompt_tokens_before + self.completion_tokens_before + self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_total(self) -> float:
+        return self.cost_before + self.cost
 
     @property
     def tokens_per_second(self) -> float:
@@ -106,106 +123,200 @@ ProgressCallback = Callable[[HarvestStats], None]
 
 
 async def run_harvest(job: HarvestJob, on_progress: ProgressCallback | None = None) -> HarvestStats:
-    dataset = HarvestDataset(job.out, job.shard_format)
-    samples = job.sampling.n
-    stats = HarvestStats(
-        rows_total=sum(len(p.turns) for p in job.prompts) * samples,
-        rows_done=sum(key in dataset.done for p in job.prompts for key in _row_keys(p, samples)),
-    )
-    pool = KeyPool(list(job.api_keys), job.key_strategy, job.pacing, seed=job.seed)
-    http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=job.concurrency, max_keepalive_connections=job.concurrency)
-    )
-    clients = [
-        openai.AsyncOpenAI(
-            base_url=job.endpoint, api_key=k.secret, max_retries=0, timeout=job.retry.timeout_s, http_client=http
-        )
-        for k in pool.keys
-    ]
-    await _check_endpoint_and_keys(job.endpoint, clients)
-    rng = random.Random(job.seed)
-    queue: asyncio.Queue[Prompt] = asyncio.Queue()
-    for prompt in job.prompts:
-        if any(key not in dataset.done for key in _row_keys(prompt, samples)):
-            queue.put_nowait(prompt)
-    dataset.write_manifest(_manifest(job, stats))
+    return await HarvestRun(job, on_progress).run()
 
-    def over_budget() -> bool:
-        budget = job.budget
-        spent_tokens = stats.prompt_tokens + stats.completion_tokens
-        return (budget.max_tokens is not None and spent_tokens >= budget.max_tokens) or (
-            budget.max_cost is not None and stats.cost >= budget.max_cost
-        )
 
-    async def harvest_conversation(prompt: Prompt) -> None:
+class HarvestRun:
+    """One run of a job, in steps: plan (refuse a resume that would mix answers, count what is held), send each
+    conversation's turns, record each answer or failure, finish (the manifest)."""
+
+    dataset: HarvestDataset  # these four from `plan` and `run`
+    stats: HarvestStats
+    pool: KeyPool
+    clients: list[openai.AsyncOpenAI]
+
+    def __init__(self, job: HarvestJob, on_progress: ProgressCallback | None = None) -> None:
+        self.job = job
+        self.on_progress = on_progress
+        self.samples = job.sampling.n
+        self.rng = random.Random(job.seed)
+
+    async def run(self) -> HarvestStats:
+        queue = self.plan()
+        self.pool = KeyPool(list(self.job.api_keys), self.job.key_strategy, self.job.pacing, seed=self.job.seed)
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=self.job.concurrency, max_keepalive_connections=self.job.concurrency)
+        )
+        try:
+            self.clients = [
+                openai.AsyncOpenAI(
+                    base_url=self.job.endpoint,
+                    api_key=k.secret,
+                    max_retries=0,
+                    timeout=self.job.retry.timeout_s,
+                    http_client=http,
+                )
+                for k in self.pool.keys
+            ]
+            await _check_endpoint_and_keys(self.job.endpoint, self.clients)
+            self.dataset.write_manifest(self.manifest())
+            try:
+                await asyncio.gather(*(self.work(queue) for _ in range(self.job.concurrency)))
+                if self.stats.status == "running":
+                    self.stats.status = "complete" if self.stats.rows_done == self.stats.rows_total else "incomplete"
+            finally:
+                self.finish()
+        finally:
+            await http.aclose()
+        return self.stats
+
+    def plan(self) -> asyncio.Queue[Prompt]:
+        """Check the output directory's settings, read what it holds, and queue the prompts not yet done."""
+        _refuse_other_answer_settings(self.job)  # before anything in the directory changes
+        self.dataset = HarvestDataset(self.job.out, self.job.shard_format)
+        prompt_tokens, completion_tokens = _tokens_held(self.dataset.done.values(), self.job.sampling.max_tokens)
+        self.stats = HarvestStats(
+            rows_total=sum(len(p.turns) for p in self.job.prompts) * self.samples,
+            rows_done=sum(key in self.dataset.done for p in self.job.prompts for key in _row_keys(p, self.samples)),
+            prompt_tokens_before=prompt_tokens,
+            completion_tokens_before=completion_tokens,
+            cost_before=self.job.budget.cost(prompt_tokens, completion_tokens),
+        )
+        queue: asyncio.Queue[Prompt] = asyncio.Queue()
+        for prompt in self.job.prompts:
+            if any(key not in self.dataset.done for key in _row_keys(prompt, self.samples)):
+                queue.put_nowait(prompt)
+        return queue
+
+    async def work(self, queue: asyncio.Queue[Prompt]) -> None:
+        while not queue.empty() and self.stats.status == "running":
+            await self.converse(queue.get_nowait())
+
+    async def converse(self, prompt: Prompt) -> None:
+        """Each turn in order; sample 0's answer is the assistant's reply the next turn is asked after."""
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
         for turn, user_text in enumerate(prompt.turns):
             messages.append({"role": "user", "content": user_text})
-            missing = [s for s in range(samples) if (prompt.prompt_id, turn, s) not in dataset.done]
+            missing = self.missing(prompt, turn)
             if missing:
-                if over_budget():
-                    stats.status = "budget_exhausted"
+                if self.over_budget():
+                    self.stats.status = "budget_exhausted"
                     return
-                key = pool.choose(prompt.prompt_id)
-                request = {"model": job.model, "messages": messages, **job.sampling.request_fields()}
-                started = time.monotonic()
-                try:
-                    response, attempts = await create_with_retries(
-                        clients[key.index], pool, key, request, job.retry, stats.retries, rng
-                    )
-                except RequestFailed as failure:
-                    stats.failed += len(missing)
-                    for sample in missing:
-                        dataset.record_error((prompt.prompt_id, turn, sample), str(failure), failure.attempts)
-                    return  # later turns need this turn's answer
-                latency = time.monotonic() - started
-                usage = response.get("usage") or {}
-                stats.prompt_tokens += usage.get("prompt_tokens", 0)
-                stats.completion_tokens += usage.get("completion_tokens", 0)
-                stats.cost = job.budget.cost(stats.prompt_tokens, stats.completion_tokens)
-                for choice in response["choices"]:
-                    if choice["index"] not in missing:
-                        continue
-                    dataset.write(
-                        AnswerRow(
-                            prompt_id=prompt.prompt_id,
-                            turn=turn,
-                            sample=choice["index"],
-                            messages=list(messages),
-                            answer=choice["message"].get("content") or "",
-                            finish_reason=choice.get("finish_reason") or "",
-                            prompt_tokens=usage.get("prompt_tokens", 0),
-                            completion_tokens=_completion_tokens(choice, usage, samples),
-                            latency_s=latency,
-                            attempts=attempts,
-                            key_index=key.index,
-                            key_sha256=key.sha256,
-                            model=response.get("model", job.model),
-                            created_at=time.time(),
-                            logprobs=_logprobs(choice),
-                        )
-                    )
-                    stats.rows_done += 1
-                    stats.rows_written += 1
-                if on_progress is not None:
-                    on_progress(stats)
-            messages.append({"role": "assistant", "content": dataset.done[(prompt.prompt_id, turn, 0)].answer})
+                await self.send(prompt, turn, messages, missing)
+            reply = self.dataset.done.get((prompt.prompt_id, turn, 0))
+            if reply is None:  # the later turns cannot be asked without it
+                for later in range(turn + 1, len(prompt.turns)):
+                    self.record_failures(prompt, later, self.missing(prompt, later), "an earlier turn failed", 0)
+                return
+            messages.append({"role": "assistant", "content": reply.answer})
 
-    async def worker() -> None:
-        while not queue.empty() and stats.status == "running":
-            await harvest_conversation(queue.get_nowait())
+    def missing(self, prompt: Prompt, turn: int) -> list[int]:
+        return [s for s in range(self.samples) if (prompt.prompt_id, turn, s) not in self.dataset.done]
 
-    try:
-        await asyncio.gather(*(worker() for _ in range(job.concurrency)))
-        if stats.status == "running":
-            stats.status = "complete" if stats.rows_done == stats.rows_total else "incomplete"
-    finally:
-        if stats.status == "running":
-            stats.status = "interrupted"
-        dataset.close()
-        dataset.write_manifest(_manifest(job, stats))
-        await http.aclose()
-    return stats
+    def over_budget(self) -> bool:
+        budget, stats = self.job.budget, self.stats
+        return (budget.max_tokens is not None and stats.tokens_total >= budget.max_tokens) or (
+            budget.max_cost is not None and stats.cost_total >= budget.max_cost
+        )
+
+    async def send(self, prompt: Prompt, turn: int, messages: list[dict], missing: list[int]) -> None:
+        key = self.pool.choose(prompt.prompt_id)
+        request = {"model": self.job.model, "messages": messages, **self.job.sampling.request_fields()}
+        started = time.monotonic()
+        try:
+            completion, attempts = await create_with_retries(
+                self.clients[key.index], self.pool, key, request, self.job.retry, self.stats.retries, self.rng
+            )
+        except RequestFailed as failure:
+            self.record_failures(prompt, turn, missing, str(failure), failure.attempts)
+        else:
+            self.record(prompt, turn, list(messages), missing, completion, key, attempts, time.monotonic() - started)
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+
+    def record(
+        self,
+        prompt: Prompt,
+        turn: int,
+        messages: list[dict],
+        missing: list[int],
+        completion: Completion,
+        key: ApiKey,
+        attempts: int,
+        latency: float,
+    ) -> None:
+        """A row for each missing sample the completion answers; an error for each it does not."""
+        stats = self.stats
+        stats.prompt_tokens += completion.prompt_tokens
+        stats.completion_tokens += completion.completion_tokens
+        stats.cost = self.job.budget.cost(stats.prompt_tokens, stats.completion_tokens)
+        for sample in missing:
+            choice = completion.choices.get(sample)
+            if choice is None:
+                problem = f"malformed answer: {completion.problems[sample]}"
+                self.record_failures(prompt, turn, [sample], problem, attempts)
+                continue
+            self.dataset.write(
+                AnswerRow(
+                    prompt_id=prompt.prompt_id,
+                    turn=turn,
+                    sample=sample,
+                    messages=messages,
+                    answer=choice.answer,
+                    finish_reason=choice.finish_reason,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=choice.completion_tokens,
+                    latency_s=latency,
+                    attempts=attempts,
+                    key_index=key.index,
+                    key_sha256=key.sha256,
+                    model=completion.model or self.job.model,
+                    created_at=time.time(),
+                    logprobs=choice.logprobs,
+                )
+            )
+            stats.rows_done += 1
+            stats.rows_written += 1
+
+    def record_failures(self, prompt: Prompt, turn: int, samples: list[int], reason: str, attempts: int) -> None:
+        self.stats.failed += len(samples)
+        for sample in samples:
+            self.dataset.record_error((prompt.prompt_id, turn, sample), reason, attempts)
+
+    def finish(self) -> None:
+        """The last rows made durable, and the manifest (a run still running here was interrupted)."""
+        if self.stats.status == "running":
+            self.stats.status = "interrupted"
+        self.dataset.close()
+        self.dataset.write_manifest(self.manifest())
+
+    def manifest(self) -> dict:
+        job, stats = self.job, self.stats
+        return {
+            "alambic_version": __version__,
+            **_answer_settings(job),
+            "keys": len(job.api_keys),
+            "key_strategy": job.key_strategy.value,
+            "pacing": asdict(job.pacing),
+            "concurrency": job.concurrency,
+            "shard_format": job.shard_format.value,
+            "prompts": len(job.prompts),
+            "budget": asdict(job.budget),
+            "status": stats.status,
+            "rows_total": stats.rows_total,
+            "rows_done": stats.rows_done,
+            "rows_written_this_run": stats.rows_written,
+            "failed_this_run": stats.failed,
+            "retries_this_run": dict(stats.retries),
+            "prompt_tokens_this_run": stats.prompt_tokens,
+            "completion_tokens_this_run": stats.completion_tokens,
+            "cost_this_run": stats.cost,
+            "prompt_tokens_total": stats.prompt_tokens_before + stats.prompt_tokens,
+            "completion_tokens_total": stats.completion_tokens_before + stats.completion_tokens,
+            "cost_total": stats.cost_total,
+            "started": stats.started,
+            "updated": time.time(),
+        }
 
 
 async def _check_endpoint_and_keys(endpoint: str, clients: list[openai.AsyncOpenAI]) -> None:
@@ -231,51 +342,49 @@ def _row_keys(prompt: Prompt, samples: int) -> list[RowKey]:
     return [(prompt.prompt_id, turn, sample) for turn in range(len(prompt.turns)) for sample in range(samples)]
 
 
-def _completion_tokens(choice: dict, usage: dict, samples: int) -> int:
-    tokens = (choice.get("logprobs") or {}).get("content")
-    if tokens is not None:
-        return len(tokens)
-    return usage.get("completion_tokens", 0) if samples == 1 else -1  # unknown per sample without logprobs
-
-
-def _logprobs(choice: dict) -> list[dict] | None:
-    """Each token's text, exact bytes (when the endpoint gives them: they map back to token ids) and logprob,
-    with its alternatives."""
-    tokens = (choice.get("logprobs") or {}).get("content")
-    if tokens is None:
-        return None
-
-    def entry(token: dict) -> dict:
-        kept = {"token": token["token"], "logprob": token["logprob"]}
-        if token.get("bytes") is not None:
-            kept["bytes"] = token["bytes"]
-        return kept
-
-    return [{**entry(t), "top_logprobs": [entry(a) for a in t.get("top_logprobs") or []]} for t in tokens]
-
-
-def _manifest(job: HarvestJob, stats: HarvestStats) -> dict:
+def _answer_settings(job: HarvestJob) -> dict:
+    """Everything the answers depend on, as the manifest holds it: a resume must not change any of it."""
+    systems = sorted({p.system for p in job.prompts}, key=lambda system: system or "")
     return {
-        "alambic_version": __version__,
         "endpoint": job.endpoint,
         "model": job.model,
+        "system": systems[0] if len(systems) == 1 else systems,
         "sampling": asdict(job.sampling),
-        "keys": len(job.api_keys),
-        "key_strategy": job.key_strategy.value,
-        "pacing": asdict(job.pacing),
-        "concurrency": job.concurrency,
-        "shard_format": job.shard_format.value,
-        "prompts": len(job.prompts),
-        "budget": asdict(job.budget),
-        "status": stats.status,
-        "rows_total": stats.rows_total,
-        "rows_done": stats.rows_done,
-        "rows_written_this_run": stats.rows_written,
-        "failed_this_run": stats.failed,
-        "retries_this_run": dict(stats.retries),
-        "prompt_tokens_this_run": stats.prompt_tokens,
-        "completion_tokens_this_run": stats.completion_tokens,
-        "cost_this_run": stats.cost,
-        "started": stats.started,
-        "updated": time.time(),
     }
+
+
+def _refuse_other_answer_settings(job: HarvestJob) -> None:
+    """ConflictError when the output directory holds answers asked with other settings: mixed into one dataset,
+    they would pass for answers to this job (concurrency, keys, pacing and budgets may change)."""
+    manifest = read_manifest(job.out)
+    if manifest is None:
+        return
+
+    def flat(settings: dict) -> dict:  # as JSON has them: a tuple of stop strings is a list there
+        named = {name: settings[name] for name in ("endpoint", "model", "system") if name in settings}
+        return json.loads(json.dumps({**named, **(settings.get("sampling") or {})}))
+
+    before, now = flat(manifest), flat(_answer_settings(job))
+    if job.endpoint_moved:
+        before.pop("endpoint", None)
+    changed = [name for name in now if name in before and before[name] != now[name]]
+    if changed:
+        differences = ", ".join(f"{name} {json.dumps(before[name])} (now {json.dumps(now[name])})" for name in changed)
+        moved = " (--endpoint-moved if the same teacher now answers there)" if "endpoint" in changed else ""
+        raise ConflictError(
+            f"{job.out} holds answers harvested with other settings: {differences}. "
+            f"Resume with the same settings{moved}, or harvest into another directory.",
+            param="out",
+        )
+
+
+def _tokens_held(rows: Iterable[AnswerRow], max_tokens: int) -> tuple[int, int]:
+    """Prompt and completion tokens the rows cost: the prompt once per request (the samples of a turn share
+    it), and a sample that cannot say its own count (several samples, no logprobs) at the most it could be."""
+    prompt_tokens: dict[tuple[str, int], int] = {}
+    completion_tokens = 0
+    for row in rows:
+        turn = (row.prompt_id, row.turn)
+        prompt_tokens[turn] = max(prompt_tokens.get(turn, 0), row.prompt_tokens)
+        completion_tokens += row.completion_tokens if row.completion_tokens >= 0 else max_tokens
+    return sum(prompt_tokens.values()), completion_tokens

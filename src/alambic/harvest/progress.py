@@ -41,7 +41,8 @@ class HarvestProgress:
         self.console.print(
             f"{stats.status}: {stats.rows_done}/{stats.rows_total} rows in {out} "
             f"({stats.rows_written} new, {stats.failed} failed; retries: {retries}; "
-            f"{stats.prompt_tokens + stats.completion_tokens} tokens, ${stats.cost:.4f})",
+            f"{stats.prompt_tokens + stats.completion_tokens} tokens, ${stats.cost:.4f}; "
+            f"with earlier runs {stats.tokens_total} tokens, ${stats.cost_total:.4f})",
             highlight=False,
             soft_wrap=True,
         )
