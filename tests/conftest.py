@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import create_engine, make_url, text
 
 from alambic.generation import GenerationEngine
@@ -79,6 +80,7 @@ class LiveGateway:
     url: str
     store: Store
     model: str
+    app: FastAPI
 
     def key(self, name: str, policy: Policy = Policy.ALLOW, **limits: int) -> str:
         return create_account(self.store, name, policy=policy, **limits)
@@ -99,7 +101,7 @@ class LiveGateway:
 def start_gateway(engine: GenerationEngine, store: Store, **settings) -> Iterator[LiveGateway]:
     app = create_app(engine, store, GatewaySettings(admin_key=ADMIN_KEY, **settings))
     with serve_in_thread(app) as url:
-        yield LiveGateway(url, store, engine.backend.name)
+        yield LiveGateway(url, store, engine.backend.name, app)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -55,15 +56,29 @@ def test_bad_input_is_one_line_and_exit_code_2(db, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_refuses_a_store_behind_the_schema_until_db_upgrade(db):
+    from alambic.store import Store
+    from alambic.store.database import newest_revision, upgrade
+
+    upgrade(Store(db, migrate=False).engine, "0002")
+    result = alambic("serve", "--model", "tiny", db=db, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "alambic db upgrade" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    upgraded = alambic("db", "upgrade", db=db)
+    assert f"schema revision {newest_revision()} (was 0002)" in upgraded.stderr
+    assert Store(db, migrate=False).revision() == newest_revision()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_serve_answers_and_follows_policy_changes_made_from_the_cli(db):
+@contextmanager
+def serving(db):
+    """`alambic serve --model tiny` in its own process; yields (process, base URL)."""
     port = free_port()
-    key = alambic("accounts", "create", "bob", db=db).stdout.strip().splitlines()[-1]
     server = subprocess.Popen(
         [sys.executable, "-m", "alambic", "serve", "--model", "tiny", "--port", str(port)],
         env={**os.environ, "ALAMBIC_DB": db},
@@ -73,13 +88,50 @@ def test_serve_answers_and_follows_policy_changes_made_from_the_cli(db):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, timeout_s=120, alive=lambda: server.poll() is None)
+        yield server, url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serve_answers_and_follows_policy_changes_made_from_the_cli(db):
+    key = alambic("accounts", "create", "bob", db=db).stdout.strip().splitlines()[-1]
+    with serving(db) as (_, url):
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         headers = {"Authorization": f"Bearer {key}"}
         assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200
         alambic("accounts", "policy", "bob", "block", "--reason", "extraction", db=db)
         assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 403
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     listing = alambic("accounts", "list", db=db).stdout
     assert "block" in listing
+
+
+def test_a_gateway_killed_mid_stream_leaves_the_row_in_progress(db):
+    from sqlalchemy import select
+
+    from alambic.store import Store
+    from alambic.store.schema import RequestLog
+
+    key = alambic("accounts", "create", "bob", db=db).stdout.strip().splitlines()[-1]
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 500,
+        "min_tokens": 500,
+        "stream": True,
+    }
+    with (
+        serving(db) as (server, url),
+        httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+        server.kill()  # kill -9: no handler runs
+        server.wait(timeout=30)
+    with Store(db).session() as session:
+        [row] = session.scalars(select(RequestLog)).all()
+    assert (row.state, row.endpoint, row.method) == ("in_progress", "/v1/chat/completions", "POST")
+    assert row.account_id is not None

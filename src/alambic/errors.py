@@ -93,3 +93,10 @@ class ClientDisconnectedError(AlambicError):
 class ServerBusyError(AlambicError):
     status_code = 503
     error_type = "server_error"
+
+
+class DatabaseOutdatedError(AlambicError):
+    """The store's schema is older than this alambic's: `alambic db upgrade` applies the migrations."""
+
+    status_code = 503
+    error_type = "server_error"

@@ -79,3 +79,29 @@ def test_bad_input_gets_its_status_and_an_openai_error_body(gateway, case):
     with gateway.store.session() as session:
         [row] = session.scalars(select(RequestLog)).all()
     assert row.status_code == status and row.error_message == error["message"]
+
+
+# Client input longer than its column: PostgreSQL refuses it (SQLite ignores lengths), so it is cut to fit.
+OVERLONG = {
+    "model name": ("/v1/chat/completions", chat(model="m" * 300), 404, "model", "m" * 300),
+    "path": ("/v1/" + "p" * 100, {"json": {}}, 404, "endpoint", "/v1/" + "p" * 100),
+    "user agent": (
+        "/v1/chat/completions",
+        {**chat(model="gpt-9"), "headers": {"User-Agent": "u" * 500}},
+        404,
+        "user_agent",
+        "u" * 500,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OVERLONG.values(), ids=OVERLONG.keys())
+def test_overlong_input_is_logged_cut_to_its_column(gateway, case):
+    path, request, status, column, sent = case
+    response = gateway.post(path, gateway.key("alice"), **request)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+    with gateway.store.session() as session:
+        [row] = session.scalars(select(RequestLog)).all()
+    length = RequestLog.__table__.c[column].type.length
+    assert getattr(row, column) == sent[:length] and row.status_code == status

@@ -1,6 +1,7 @@
 """Many clients at once: every request answered, batched together, logged once, with exact usage."""
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -48,13 +49,14 @@ async def test_50_concurrent_clients_each_sending_4_requests(gateway, engine):
 
 
 def settled_log(gateway, engine) -> list[RequestLog]:
-    """The log once the engine has no sequence left running (a leaving client's row is written last)."""
+    """The log once the engine has no sequence left running and every row is final (a leaving client's row is
+    made final last)."""
     deadline = time.monotonic() + 30
     rows = []
     while time.monotonic() < deadline:
         with gateway.store.session() as session:
             rows = session.scalars(select(RequestLog)).all()
-        if rows and engine.active_sequences == 0:
+        if rows and all(r.state == "complete" for r in rows) and engine.active_sequences == 0:
             break
         time.sleep(0.05)
     return rows
@@ -66,12 +68,12 @@ def test_a_client_leaving_mid_stream_is_logged_and_frees_its_slot(gateway, engin
     with httpx.stream(
         "POST", f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
     ) as response:
-        lines = response.iter_lines()
-        for _ in range(6):
-            next(lines)
+        events = (json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: "))
+        received = "".join(next(events)["choices"][0]["delta"].get("content", "") for _ in range(6))
     [row] = settled_log(gateway, engine)
-    assert (row.status_code, row.error_type) == (200, "client_disconnected")
-    assert 0 < row.completion_tokens < 500 and row.response_texts[0]
+    assert (row.status_code, row.error_type, row.state) == (499, "client_disconnected", "complete")
+    # The row holds the text sent: what the client read, and at most what was in flight to it.
+    assert 0 < row.completion_tokens < 500 and row.response_texts[0].startswith(received) and received
     assert engine.active_sequences == 0
 
 

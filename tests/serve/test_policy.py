@@ -1,5 +1,7 @@
 """Keys, accounts and policies at the gateway: 401, 403, 429 with Retry-After, each in the log."""
 
+import asyncio
+
 import httpx
 import openai
 import pytest
@@ -88,3 +90,23 @@ def test_admin_api_creates_accounts_and_refuses_other_keys(gateway):
     assert duplicate.status_code == 409
     unknown = httpx.put(f"{gateway.url}/admin/accounts/nobody/policy", json={"policy": "block"}, headers=admin)
     assert unknown.status_code == 404
+
+
+async def test_concurrent_requests_cannot_spend_more_tokens_than_the_limit_together(gateway):
+    # Each asks for prompt + 200 tokens, over the 100-token limit alone: whatever the timing, once one is
+    # admitted its tokens are held (in flight) or logged (done), so every other is refused.
+    key = gateway.key("eve", Policy.THROTTLE, tokens_per_minute=100)
+    client = gateway.async_client(key)
+
+    async def ask():
+        try:
+            await client.chat.completions.create(**{**CHAT, "max_tokens": 200}, extra_body={"min_tokens": 200})
+        except openai.RateLimitError:
+            return 429
+        return 200
+
+    statuses_seen = await asyncio.gather(*(ask() for _ in range(8)))
+    await client.close()
+    assert sorted(statuses_seen) == [200] + [429] * 7
+    gatekeeper = gateway.app.state.gatekeeper
+    assert sum(gatekeeper.in_flight.values()) == sum(gatekeeper.held_tokens.values()) == 0

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
-from alambic.errors import AccountNotFoundError, ConflictError, InvalidRequestError
+from alambic.errors import AccountNotFoundError, ConflictError, DatabaseOutdatedError, InvalidRequestError
 from alambic.store import (
     Policy,
     RequestRecord,
@@ -14,10 +14,14 @@ from alambic.store import (
     issue_key,
     list_accounts,
     log_request,
+    open_for_serving,
     set_policy,
+    start_request,
     usage_since,
 )
-from alambic.store.schema import ApiKey, PolicyChange
+from alambic.store.database import newest_revision, upgrade
+from alambic.store.schema import ApiKey, PolicyChange, RequestLog
+from conftest import fresh_database
 
 
 def test_migrations_create_every_table(store):
@@ -96,6 +100,59 @@ def test_usage_window_counts_served_requests_and_tokens(store):
     log(30, 200, 10)
     log(20, 429, 0)  # refused: does not count
     log(10, 200, 5)
+    in_flight = RequestRecord(created_at=now, endpoint="/v1/x", method="POST", account_id=account.account_id)
+    start_request(store, in_flight)  # counted by the gateway serving it, not through the log
     usage = usage_since(store, account.account_id, now - timedelta(minutes=1))
     assert (usage.requests, usage.tokens) == (2, 30)
     assert abs((usage.oldest.replace(tzinfo=UTC) - (now - timedelta(seconds=30))).total_seconds()) < 0.01
+
+
+def test_the_gateway_checks_the_schema_and_migrates_nothing_but_a_new_sqlite_store(store, tmp_path):
+    fresh_sqlite = open_for_serving(f"sqlite:///{tmp_path / 'new' / 'alambic.db'}")
+    assert fresh_sqlite.revision() == newest_revision()
+    assert open_for_serving(store.url).revision() == newest_revision()
+    behind = Store(f"sqlite:///{tmp_path / 'old.db'}", migrate=False)
+    upgrade(behind.engine, "0002")
+    with pytest.raises(DatabaseOutdatedError, match="alambic db upgrade"):
+        open_for_serving(behind.url)
+    assert behind.revision() == "0002"  # untouched: only `alambic db upgrade` migrates it
+    assert behind.upgrade() == newest_revision()
+    assert open_for_serving(behind.url).revision() == newest_revision()
+
+
+def test_a_new_postgresql_database_is_left_to_alambic_db_upgrade(tmp_path):
+    with fresh_database("postgresql", tmp_path) as url:
+        with pytest.raises(DatabaseOutdatedError, match="alambic db upgrade"):
+            open_for_serving(url)
+        store = Store(url, migrate=False)
+        assert store.revision() is None
+        store.close()
+
+
+def test_rows_logged_before_the_state_column_are_complete(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}", migrate=False)
+    upgrade(store.engine, "0002")
+    with store.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO requests (created_at, endpoint, method, status_code, stream) "
+                "VALUES ('2026-01-01 00:00:00', '/v1/models', 'GET', 200, 0)"
+            )
+        )
+    store.upgrade()
+    with store.session() as session:
+        assert session.scalars(select(RequestLog.state)).all() == ["complete"]
+
+
+def test_a_row_started_at_admission_is_in_progress_until_logged(store):
+    record = RequestRecord(created_at=datetime.now(UTC), endpoint="/v1/" + "x" * 100, method="POST")
+    record.model, record.user_agent = "m" * 300, "u" * 500
+    row_id = start_request(store, record)
+    with store.session() as session:
+        started = session.get(RequestLog, row_id)
+    assert (started.state, len(started.endpoint), len(started.model)) == ("in_progress", 64, 200)
+    record.status_code = 200
+    assert log_request(store, record, row_id) == row_id
+    with store.session() as session:
+        [row] = session.scalars(select(RequestLog)).all()
+    assert (row.state, row.status_code, len(row.user_agent)) == ("complete", 200, 400)

@@ -15,6 +15,8 @@ from alambic.errors import AlambicError, InvalidRequestError
 app = typer.Typer(no_args_is_help=True, help="Serve, distill, detect and prove distillation between LMs.")
 accounts_app = typer.Typer(no_args_is_help=True, help="Accounts, API keys and policies.")
 app.add_typer(accounts_app, name="accounts")
+db_app = typer.Typer(no_args_is_help=True, help="The store's schema: migrations.")
+app.add_typer(db_app, name="db")
 prompts_app = typer.Typer(no_args_is_help=True, help="Prompt sets: generate new ones from seeds.")
 app.add_typer(prompts_app, name="prompts")
 watermark_app = typer.Typer(no_args_is_help=True, help="Watermarks: detect a key's mark in text.")

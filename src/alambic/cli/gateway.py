@@ -1,4 +1,5 @@
-"""`alambic serve` and `alambic accounts`: the teacher behind the gateway, and who may call it."""
+"""`alambic serve`, `alambic accounts` and `alambic db`: the teacher behind the gateway, who may call it, and
+the store's schema."""
 
 from __future__ import annotations
 
@@ -16,11 +17,21 @@ from alambic.cli.common import (
     app,
     before_backend_loads,
     console,
+    db_app,
     one_line_errors,
     watermark_scheme,
 )
 from alambic.errors import InvalidRequestError
-from alambic.store import Policy, Store, create_account, issue_key, list_accounts, set_policy, set_watermark
+from alambic.store import (
+    Policy,
+    Store,
+    create_account,
+    issue_key,
+    list_accounts,
+    open_for_serving,
+    set_policy,
+    set_watermark,
+)
 
 
 @app.command()
@@ -61,6 +72,7 @@ def serve(
 ) -> None:
     """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
     before_backend_loads(backend)
+    store = open_for_serving(db)  # before the model loads: a store to upgrade first fails in a second
     import uvicorn
 
     from alambic.generation import GenerationEngine
@@ -76,7 +88,6 @@ def serve(
     )
     with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
         model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
-    store = Store(db)
     engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
     settings = GatewaySettings(
         admin_key=admin_key,
@@ -89,6 +100,18 @@ def serve(
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
     finally:
         engine.close()
+
+
+@db_app.command("upgrade")
+@one_line_errors
+def db_upgrade(db: DatabaseOption = None) -> None:
+    """Apply the store's migrations: once per database, before its gateways start (they only check)."""
+    store = Store(db, migrate=False)
+    before = store.revision()
+    after = store.upgrade()
+    console.print(
+        f"{store.engine.url}: schema revision {after} (was {before or 'empty'})", highlight=False, soft_wrap=True
+    )
 
 
 @accounts_app.command("create")

@@ -39,6 +39,7 @@ def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings
     app.state.store = store
     app.state.engine = engine
     app.state.gatekeeper = gatekeeper
+    app.state.journal = journal
     app.state.gateway = Gateway(
         engine,
         journal,

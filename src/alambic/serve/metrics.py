@@ -31,7 +31,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "alambic_requests",
-            "Requests by endpoint and status.",
+            "Requests by endpoint (the route's path template) and status.",
             ["endpoint", "status"],
             registry=self.registry,
         )
@@ -52,9 +52,11 @@ class GatewayMetrics:
         self.registry.register(EngineCollector(engine))
 
     def observe(self, record: RequestRecord, state: dict) -> None:
+        # Labelled by route template, not the raw path: an unknown caller must not be able to add series.
+        endpoint = state["route"]
         self.overhead.observe(state["overhead_s"])
-        self.requests.labels(record.endpoint, str(record.status_code)).inc()
-        self.latency.labels(record.endpoint).observe((record.latency_ms or 0) / 1000)
+        self.requests.labels(endpoint, str(record.status_code)).inc()
+        self.latency.labels(endpoint).observe((record.latency_ms or 0) / 1000)
         self.tokens.labels("prompt").inc(record.prompt_tokens or 0)
         self.tokens.labels("completion").inc(record.completion_tokens or 0)
 

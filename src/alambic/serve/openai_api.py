@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -41,7 +42,9 @@ T = TypeVar("T")
 
 
 async def admitted_account(request: Request) -> AccountPolicy:
-    return await request.app.state.gatekeeper.admit(request)
+    account = await request.app.state.gatekeeper.admit(request)
+    await request.app.state.journal.open(request.scope["state"])  # the row exists before any answer does
+    return account
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(admitted_account)])
@@ -97,6 +100,7 @@ class Gateway:
         record.prompt_tokens = len(prompt_ids)
         params = self._sampling_params(body, fmt, len(prompt_ids), request.state.account)
         record.max_tokens = params.max_tokens
+        request.app.state.gatekeeper.hold_tokens(request, record.prompt_tokens + params.max_tokens * body.n)
         record.watermark_scheme = self.watermark.name if params.logits_processors else None
         generation = GenerationRequest(prompt_ids, params, n=body.n)
         response_id = fmt.id_prefix + uuid.uuid4().hex
@@ -141,24 +145,26 @@ class Gateway:
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         completions: list[Completion] = []
-        texts, token_counts = [""] * generation.n, [0] * generation.n
+        # The record holds what has been sent so far, so a stream cut at any point is logged with its text.
+        record.response_texts, record.completion_tokens = [""] * generation.n, 0
         try:
             for index in range(generation.n):
                 opening = fmt.opening_delta(index)
                 if opening is not None:
                     yield chunk([opening])
-            async for event in self.engine.stream(generation):
-                if isinstance(event, TokenEvent):
-                    texts[event.index] += event.text
-                    token_counts[event.index] += 1
-                    if event.text or event.logprob is not None:
-                        yield chunk([fmt.delta(event.index, event.text, event.logprob)])
-                elif isinstance(event, FinishEvent):
-                    completions.append(event.completion)
-                    if event.text:
-                        texts[event.index] += event.text
-                        yield chunk([fmt.delta(event.index, event.text, None)])
-                    yield chunk([fmt.closing_delta(event.index, event.completion.finish_reason)])
+            async with aclosing(self.engine.stream(generation)) as events:
+                async for event in events:
+                    if isinstance(event, TokenEvent):
+                        record.response_texts[event.index] += event.text
+                        record.completion_tokens += 1
+                        if event.text or event.logprob is not None:
+                            yield chunk([fmt.delta(event.index, event.text, event.logprob)])
+                    elif isinstance(event, FinishEvent):
+                        completions.append(event.completion)
+                        if event.text:
+                            record.response_texts[event.index] += event.text
+                            yield chunk([fmt.delta(event.index, event.text, None)])
+                        yield chunk([fmt.closing_delta(event.index, event.completion.finish_reason)])
             self._record_result(record, sorted(completions, key=lambda c: c.index))
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage=_usage(record))
@@ -167,10 +173,6 @@ class Gateway:
         except AlambicError as error:
             record.error_type, record.error_message = error.code or error.error_type, error.message
             yield f"data: {json.dumps(error.to_openai())}\n\n"
-        finally:
-            if not request.scope["state"].get("logged"):
-                record.response_texts = texts
-                record.completion_tokens = sum(token_counts)
 
     def _describe(self, record: RequestRecord, body: SamplingFields, fmt: ResponseFormat) -> None:
         """Copy what the client asked for into the log row, before anything can fail."""

@@ -1,8 +1,9 @@
-"""Logging every /v1 request: a row is committed before the client sees the response, errors included.
+"""Logging every /v1 request: an admitted request's row exists before its answer does, and is final before it ends.
 
-An ASGI middleware gives each request a `RequestRecord` that the handlers fill in. For a whole response it
-holds the response back until the row is committed; a stream commits the row itself before `[DONE]`,
-and a stream cut short (client gone, server error) is committed when it ends.
+An ASGI middleware gives each request a `RequestRecord` that the handlers fill in. Admission inserts the row
+`in_progress` (a gateway killed mid-answer leaves it so); the final row replaces it before a whole response
+leaves (a stream: before `[DONE]`), or as a cut stream ends (499). A request refused before admission gets
+one row, written at the end.
 """
 
 from __future__ import annotations
@@ -10,36 +11,67 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alambic.errors import ClientDisconnectedError
-from alambic.store import RequestRecord, Store, log_request
+from alambic.serve.policy import parse_bearer
+from alambic.store import RequestRecord, Store, authenticate, log_request, start_request
 
 LOGGED_PREFIX = "/v1/"
+UNMATCHED_ROUTE = "unmatched"  # the metrics' label for a path no route serves: callers cannot add series
 
 
 class RequestJournal:
-    """Commits records once each and tells the listeners (metrics, rate limits) that a request is over."""
+    """Writes each request's row, and tells the listeners (rate limits, metrics) once that a request is over."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.listeners: list[Callable[[RequestRecord, dict], None]] = []
 
+    async def open(self, state: dict) -> None:
+        """Insert an admitted request's row, `in_progress` until `commit`."""
+        state["row_id"] = await self._bookkeeping(state, start_request, self.store, state["record"])
+
     async def commit(self, state: dict) -> None:
+        """Make the request's row final, once; a write that failed is tried again by the next call."""
         if state.get("logged"):
             return
-        state["logged"] = True
         record: RequestRecord = state["record"]
-        started = time.perf_counter()
-        record.latency_ms = (started - state["started"]) * 1000
-        with anyio.CancelScope(shield=True):  # a client hanging up must not lose the row
-            await anyio.to_thread.run_sync(log_request, self.store, record)
-        state["overhead_s"] += time.perf_counter() - started
+        record.latency_ms = (time.perf_counter() - state["started"]) * 1000
+        await self._bookkeeping(state, self._write, state)
+        state["logged"] = True
+        self.finish(state)
+
+    def finish(self, state: dict) -> None:
+        """The request is over, its row final or its write failed: release its holds, count it in the metrics."""
+        if state.get("finished"):
+            return
+        state["finished"] = True
         for listener in self.listeners:
-            listener(record, state)
+            listener(state["record"], state)
+
+    def _write(self, state: dict) -> None:
+        record: RequestRecord = state["record"]
+        key = state.pop("unchecked_key", None)
+        if key is not None and record.account_id is None:
+            # Refused before auth (body too large, malformed JSON, wrong method): the log still names the account.
+            account = authenticate(self.store, key)
+            if account is not None:
+                record.account_id, record.api_key_id = account.account_id, account.api_key_id
+        log_request(self.store, record, state.get("row_id"))
+
+    @staticmethod
+    async def _bookkeeping(state: dict, write: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            with anyio.CancelScope(shield=True):  # a client hanging up must not lose the row
+                return await anyio.to_thread.run_sync(write, *args)
+        finally:
+            state["overhead_s"] += time.perf_counter() - started
 
 
 class RequestLogMiddleware:
@@ -60,12 +92,14 @@ class RequestLogMiddleware:
         client = scope.get("client")
         state["started"] = time.perf_counter()
         state["overhead_s"] = 0.0  # time spent on the gateway's own bookkeeping: auth, policy, logging
+        state["unchecked_key"] = parse_bearer(headers.get("authorization", ""))
+        state["route"] = UNMATCHED_ROUTE  # until the router has matched one
         state["record"] = record = RequestRecord(
             created_at=datetime.now(UTC),
             endpoint=scope["path"],
             method=scope["method"],
             client_address=client[0] if client else None,
-            user_agent=(headers.get("user-agent") or "")[:400] or None,
+            user_agent=headers.get("user-agent") or None,
         )
         held_start: Message | None = None
 
@@ -73,6 +107,7 @@ class RequestLogMiddleware:
             nonlocal held_start
             if message["type"] == "http.response.start":
                 record.status_code = message["status"]
+                state["route"] = _route_template(scope)
                 held_start = message
                 return
             if message["type"] == "http.response.body":
@@ -83,18 +118,25 @@ class RequestLogMiddleware:
                     held_start = None
             await send(message)
 
+        failed = False
         try:
             await self.app(scope, self._limited(receive, headers), send_after_logging)
         except Exception:
-            record.status_code = record.status_code or 500
+            failed = True
+            record.status_code = 500
             record.error_type = record.error_type or "server_error"
             raise
         finally:
-            if not state.get("logged"):
-                # Cut short: the client left mid-stream (status already sent) or nothing was sent at all.
-                record.error_type = record.error_type or ClientDisconnectedError.error_type
-                record.status_code = record.status_code or ClientDisconnectedError.status_code
-                await self.journal.commit(state)
+            try:
+                if not state.get("logged"):
+                    state["route"] = _route_template(scope)
+                    if not failed:  # the app returned with its response unfinished: a stream whose client left
+                        record.status_code = ClientDisconnectedError.status_code
+                        record.error_type = ClientDisconnectedError.error_type
+                        record.error_message = "The client disconnected before the whole answer was sent."
+                    await self.journal.commit(state)
+            finally:
+                self.journal.finish(state)  # even when the row could not be written: holds never leak
 
     def _limited(self, receive: Receive, headers: dict[str, str]) -> Receive:
         limit = self.max_body_bytes
@@ -112,6 +154,12 @@ class RequestLogMiddleware:
             return message
 
         return counting_receive
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template of the route that served the request (`/v1/models/{model:path}`), never the raw path."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or UNMATCHED_ROUTE
 
 
 def _too_large(limit: int) -> HTTPException:

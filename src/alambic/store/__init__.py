@@ -10,8 +10,8 @@ from alambic.store.accounts import (
     set_policy,
     set_watermark,
 )
-from alambic.store.database import Store
-from alambic.store.requestlog import RequestRecord, UsageWindow, log_request, usage_since
+from alambic.store.database import Store, open_for_serving
+from alambic.store.requestlog import RequestRecord, UsageWindow, log_request, start_request, usage_since
 
 __all__ = [
     "AccountPolicy",
@@ -24,7 +24,9 @@ __all__ = [
     "issue_key",
     "list_accounts",
     "log_request",
+    "open_for_serving",
     "set_policy",
     "set_watermark",
+    "start_request",
     "usage_since",
 ]

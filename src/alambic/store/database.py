@@ -1,4 +1,5 @@
-"""Opening the store: an engine for any SQLAlchemy URL, SQLite tuned for a concurrent log, migrations applied."""
+"""Opening the store: an engine for any SQLAlchemy URL, SQLite tuned for a concurrent log, migrations applied
+(`alambic db upgrade`, or any open but the gateway's, which only checks the schema's revision)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import sessionmaker
 
+from alambic.errors import DatabaseOutdatedError
 from alambic.paths import default_database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,8 +28,37 @@ class Store:
         if migrate:
             upgrade(self.engine)
 
+    def revision(self) -> str | None:
+        """The schema's Alembic revision; None for a database alambic has never written to."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def upgrade(self) -> str:
+        """Apply the migrations not yet applied; returns the revision the database is now at."""
+        upgrade(self.engine)
+        return newest_revision()
+
+    def require_newest(self) -> None:
+        """Raise DatabaseOutdatedError unless the schema is the one this alambic writes."""
+        current, newest = self.revision(), newest_revision()
+        if current != newest:
+            raise DatabaseOutdatedError(
+                f"The database at {self.engine.url} is at schema revision {current or 'none (empty)'}; this "
+                f"alambic needs {newest}. Run `alambic db upgrade` with the same --db first."
+            )
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def open_for_serving(url: str | None = None) -> Store:
+    """The gateway's store: its schema checked, not migrated, so replicas starting together never race to
+    migrate one database. A new SQLite store (a fresh machine's `make serve`) is the exception: it is created."""
+    store = Store(url, migrate=False)
+    if store.engine.dialect.name == "sqlite" and store.revision() is None:
+        store.upgrade()
+    store.require_newest()
+    return store
 
 
 def make_engine(url: str) -> Engine:
@@ -50,10 +83,19 @@ def _tune_sqlite(connection, _record) -> None:
     cursor.close()
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every migration not yet applied (Alembic, run in-process)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration not yet applied, up to `revision` (Alembic, run in-process)."""
+    config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
+
+
+def newest_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config

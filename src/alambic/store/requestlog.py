@@ -5,15 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select, update
 
 from alambic.store.database import Store
 from alambic.store.schema import RequestLog
 
+IN_PROGRESS, COMPLETE = "in_progress", "complete"  # RequestLog.state
+# The bounded text columns, from the schema: client input longer than its column is cut to fit, not refused
+# by PostgreSQL (SQLite ignores lengths).
+MAX_LENGTHS = {
+    column.name: column.type.length
+    for column in RequestLog.__table__.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
+
 
 @dataclass
 class RequestRecord:
-    """One request as the gateway saw it; filled in as the request is handled, written once at the end."""
+    """One request as the gateway saw it; filled in as the request is handled, its row final at the end."""
 
     created_at: datetime
     endpoint: str
@@ -52,17 +61,40 @@ class UsageWindow:
     oldest: datetime | None  # the earliest counted request, which leaves the window first
 
 
-def log_request(store: Store, record: RequestRecord) -> int:
-    """Commit one row; returns its id."""
+def start_request(store: Store, record: RequestRecord) -> int:
+    """Commit the row of a request that is starting, `in_progress` until `log_request` makes it final."""
+    return _insert(store, _columns(record, IN_PROGRESS))
+
+
+def log_request(store: Store, record: RequestRecord, row_id: int | None = None) -> int:
+    """Commit a request's final row: the update of row `row_id` (from `start_request`) or a new row."""
+    columns = _columns(record, COMPLETE)
+    if row_id is None:
+        return _insert(store, columns)
     with store.session.begin() as session:
-        row = RequestLog(**asdict(record))
+        session.execute(update(RequestLog).where(RequestLog.id == row_id).values(columns))
+    return row_id
+
+
+def _columns(record: RequestRecord, state: str) -> dict:
+    columns = asdict(record)
+    for name, length in MAX_LENGTHS.items():
+        if isinstance(columns.get(name), str):
+            columns[name] = columns[name][:length]
+    return {**columns, "state": state}
+
+
+def _insert(store: Store, columns: dict) -> int:
+    with store.session.begin() as session:
+        row = RequestLog(**columns)
         session.add(row)
         session.flush()
         return row.id
 
 
 def usage_since(store: Store, account_id: int, since: datetime) -> UsageWindow:
-    """Requests served to an account since `since` and the tokens they used (refused requests do not count)."""
+    """Requests served to an account since `since` and the tokens they used. Refused requests do not count, nor
+    do those in progress: the gateway serving them counts them itself, with the tokens they may still use."""
     query = select(
         func.count(RequestLog.id),
         func.coalesce(func.sum(RequestLog.prompt_tokens + RequestLog.completion_tokens), 0),
@@ -71,6 +103,7 @@ def usage_since(store: Store, account_id: int, since: datetime) -> UsageWindow:
         RequestLog.account_id == account_id,
         RequestLog.created_at >= since,
         RequestLog.status_code < 400,
+        RequestLog.state == COMPLETE,
     )
     with store.session() as session:
         requests, tokens, oldest = session.execute(query).one()

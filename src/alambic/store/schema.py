@@ -99,3 +99,6 @@ class RequestLog(Base):
     completion_tokens: Mapped[int | None]
     latency_ms: Mapped[float | None] = mapped_column(Float)
     watermark_scheme: Mapped[str | None] = mapped_column(String(32))
+    # in_progress: inserted at admission, the final row not written yet (left so by a gateway that died);
+    # complete: the request's final row.
+    state: Mapped[str] = mapped_column(String(16), default="complete", server_default="complete")
