@@ -1,4 +1,4 @@
-"""`alambic log import | export`: the request log as v1 files (docs/request-log.md)."""
+"""`alambic log import | export` and `alambic simulate`: the request log as v1 files (docs/request-log.md)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,68 @@ def export_log(
         written = write(Store(db), out, where, on_progress=lambda rows: progress.advance(task, rows))
     seconds = time.perf_counter() - started
     console.print(f"exported {written:,} rows to {out} in {seconds:.1f} s: {written / max(seconds, 1e-9):,.0f} rows/s")
+
+
+@app.command()
+@one_line_errors
+def simulate(
+    out: Annotated[Path | None, typer.Option(help="Write the log here (.jsonl or .jsonl.gz).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Or import it into this store (SQLAlchemy URL).")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Where the labels go [default: labels.json beside --out].")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Days of traffic, from a Monday.")] = 7,
+    scale: Annotated[float, typer.Option(min=0.01, help="Accounts and volumes, relative to the default world.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same bytes.")] = 0,
+    campaigns: Annotated[str, typer.Option(help="Comma-separated campaign styles, or 'none' [default: all].")] = "all",
+    data: Annotated[
+        Path | None, typer.Option(help="Real prompts from a directory laid out as ../shared/data (else built-in).")
+    ] = None,
+) -> None:
+    """Simulate an API's traffic (benign integrations, people, extraction campaigns) as request log v1."""
+    from alambic.simulate import CAMPAIGNS, Simulation, SimulationSettings, write_jsonl, write_labels
+
+    if (out is None) == (db is None):
+        raise InvalidRequestError("Give --out FILE or --db URL (one of them).")
+    if db is not None and labels is None:
+        raise InvalidRequestError("With --db, say where the labels go with --labels FILE.")
+    styles = (
+        tuple(CAMPAIGNS)
+        if campaigns == "all"
+        else ()
+        if campaigns == "none"
+        else tuple(s.strip() for s in campaigns.split(",") if s.strip())
+    )
+    simulation = Simulation(SimulationSettings(seed=seed, days=days, scale=scale, campaigns=styles, data=data))
+    started = time.perf_counter()
+    if out is not None:
+        with _progress("simulate") as progress:
+            progress.add_task("simulate", total=None)
+            written = write_jsonl(simulation, out, labels)
+        where = str(out)
+    else:
+        from alambic.logs.importer import LogImporter
+        from alambic.logs.sources import SourceRow
+        from alambic.store import Store
+
+        accounts: set[str] = set()
+
+        def rows():
+            for number, row in enumerate(simulation.rows(), start=1):
+                accounts.add(row["account"])
+                yield SourceRow("simulate", number, row)
+
+        with _progress("simulate") as progress:
+            task = progress.add_task("simulate", total=None)
+            report = LogImporter(Store(db), on_progress=lambda n: progress.advance(task, n)).import_rows(rows())
+        write_labels(simulation, labels, accounts)
+        written, where = report.imported, db
+    seconds = time.perf_counter() - started
+    console.print(
+        f"simulated {written:,} requests from {len(simulation.actors):,} accounts to {where} in {seconds:.1f} s: "
+        f"{written / max(seconds, 1e-9):,.0f} rows/s",
+        highlight=False,
+    )
 
 
 def _moment(option: str, value: str | None) -> datetime | None:

@@ -82,7 +82,7 @@ class LogImporter:
             self.import_rows(read_rows(path))
         return self.report
 
-    def import_rows(self, rows: Iterable[SourceRow]) -> None:
+    def import_rows(self, rows: Iterable[SourceRow]) -> ImportReport:
         batch = _Batch()
         for row, parsed in self._parsed(rows):
             if parsed.id in batch.ids:
@@ -95,6 +95,7 @@ class LogImporter:
                 batch = _Batch()
         if batch.rows:
             self._write(batch)
+        return self.report
 
     def _parsed(self, rows: Iterable[SourceRow]) -> Iterator[tuple[SourceRow, LogRow]]:
         for row in rows:
