@@ -97,6 +97,14 @@ def export_log(
 def simulate(
     out: Annotated[Path | None, typer.Option(help="Write the log here (.jsonl or .jsonl.gz).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Or import it into this store (SQLAlchemy URL).")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Or send it to a live gateway's /v1 URL, in accelerated time.")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(envvar="ALAMBIC_ADMIN_KEY", help="--endpoint: the gateway's admin key.")
+    ] = None,
+    speed: Annotated[float, typer.Option(min=1, help="--endpoint: simulated seconds per real second.")] = 3600,
+    max_requests: Annotated[int | None, typer.Option(min=1, help="--endpoint: stop after this many.")] = None,
     labels: Annotated[
         Path | None, typer.Option(help="Where the labels go [default: labels.json beside --out].")
     ] = None,
@@ -111,10 +119,12 @@ def simulate(
     """Simulate an API's traffic (benign integrations, people, extraction campaigns) as request log v1."""
     from alambic.simulate import CAMPAIGNS, Simulation, SimulationSettings, write_jsonl, write_labels
 
-    if (out is None) == (db is None):
-        raise InvalidRequestError("Give --out FILE or --db URL (one of them).")
-    if db is not None and labels is None:
-        raise InvalidRequestError("With --db, say where the labels go with --labels FILE.")
+    if sum(target is not None for target in (out, db, endpoint)) != 1:
+        raise InvalidRequestError("Give one of --out FILE, --db URL or --endpoint URL.")
+    if out is None and labels is None:
+        raise InvalidRequestError("Say where the labels go with --labels FILE.")
+    if endpoint is not None and not admin_key:
+        raise InvalidRequestError("--endpoint needs the gateway's --admin-key to create the simulated accounts.")
     styles = (
         tuple(CAMPAIGNS)
         if campaigns == "all"
@@ -124,32 +134,39 @@ def simulate(
     )
     simulation = Simulation(SimulationSettings(seed=seed, days=days, scale=scale, campaigns=styles, data=data))
     started = time.perf_counter()
-    if out is not None:
-        with _progress("simulate") as progress:
-            progress.add_task("simulate", total=None)
-            written = write_jsonl(simulation, out, labels)
-        where = str(out)
-    else:
-        from alambic.logs.importer import LogImporter
-        from alambic.logs.sources import SourceRow
-        from alambic.store import Store
+    accounts: set[str] = set()
 
-        accounts: set[str] = set()
+    def rows():
+        for row in simulation.rows():
+            accounts.add(row["account"])
+            yield row
 
-        def rows():
-            for number, row in enumerate(simulation.rows(), start=1):
-                accounts.add(row["account"])
-                yield SourceRow("simulate", number, row)
+    with _progress("simulate") as progress:
+        task = progress.add_task("simulate", total=None)
+        if out is not None:
+            written, where = write_jsonl(simulation, out, labels), str(out)
+        elif db is not None:
+            from alambic.logs.importer import LogImporter
+            from alambic.logs.sources import SourceRow
+            from alambic.store import Store
 
-        with _progress("simulate") as progress:
-            task = progress.add_task("simulate", total=None)
-            report = LogImporter(Store(db), on_progress=lambda n: progress.advance(task, n)).import_rows(rows())
+            importer = LogImporter(Store(db), on_progress=lambda n: progress.advance(task, n))
+            sources = (SourceRow("simulate", number, row) for number, row in enumerate(rows(), start=1))
+            written, where = importer.import_rows(sources).imported, db
+        else:
+            import asyncio
+            from itertools import islice
+
+            from alambic.simulate.live import LiveTraffic
+
+            live = LiveTraffic(endpoint, admin_key, speed=speed)
+            report = asyncio.run(live.run(islice(rows(), max_requests)))
+            written, where = report.sent, f"{endpoint} (statuses {dict(sorted(report.statuses.items()))})"
+    if out is None:
         write_labels(simulation, labels, accounts)
-        written, where = report.imported, db
     seconds = time.perf_counter() - started
     console.print(
-        f"simulated {written:,} requests from {len(simulation.actors):,} accounts to {where} in {seconds:.1f} s: "
-        f"{written / max(seconds, 1e-9):,.0f} rows/s",
+        f"simulated {written:,} requests to {where} in {seconds:.1f} s: {written / max(seconds, 1e-9):,.0f} rows/s",
         highlight=False,
     )
 
