@@ -76,12 +76,16 @@ def log_request(store: Store, record: RequestRecord, row_id: int | None = None) 
     return row_id
 
 
-def _columns(record: RequestRecord, state: str) -> dict:
-    columns = asdict(record)
+def fit_to_columns(columns: dict) -> dict:
+    """`columns` with every text cut to its column's length (in place)."""
     for name, length in MAX_LENGTHS.items():
         if isinstance(columns.get(name), str):
             columns[name] = columns[name][:length]
-    return {**columns, "state": state}
+    return columns
+
+
+def _columns(record: RequestRecord, state: str) -> dict:
+    return {**fit_to_columns(asdict(record)), "state": state}
 
 
 def _insert(store: Store, columns: dict) -> int:

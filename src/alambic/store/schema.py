@@ -5,6 +5,7 @@ Changing a table means a new migration in `migrations/versions/`, never an edit 
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
@@ -13,6 +14,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return "req-" + uuid.uuid4().hex
 
 
 class Base(DeclarativeBase):
@@ -102,3 +107,7 @@ class RequestLog(Base):
     # in_progress: inserted at admission, the final row not written yet (left so by a gateway that died);
     # complete: the request's final row.
     state: Mapped[str] = mapped_column(String(16), default="complete", server_default="complete")
+    # The request's id as a string, unique: v1's `id` for imported rows, generated for the gateway's own.
+    request_id: Mapped[str | None] = mapped_column(String(200), index=True, unique=True, default=new_request_id)
+    imported_in: Mapped[str | None] = mapped_column(String(32))  # the import run that wrote the row
+    extra: Mapped[dict | None]  # fields of an imported row that alambic does not name, kept as they came

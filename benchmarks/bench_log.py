@@ -1,0 +1,92 @@
+"""The request log as data, at a million rows: simulate, import (SQLite, PostgreSQL), export; rows/s and peak RSS.
+
+Each step runs as a user would run it, `alambic ...` in its own process, so its peak RSS is its own; the
+same steps on a quarter of the rows show whether memory grows with the file's length (it must not).
+
+    .venv/bin/python benchmarks/bench_log.py [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_result
+
+# A simulated week holds ~417k requests at scale 1 (7 days): 2.4 makes a million.
+SCALES = {"full": 2.4, "quarter": 0.6}
+
+
+def run(*args: str) -> tuple[float, float, str]:
+    """Seconds, peak RSS in MiB and stderr of `alambic args` in its own process."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "alambic", *args], stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"alambic {' '.join(args)} failed:\n{stderr}")
+    return seconds, usage.ru_maxrss / 1024, stderr
+
+
+def rows_in(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def measure(size: str, directory: Path, postgres: str | None) -> dict:
+    log = directory / f"{size}.jsonl"
+    seconds, rss, _ = run("simulate", "--out", str(log), "--scale", str(SCALES[size]), "--seed", "1")
+    rows = rows_in(log)
+    figures = {"rows": rows, "simulate": {"rows_per_s": rows / seconds, "peak_rss_mib": rss}}
+    stores = {"sqlite": f"sqlite:///{directory / f'{size}.db'}"}
+    if postgres:
+        stores["postgresql"] = postgres
+    for name, url in stores.items():
+        seconds, rss, _ = run("log", "import", str(log), "--db", url, "--no-count-tokens")
+        figures[f"import_{name}"] = {"rows_per_s": rows / seconds, "peak_rss_mib": rss}
+    for suffix in ("jsonl", "parquet"):
+        out = directory / f"{size}-export.{suffix}"
+        seconds, rss, _ = run("log", "export", "--db", stores["sqlite"], "--out", str(out))
+        figures[f"export_{suffix}"] = {"rows_per_s": rows / seconds, "peak_rss_mib": rss}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", help="an empty PostgreSQL database's URL (each size gets its own schema)")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-log-") as directory:
+        for size in ("quarter", "full"):
+            postgres = _fresh_database(args.postgres, size) if args.postgres else None
+            results[size] = measure(size, Path(directory), postgres)
+            print(size, results[size], flush=True)
+    full, quarter = results["full"], results["quarter"]
+    growth = {
+        step: full[step]["peak_rss_mib"] / quarter[step]["peak_rss_mib"]
+        for step in full
+        if isinstance(full[step], dict)
+    }
+    write_result("log", {**results, "peak_rss_full_over_quarter": growth})
+
+
+def _fresh_database(url: str, size: str) -> str:
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"alambic_bench_log_{size}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+if __name__ == "__main__":
+    main()

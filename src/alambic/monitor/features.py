@@ -1,0 +1,139 @@
+"""Per-account features of the request log, in one SQL pass over the `requests` relation (`monitor.source`).
+
+Written once, in DuckDB's SQL, so the same definitions can be transpiled (SQLGlot) to run where the log
+outgrows one machine. Each feature is a column; `FEATURES` says in words what each measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+FEATURES = {
+    "requests": "requests sent",
+    "active_days": "days with at least one request",
+    "requests_per_active_day": "requests per day of activity",
+    "peak_per_hour": "most requests in one clock hour",
+    "hours_of_day": "distinct hours of the day with activity (0-24)",
+    "gap_cv": "coefficient of variation of the gaps between requests (1 for Poisson, 0 for a metronome)",
+    "burstiness": "(sd - mean) / (sd + mean) of the gaps: -1 regular, 0 random, 1 bursty",
+    "single_turn_share": "requests with one user turn",
+    "system_prompt_share": "requests with a system prompt",
+    "prompt_diversity": "distinct prompts (last user turn) per request",
+    "templated_share": "requests whose first 48 characters start at least 5 of the account's requests",
+    "shared_prompt_share": "requests whose prompt another account also sent",
+    "reasoning_cue_share": "prompts asking for step-by-step reasoning",
+    "long_answer_share": "requests asking for 1,000+ tokens, or setting no limit",
+    "logprobs_share": "requests asking for logprobs",
+    "multi_sample_share": "requests asking for n > 1",
+    "mean_temperature": "mean temperature asked for (1 when not set)",
+    "answer_prompt_ratio": "completion tokens per prompt token",
+    "distinct_addresses": "client addresses used",
+    "distinct_user_agents": "user agents used",
+    "newest_model_share": "requests to the model that appeared last in the log",
+    "hours_to_newest_model": "hours from that model's first request (anyone's) to the account's first",
+}
+
+REASONING_CUES = (
+    "step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
+)
+
+ACCOUNT_FEATURES = f"""
+WITH base AS (
+    SELECT account, t, epoch(t) AS ts, client_ip, user_agent, model,
+           coalesce(json_extract_string(messages, '$[-1].content'), CAST(prompt AS VARCHAR), '') AS last_prompt,
+           json_extract_string(messages, '$[*].role') AS roles,
+           coalesce(prompt_tokens, 0) AS prompt_tokens,
+           coalesce(completion_tokens, 0) AS completion_tokens,
+           coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT))
+               AS max_tokens,
+           coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS temperature,
+           coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) AS n,
+           coalesce(params->>'logprobs' = 'true', false) AS logprobs
+    FROM requests
+    WHERE account IS NOT NULL
+),
+shaped AS (
+    SELECT *, hash(last_prompt) AS prompt_hash, hash(left(last_prompt, 48)) AS prefix_hash,
+           len(list_filter(roles, lambda r: r = 'user')) AS user_turns,
+           list_contains(roles, 'system') AS has_system,
+           regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue
+    FROM base
+),
+timing AS (
+    SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
+    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap FROM shaped)
+    WHERE gap IS NOT NULL
+    GROUP BY account
+),
+hourly AS (
+    SELECT account, max(per_hour) AS peak_per_hour, count(DISTINCT hour_of_day) AS hours_of_day
+    FROM (SELECT account, hour(t) AS hour_of_day, count(*) AS per_hour FROM shaped
+          GROUP BY account, date_trunc('hour', t), hour(t))
+    GROUP BY account
+),
+senders AS (SELECT prompt_hash, count(DISTINCT account) AS accounts FROM shaped GROUP BY prompt_hash),
+prefixes AS (SELECT account, prefix_hash, count(*) AS uses FROM shaped GROUP BY account, prefix_hash),
+templated AS (
+    SELECT account, sum(CASE WHEN uses >= 5 THEN uses ELSE 0 END) AS templated FROM prefixes GROUP BY account
+),
+newest AS (
+    SELECT model, min(t) AS released FROM shaped GROUP BY model ORDER BY released DESC, model LIMIT 1
+),
+per_account AS (
+    SELECT s.account,
+           count(*) AS requests,
+           count(DISTINCT date_trunc('day', s.t)) AS active_days,
+           avg(CASE WHEN s.user_turns <= 1 THEN 1.0 ELSE 0.0 END) AS single_turn_share,
+           avg(CASE WHEN s.has_system THEN 1.0 ELSE 0.0 END) AS system_prompt_share,
+           count(DISTINCT s.prompt_hash) / count(*) AS prompt_diversity,
+           avg(CASE WHEN senders.accounts > 1 THEN 1.0 ELSE 0.0 END) AS shared_prompt_share,
+           avg(CASE WHEN s.reasoning_cue THEN 1.0 ELSE 0.0 END) AS reasoning_cue_share,
+           avg(CASE WHEN coalesce(s.max_tokens, 1000000) >= 1000 THEN 1.0 ELSE 0.0 END) AS long_answer_share,
+           avg(CASE WHEN s.logprobs THEN 1.0 ELSE 0.0 END) AS logprobs_share,
+           avg(CASE WHEN s.n > 1 THEN 1.0 ELSE 0.0 END) AS multi_sample_share,
+           avg(s.temperature) AS mean_temperature,
+           sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
+           count(DISTINCT s.client_ip) AS distinct_addresses,
+           count(DISTINCT s.user_agent) AS distinct_user_agents,
+           avg(CASE WHEN s.model = newest.model THEN 1.0 ELSE 0.0 END) AS newest_model_share,
+           (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
+               AS hours_to_newest_model
+    FROM shaped s
+    JOIN senders USING (prompt_hash)
+    CROSS JOIN newest
+    GROUP BY s.account
+)
+SELECT p.account,
+       p.requests,
+       p.active_days,
+       p.requests / p.active_days AS requests_per_active_day,
+       hourly.peak_per_hour,
+       hourly.hours_of_day,
+       coalesce(timing.sd_gap / nullif(timing.mean_gap, 0), 0) AS gap_cv,
+       coalesce((timing.sd_gap - timing.mean_gap) / nullif(timing.sd_gap + timing.mean_gap, 0), 0) AS burstiness,
+       p.single_turn_share, p.system_prompt_share, p.prompt_diversity,
+       coalesce(templated.templated, 0) / p.requests AS templated_share,
+       p.shared_prompt_share, p.reasoning_cue_share, p.long_answer_share, p.logprobs_share,
+       p.multi_sample_share, p.mean_temperature, p.answer_prompt_ratio,
+       p.distinct_addresses, p.distinct_user_agents, p.newest_model_share, p.hours_to_newest_model
+FROM per_account p
+JOIN hourly USING (account)
+LEFT JOIN timing USING (account)
+LEFT JOIN templated USING (account)
+ORDER BY p.account
+"""
+
+
+@dataclass(frozen=True)
+class AccountFeatures:
+    account: str
+    values: dict[str, float | None]
+
+
+def account_features(connection: duckdb.DuckDBPyConnection) -> list[AccountFeatures]:
+    """Every account's features, in account order."""
+    cursor = connection.execute(ACCOUNT_FEATURES)
+    names = [column[0] for column in cursor.description]
+    return [AccountFeatures(row[0], dict(zip(names[1:], row[1:], strict=True))) for row in cursor.fetchall()]

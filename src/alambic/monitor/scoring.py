@@ -1,0 +1,33 @@
+"""How well account scores separate each campaign style from benign accounts: ROC AUC and TPR at a fixed FPR."""
+
+from __future__ import annotations
+
+import math
+
+from sklearn.metrics import roc_auc_score
+
+FALSE_POSITIVE_RATES = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01}
+
+
+def tpr_at_fpr(benign: list[float], flagged: list[float], fpr: float) -> float:
+    """Share of `flagged` scored above the threshold that lets at most `fpr` of `benign` through."""
+    ranked = sorted(benign, reverse=True)
+    allowed = math.floor(fpr * len(ranked))  # benign accounts that may score above the threshold
+    threshold = ranked[allowed] if allowed < len(ranked) else -math.inf
+    return sum(score > threshold for score in flagged) / len(flagged)
+
+
+def score_by_style(scores: dict[str, float], labels: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per campaign style (accounts of that style against every benign account)."""
+    benign = [scores.get(a, 0.0) for a, label in labels.items() if label["kind"] == "benign"]
+    styles = sorted({label["style"] for label in labels.values() if label["kind"] == "campaign"})
+    results = {}
+    for style in styles:
+        flagged = [scores.get(a, 0.0) for a, label in labels.items() if label["style"] == style]
+        truth = [0] * len(benign) + [1] * len(flagged)
+        results[style] = {
+            "accounts": len(flagged),
+            "auc": float(roc_auc_score(truth, benign + flagged)),
+            **{name: tpr_at_fpr(benign, flagged, rate) for name, rate in FALSE_POSITIVE_RATES.items()},
+        }
+    return results

@@ -1,0 +1,276 @@
+"""Extraction campaigns, as providers reported them: bulk, sharded over linked accounts, chain-of-thought
+elicitation, a pivot onto a new model, and the hydra; plus styles an adversary who read the monitor would try.
+
+Each style is one function in `CAMPAIGNS`: (world, campaign id) -> its accounts. Labels never enter the log.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+from alambic.simulate.population import (
+    BROWSER_AGENTS,
+    BUSINESS_HOURS,
+    DAY,
+    EVENING_HOURS,
+    FLAT_HOURS,
+    NEW_MODEL,
+    SDK_AGENTS,
+    Actor,
+    Request,
+    World,
+    address_in,
+    chat,
+)
+
+# Styles kept out of sight while the monitor is designed: it is scored on them last.
+HELD_OUT = ("low-and-slow", "mimic", "paraphrase")
+# Per hydra account, alive one or two days: fewer requests than the benign median account sends in a week.
+HYDRA_DAILY_VOLUME, HYDRA_REQUESTS = 8.0, (5, 14)
+
+
+def _extract(
+    prompts: list[str],
+    params: dict,
+    hours: list[float],
+    *,
+    reasoning: bool = False,
+    cover: float = 0.0,
+    new_model: bool = False,
+):
+    """Works through `prompts` in order at the actor's daily volume; `cover` of its requests look benign."""
+
+    def behave(actor: Actor, world: World, rng: random.Random, day: int) -> list[Request]:
+        if not actor.state["first"] <= day < actor.state["last"]:
+            return []
+        requests = []
+        for t in world.times(rng, day, actor.state["volume"], hours, actor.tz_hours):
+            if new_model and t < world.release_at:
+                continue
+            if actor.state["sent"] >= actor.state["budget"]:
+                break
+            actor.state["sent"] += 1
+            if rng.random() < cover:
+                requests.append(
+                    Request(
+                        t,
+                        messages=chat(None, world.text.conversation(rng)[0]),
+                        params={"temperature": 0.7},
+                        answer_tokens=rng.randint(50, 300),
+                        address=rng.choice(actor.addresses),
+                    )
+                )
+                continue
+            position = actor.state["position"]
+            actor.state["position"] = position + 1
+            prompt = prompts[position % len(prompts)]
+            if reasoning:
+                prompt = f"{prompt}\n\n{world.text.reasoning(rng)}"
+            requests.append(
+                Request(
+                    t,
+                    messages=chat(None, prompt),
+                    params=dict(params),
+                    model=NEW_MODEL if new_model else world.model_at(t, actor.state.get("adopts")),
+                    answer_tokens=rng.randint(250, params.get("max_tokens") or 1024),
+                    address=rng.choice(actor.addresses),
+                )
+            )
+        return requests
+
+    return behave
+
+
+def _campaign_actor(
+    world: World, campaign: str, style: str, agent: str, addresses: list[str], behave: Callable, **state
+) -> Actor:
+    return Actor(
+        world.account_name(),
+        "campaign",
+        style,
+        campaign,
+        agent,
+        addresses,
+        behave,
+        world.rng.getrandbits(64),
+        state.pop("tz", 0),
+        {"first": 0, "last": world.days, "position": 0, "sent": 0, "budget": math.inf, **state},
+    )
+
+
+def bulk(world: World, campaign: str) -> list[Actor]:
+    """One account asking for everything, fast, with long answers."""
+    prompts = world.text.task_set(world.weekly(20000), seed=world.rng.getrandbits(32))
+    behave = _extract(prompts, {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS)
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "bulk",
+            "python-httpx/0.28.1",
+            [address_in(world.rng, 47)],
+            behave,
+            volume=len(prompts) / world.days,
+        )
+    ]
+
+
+def sharded(world: World, campaign: str) -> list[Actor]:
+    """Twenty linked accounts, each with its own disjoint slice of one prompt set, paced alike."""
+    prompts = world.text.task_set(max(world.weekly(12000), 20 * 3), seed=world.rng.getrandbits(32))
+    addresses = world.rng.sample(world.pools["cloud-nat"], 5)
+    agent = world.rng.choice(SDK_AGENTS)
+    slices = 20
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "sharded",
+            agent,
+            addresses,
+            _extract(prompts[i::slices], {"max_tokens": 800, "temperature": 0.8}, FLAT_HOURS),
+            volume=len(prompts) / slices / world.days,
+        )
+        for i in range(slices)
+    ]
+
+
+def chain_of_thought(world: World, campaign: str) -> list[Actor]:
+    """Reasoning traces over many domains: every prompt asks for all the steps."""
+    prompts = world.text.task_set(max(world.weekly(6000), 3 * 3), seed=world.rng.getrandbits(32))
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "chain-of-thought",
+            world.rng.choice(SDK_AGENTS),
+            [address_in(world.rng, 47)],
+            _extract(prompts[i::3], {"max_tokens": 2048, "temperature": 0.6}, BUSINESS_HOURS, reasoning=True),
+            volume=len(prompts) / 3 / world.days,
+        )
+        for i in range(3)
+    ]
+
+
+def pivot(world: World, campaign: str) -> list[Actor]:
+    """Within hours of the new model's release, a topic sweep of it from a few accounts."""
+    prompts = world.text.task_set(max(world.weekly(4000), 4 * 3), seed=world.rng.getrandbits(32))
+    release_day = int(world.release_at // DAY)
+    remaining = max(1.0, world.days - world.release_at / DAY)
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "pivot",
+            world.rng.choice(SDK_AGENTS),
+            [address_in(world.rng, 47)],
+            _extract(prompts[i::4], {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS, new_model=True),
+            first=release_day,
+            volume=len(prompts) / 4 / remaining,
+        )
+        for i in range(4)
+    ]
+
+
+def hydra(world: World, campaign: str) -> list[Actor]:
+    """Hundreds of short-lived accounts of one orchestrator, each under the benign median volume, rotating
+    through the shared egress pools, with benign clients' user agents and parameters, and cover traffic."""
+    accounts = world.count(300)
+    prompts = world.text.task_set(accounts * 20, seed=world.rng.getrandbits(32))
+    pools = world.pools["vpn"] + world.pools["carrier-nat"] + world.pools["cloud-nat"]
+    actors = []
+    for i in range(accounts):
+        first = world.rng.randrange(world.days)
+        params = world.rng.choice(
+            [{"temperature": 0.7, "stream": True}, {"max_tokens": 256, "temperature": 0.3}, {"temperature": 0.7}]
+        )
+        agent = world.rng.choice(BROWSER_AGENTS + SDK_AGENTS)
+        behave = _extract(prompts[i::accounts], params, EVENING_HOURS, cover=0.3)
+        actors.append(
+            _campaign_actor(
+                world,
+                campaign,
+                "hydra",
+                agent,
+                world.rng.sample(pools, 4),
+                behave,
+                first=first,
+                last=first + world.rng.randint(1, 2),
+                tz=world.rng.randint(-8, 9),
+                volume=HYDRA_DAILY_VOLUME,
+                budget=world.rng.randint(*HYDRA_REQUESTS),
+            )
+        )
+    return actors
+
+
+def low_and_slow(world: World, campaign: str) -> list[Actor]:
+    """A few accounts that extract all week at a person's pace, in a person's hours, from a browser."""
+    prompts = world.text.task_set(max(world.weekly(2000), 5 * 3), seed=world.rng.getrandbits(32))
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "low-and-slow",
+            world.rng.choice(BROWSER_AGENTS),
+            world.rng.sample(world.pools["carrier-nat"], 2),
+            _extract(prompts[i::5], {"temperature": 0.7, "stream": True}, EVENING_HOURS),
+            volume=5.0,
+            tz=world.rng.randint(-8, 9),
+        )
+        for i in range(5)
+    ]
+
+
+def mimic(world: World, campaign: str) -> list[Actor]:
+    """Extraction dressed as a support-bot integration: a company's long system prompt around each task."""
+    prompts = world.text.task_set(max(world.weekly(5000), 10 * 3), seed=world.rng.getrandbits(32))
+    system = world.text.support_system(world.rng.choice(["Contoso Bank", "Globex Telecom"]))
+    wrapped = [f"{system}\n\nCustomer question: {p}" for p in prompts]
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "mimic",
+            world.rng.choice(SDK_AGENTS),
+            [address_in(world.rng, 52)],
+            _extract(wrapped[i::10], {"max_tokens": 400, "temperature": 0.7}, BUSINESS_HOURS),
+            volume=len(prompts) / 10 / world.days,
+        )
+        for i in range(10)
+    ]
+
+
+def paraphrase(world: World, campaign: str) -> list[Actor]:
+    """Fifty unlinked-looking accounts, each prompt reworded, so that no two accounts share text."""
+    prompts = world.text.task_set(max(world.weekly(5000), 50 * 3), seed=world.rng.getrandbits(32))
+    openers = ["Quick question:", "Hi! I was wondering,", "For my class:", "Could you help?", "Please:"]
+    rng = random.Random(world.seed + 7)
+    reworded = [f"{rng.choice(openers)} {p[0].lower()}{p[1:]}" for p in prompts]
+    return [
+        _campaign_actor(
+            world,
+            campaign,
+            "paraphrase",
+            world.rng.choice(BROWSER_AGENTS + SDK_AGENTS),
+            world.rng.sample(world.pools["vpn"], 2),
+            _extract(reworded[i::50], {"temperature": 0.7}, EVENING_HOURS),
+            volume=math.ceil(len(prompts) / 50 / world.days),
+            tz=world.rng.randint(-8, 9),
+        )
+        for i in range(50)
+    ]
+
+
+CAMPAIGNS: dict[str, Callable[[World, str], list[Actor]]] = {
+    "bulk": bulk,
+    "sharded": sharded,
+    "chain-of-thought": chain_of_thought,
+    "pivot": pivot,
+    "hydra": hydra,
+    "low-and-slow": low_and_slow,
+    "mimic": mimic,
+    "paraphrase": paraphrase,
+}

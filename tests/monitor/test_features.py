@@ -1,0 +1,49 @@
+"""The feature pass: one row per account, every declared feature, values that say what each style does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alambic.monitor.features import FEATURES, account_features
+from alambic.monitor.source import open_log
+from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def features_by_style(tmp_path_factory):
+    out = tmp_path_factory.mktemp("week") / "log.jsonl"
+    settings = SimulationSettings(seed=12, days=5, scale=0.15, campaigns=("bulk", "chain-of-thought", "pivot"))
+    write_jsonl(Simulation(settings), out)
+    labels = json.loads((out.parent / "labels.json").read_text())
+    features = account_features(open_log([out]))
+    assert {f.account for f in features} == set(labels)
+    by_style: dict[str, list[dict]] = {}
+    for f in features:
+        by_style.setdefault(labels[f.account]["style"], []).append(f.values)
+    return by_style
+
+
+def test_every_declared_feature_is_computed_for_every_account(features_by_style):
+    for rows in features_by_style.values():
+        for values in rows:
+            assert list(values) == list(FEATURES)
+            assert values["requests"] >= 1 and 0 <= values["single_turn_share"] <= 1
+
+
+def test_features_describe_what_each_campaign_does(features_by_style):
+    (bulk,) = features_by_style["bulk"]
+    benign = sorted(
+        v["requests_per_active_day"]
+        for style, rows in features_by_style.items()
+        for v in rows
+        if style not in ("bulk", "chain-of-thought", "pivot")
+    )
+    assert bulk["requests_per_active_day"] > benign[int(0.95 * len(benign))] and bulk["long_answer_share"] == 1
+    assert all(v["reasoning_cue_share"] == 1 for v in features_by_style["chain-of-thought"])
+    assert all(v["reasoning_cue_share"] < 0.05 for v in features_by_style["person"])
+    for pivot in features_by_style["pivot"]:
+        assert pivot["newest_model_share"] == 1 and pivot["hours_to_newest_model"] < 6
+    classify = features_by_style["integration-classify"]
+    assert all(v["templated_share"] > 0.9 for v in classify if v["requests"] >= 20)
