@@ -97,23 +97,44 @@ def test_a_prompt_whose_prefill_fails_fails_alone(pooled_engine, tiny, engine):
     assert [first[0].token_ids, second[0].token_ids] == [c[0].token_ids for c in engine.generate(good)]
 
 
-@pytest.mark.slow
-def test_llamacpp_requests_wait_for_kv_cells_instead_of_failing():
+@pytest.fixture(scope="module")
+def small_llama_engine():
+    """The real teacher on llama.cpp with 512 KV cells for 4 sequences."""
     pytest.importorskip("llama_cpp")
     from alambic.generation.backends import load_backend
 
     # one thread: two threads' barriers crawl when the cores are shared with other work
     backend = load_backend("smollm2", "llamacpp", gguf_type="f16", max_sequences=4, kv_tokens=512, threads=1)
     engine = GenerationEngine(backend, max_batch_size=4)
-    try:
-        assert backend.kv_capacity == 512
-        prompts = [chat_ids(backend.tokenizer, q) for q in QUESTIONS[:4]]
-        assert all(len(p) + 150 <= 256 for p in prompts)  # two fit at a time, three do not
-        params = SamplingParams(max_tokens=150, min_tokens=150, temperature=0)
-        outcomes = run_together(engine, [GenerationRequest(p, params) for p in prompts])
-        assert all(len(o[0].token_ids) == 150 for o in outcomes)  # not a 503 for a full cache
-        assert engine.largest_batch == 2
-        with pytest.raises(ContextLengthError, match="KV cache"):
-            engine.submit(GenerationRequest(prompts[0], SamplingParams(max_tokens=400), n=2), lambda e: None)
-    finally:
-        engine.close()
+    yield engine
+    engine.close()
+
+
+@pytest.mark.slow
+def test_llamacpp_requests_wait_for_kv_cells_instead_of_failing(small_llama_engine):
+    engine = small_llama_engine
+    assert engine.backend.kv_capacity == 512
+    prompts = [chat_ids(engine.backend.tokenizer, q) for q in QUESTIONS[:4]]
+    assert all(len(p) + 150 <= 256 for p in prompts)  # two fit at a time, three do not
+    params = SamplingParams(max_tokens=150, min_tokens=150, temperature=0)
+    outcomes = run_together(engine, [GenerationRequest(p, params) for p in prompts])
+    assert all(len(o[0].token_ids) == 150 for o in outcomes)  # not a 503 for a full cache
+    assert engine.largest_batch == 2
+    with pytest.raises(ContextLengthError, match="KV cache"):
+        engine.submit(GenerationRequest(prompts[0], SamplingParams(max_tokens=400), n=2), lambda e: None)
+
+
+@pytest.mark.slow
+def test_llamacpp_prompt_whose_prefill_fails_fails_alone(small_llama_engine):
+    engine = small_llama_engine
+    good = GenerationRequest(
+        chat_ids(engine.backend.tokenizer, QUESTIONS[1]), SamplingParams(max_tokens=12, temperature=0)
+    )
+    [[expected]] = engine.generate([good])
+    unknown_token = GenerationRequest([*good.prompt_ids[:-1], engine.backend.vocab_size + 5], good.params)
+    first, failed, second = run_together(engine, [good, unknown_token, good])
+    assert isinstance(failed[0], AlambicError)
+    assert first[0].token_ids == second[0].token_ids == expected.token_ids
+    assert len(engine.backend.free_ids) == 4  # the failed prefills gave their sequence slots back
+    [[again]] = engine.generate([good])
+    assert again.token_ids == expected.token_ids
