@@ -142,3 +142,74 @@ def test_invalid_requests_are_refused_before_queueing(engine):
         engine.submit(GenerationRequest([], SamplingParams()), lambda e: None)
     with pytest.raises(InvalidRequestError, match="n must be"):
         engine.submit(GenerationRequest([1, 2], SamplingParams(), n=1000), lambda e: None)
+
+
+class FailsAtStep:
+    """A logits processor with a bug that shows at its `step`-th call."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls == self.step:
+            scores.fill_(float("nan"))  # half-way through a change when it fails
+            raise RuntimeError("processor bug")
+        return scores
+
+
+def run_together(engine, requests):
+    """Submit `requests` while the worker is held, so that they join the batch together; each one's
+    completions, or the exceptions its sink received."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_input_ids, scores):
+        held.set()
+        release.wait(30)
+        return scores
+
+    gate = GenerationRequest(requests[0].prompt_ids, SamplingParams(max_tokens=1, logits_processors=(hold,)))
+    engine.submit(gate, lambda event: None)
+    assert held.wait(30)
+    outcomes, done = [[] for _ in requests], threading.Semaphore(0)
+
+    def sink_for(outcome):
+        def sink(event):
+            if isinstance(event, Exception | FinishEvent):
+                outcome.append(event if isinstance(event, Exception) else event.completion)
+                done.release()
+
+        return sink
+
+    for request, outcome in zip(requests, outcomes, strict=True):
+        engine.submit(request, sink_for(outcome))
+    release.set()
+    for _ in range(sum(r.n for r in requests)):
+        assert done.acquire(timeout=60)
+    return outcomes
+
+
+@pytest.mark.parametrize("bad_output", ["raises", "nan"])
+def test_a_failing_logits_processor_fails_its_sequence_alone(engine, prompts, bad_output):
+    good = GenerationRequest(prompts[1], SamplingParams(max_tokens=20, temperature=0.8, seed=3))
+    expected = engine.generate([good])[0][0]
+    processor = FailsAtStep(5) if bad_output == "raises" else (lambda _ids, scores: scores * float("nan"))
+    bad = GenerationRequest(prompts[2], SamplingParams(max_tokens=20, logits_processors=(processor,)))
+    [good_outcome], [bad_outcome] = run_together(engine, [good, bad])
+    assert isinstance(bad_outcome, Exception)
+    assert good_outcome.token_ids == expected.token_ids and good_outcome.finish_reason == "length"
+
+
+def test_logits_processors_read_one_growing_buffer_not_a_copy_per_step(engine, prompts):
+    seen = []
+
+    def record(input_ids, scores):
+        seen.append(input_ids)  # kept alive, so a fresh tensor per step would have its own storage
+        return scores
+
+    params = SamplingParams(max_tokens=300, min_tokens=300, logits_processors=(record,))
+    [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
+    assert len(seen) == 300
+    for step, input_ids in enumerate(seen):
+        assert input_ids.tolist() == [prompts[0] + completion.token_ids[:step]]
+    assert len({ids.untyped_storage().data_ptr() for ids in seen}) <= 10

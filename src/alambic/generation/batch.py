@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from alambic.generation.sampling import choose_tokens, served_logprobs, shows_in
 from alambic.generation.text import TextAssembler
 from alambic.models.tokens import vocabulary_bytes
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Sequence:
@@ -33,16 +36,18 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     index: int
-    emit: Callable[[GenerationEvent], None]
+    emit: Callable[[GenerationEvent | Exception], None]
     assembler: TextAssembler
     generator: torch.Generator
     is_cancelled: Callable[[], bool]
     processors: tuple[LogitsProcessor, ...] = ()  # the params' own, or a fresh one for processors with state
+    kv_cells: int = 0  # KV cells the sample may fill: its prompt and every token it may generate
     logprobs: list[TokenLogprob] | None = None
     generated: list[int] = field(default_factory=list)
+    context: TokenHistory | None = None  # prompt + generated as a tensor, kept only for logits processors
 
     @classmethod
-    def create(cls, prompt_ids, params, index, emit, tokenizer, is_cancelled) -> Sequence:
+    def create(cls, prompt_ids, params, index, emit, tokenizer, is_cancelled, kv_cells=0) -> Sequence:
         # With a seed, sample i of a request draws from seed + i: reproducible and independent samples.
         seed = params.seed + index if params.seed is not None else secrets.randbits(63)
         return cls(
@@ -54,13 +59,48 @@ class Sequence:
             generator=torch.Generator().manual_seed(seed),
             is_cancelled=is_cancelled,
             processors=sequence_processors(params.logits_processors),
+            kv_cells=kv_cells,
             logprobs=[] if params.logprobs else None,
+            context=TokenHistory(prompt_ids) if params.logits_processors else None,
         )
+
+    def append(self, token: int) -> None:
+        self.generated.append(token)
+        if self.context is not None:
+            self.context.append(token)
 
     def finish(self, reason: FinishReason) -> None:
         rest = self.assembler.flush()
         completion = Completion(self.index, self.assembler.text, self.generated, reason, self.logprobs)
         self.emit(FinishEvent(self.index, completion, rest))
+
+    def fail(self, error: Exception) -> None:
+        """End this sample with `error`; the others in the batch go on."""
+        try:
+            self.emit(error)
+        except Exception:  # its caller is gone (a closed event loop): nobody is left to tell
+            logger.exception("could not report a failed sequence")
+
+
+class TokenHistory:
+    """A sample's prompt and generated ids as one (1, T) tensor that grows in place, for logits processors:
+    appending a token costs the same at any length, where rebuilding the tensor each step cost O(T)."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.length = len(prompt_ids)
+        self.buffer = torch.empty((1, max(64, 2 * self.length)), dtype=torch.long)
+        self.buffer[0, : self.length] = torch.tensor(prompt_ids, dtype=torch.long)
+
+    def append(self, token: int) -> None:
+        if self.length == self.buffer.shape[1]:  # double: views handed out before keep the old buffer
+            grown = torch.empty((1, 2 * self.length), dtype=torch.long)
+            grown[:, : self.length] = self.buffer
+            self.buffer = grown
+        self.buffer[0, self.length] = token
+        self.length += 1
+
+    def ids(self) -> torch.Tensor:
+        return self.buffer[:, : self.length]  # (1, T), a view
 
 
 class DecodeBatch:
@@ -82,54 +122,72 @@ class DecodeBatch:
     @torch.inference_mode()
     def admit(self, joining: list[Sequence]) -> None:
         """Prefill `joining` and add it to the running batch."""
-        # The running rows' logits may live in the backend's buffer, which the prefill overwrites.
-        running = None if self.next_logits is None else self.next_logits.clone()
+        # The running rows' logits may live in the backend's buffer, which the prefill overwrites (even
+        # when it fails: the batch must go on with them).
+        if self.next_logits is not None:
+            self.next_logits = self.next_logits.clone()
         logits = self.backend.prefill([s.prompt_ids for s in joining])
-        self.next_logits = logits if running is None else torch.cat([running, logits])
+        self.next_logits = logits if self.next_logits is None else torch.cat([self.next_logits, logits])
         self.sequences.extend(joining)
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Sample one token for every row, emit it, drop finished rows, and run the model on the rest."""
+        """Sample one token for every row, emit it, drop finished rows, and run the model on the rest.
+
+        A row whose own work fails (its logits processors, its text, its caller's sink) fails alone; an
+        exception from here means the batch-wide work failed (the forward pass)."""
+        failed: dict[int, Exception] = {}
         logits = self._ban_early_end(self.next_logits)
         wants = [s.params.logprobs for s in self.sequences]
         # rows served logprobs from before their processors: copied now, as the processors work in place
         model_rows = [row for row, s in enumerate(self.sequences) if wants[row] and not shows_in_logprobs(s.processors)]
         model_logits = logits[model_rows] if model_rows else None
-        logits = self._apply_logits_processors(logits)
+        logits = self._apply_logits_processors(logits, failed)
         logprobs = served_logprobs(logits, model_rows, model_logits) if any(wants) else None
         tokens = choose_tokens(logits, [s.params for s in self.sequences], [s.generator for s in self.sequences])
-        eos_token_ids, context_length = self.backend.eos_token_ids, self.backend.context_length
         keep: list[int] = []
         for row, (sequence, token) in enumerate(zip(self.sequences, tokens, strict=True)):
-            if sequence.is_cancelled():
-                sequence.finish("cancelled")
+            if row in failed:
+                sequence.fail(failed[row])
                 continue
-            if token in eos_token_ids:
-                sequence.finish("stop")
-                continue
-            sequence.generated.append(token)
-            record = self._token_logprob(token, logprobs[row], sequence.params) if logprobs is not None else None
-            if sequence.logprobs is not None:
-                sequence.logprobs.append(record)
-            sequence.emit(TokenEvent(sequence.index, sequence.assembler.add(token), record))
-            if sequence.assembler.stopped:
-                sequence.finish("stop")
-            elif (
-                len(sequence.generated) >= sequence.params.max_tokens
-                or len(sequence.prompt_ids) + len(sequence.generated) >= context_length
-            ):
-                sequence.finish("length")
-            else:
-                keep.append(row)
+            try:
+                if self._advance(sequence, token, None if logprobs is None else logprobs[row]):
+                    keep.append(row)
+            except Exception as error:
+                logger.exception("sequence failed")
+                sequence.fail(error)
         self._keep(keep)
         if self.sequences:
             self.next_logits = self.backend.decode([tokens[row] for row in keep])
 
+    def _advance(self, sequence: Sequence, token: int, logprobs: torch.Tensor | None) -> bool:
+        """Give `token` to `sequence`; whether it goes on."""
+        if sequence.is_cancelled():
+            sequence.finish("cancelled")
+            return False
+        if token in self.backend.eos_token_ids:
+            sequence.finish("stop")
+            return False
+        sequence.append(token)
+        record = self._token_logprob(token, logprobs, sequence.params) if logprobs is not None else None
+        if sequence.logprobs is not None:
+            sequence.logprobs.append(record)
+        sequence.emit(TokenEvent(sequence.index, sequence.assembler.add(token), record))
+        if sequence.assembler.stopped:
+            sequence.finish("stop")
+            return False
+        if (
+            len(sequence.generated) >= sequence.params.max_tokens
+            or len(sequence.prompt_ids) + len(sequence.generated) >= self.backend.context_length
+        ):
+            sequence.finish("length")
+            return False
+        return True
+
     def cancel_all(self, error: Exception) -> None:
         """Fail every sequence in flight (the model raised) and start empty."""
         for sequence in self.sequences:
-            sequence.emit(error)
+            sequence.fail(error)
         self._keep([])
 
     def _keep(self, rows: list[int]) -> None:
@@ -148,18 +206,25 @@ class DecodeBatch:
             logits[torch.tensor(too_short).unsqueeze(1), eos] = -torch.inf
         return logits
 
-    def _apply_logits_processors(self, logits: torch.Tensor) -> torch.Tensor:
-        """The rows' logits processors in order (in place)."""
+    def _apply_logits_processors(self, logits: torch.Tensor, failed: dict[int, Exception]) -> torch.Tensor:
+        """The rows' logits processors in order (in place). A row whose processors raise, or leave no finite
+        best score, goes into `failed` and gets harmless logits, so that sampling the others still works."""
         if not any(s.processors for s in self.sequences):
             return logits
         for row, sequence in enumerate(self.sequences):
             if not sequence.processors:
                 continue
-            ids = torch.tensor([sequence.prompt_ids + sequence.generated], dtype=torch.long)  # (1, T)
-            row_scores = logits[row : row + 1]
-            for processor in sequence.processors:
-                row_scores = processor(ids, row_scores)
-            logits[row] = row_scores[0]
+            try:
+                row_scores = logits[row : row + 1]  # (1, V)
+                for processor in sequence.processors:
+                    row_scores = processor(sequence.context.ids(), row_scores)
+                if not torch.isfinite(row_scores.max()):  # NaN, +inf, or nothing left to sample
+                    raise RuntimeError("A logits processor left no finite score to sample from.")
+                logits[row] = row_scores[0]
+            except Exception as error:
+                logger.exception("logits processor failed")
+                failed[row] = error
+                logits[row] = 0.0
         return logits
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, params: SamplingParams) -> TokenLogprob:

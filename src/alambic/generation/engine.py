@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from alambic.errors import InvalidRequestError, ServerBusyError
+from alambic.errors import ContextLengthError, InvalidRequestError, ServerBusyError
 from alambic.generation.backends import ModelBackend
 from alambic.generation.batch import DecodeBatch, Sequence
 from alambic.generation.params import Completion, FinishEvent, GenerationEvent, GenerationRequest
@@ -61,6 +62,7 @@ class GenerationEngine:
             raise InvalidRequestError(f"n must be between 1 and {self.max_batch_size}.", param="n")
         if not request.prompt_ids:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._check_kv_cells(request)
         self._ensure_started()
         handle = GenerationHandle(request, sink)
         try:
@@ -130,37 +132,74 @@ class GenerationEngine:
     def _run(self) -> None:
         while not self._stopping.is_set():
             joining = self._take_joining()
-            try:
-                if joining:
-                    self.batch.admit(joining)
-                if len(self.batch):
-                    self.largest_batch = max(self.largest_batch, len(self.batch))
+            if joining:
+                self._admit(joining)
+            if len(self.batch):
+                self.largest_batch = max(self.largest_batch, len(self.batch))
+                try:
                     self.batch.step()
-            except Exception as error:  # the model failed: fail the requests in flight, keep serving
-                logger.exception("generation step failed")
-                for sequence in joining:
-                    if sequence not in self.batch.sequences:
-                        sequence.emit(error)
-                self.batch.cancel_all(error)
+                except Exception as error:  # the forward pass failed: every row shared it; keep serving
+                    logger.exception("generation step failed")
+                    self.batch.cancel_all(error)
 
-    def _take_joining(self) -> list[Sequence]:
-        """Requests that fit in the batch now; blocks briefly only when the batch is idle."""
-        joining: list[Sequence] = []
-        free = self.max_batch_size - len(self.batch)
-        while free > 0:
+    def _admit(self, requests: list[list[Sequence]]) -> None:
+        """Prefill the joining requests (each a list of its samples) together; if that fails, again one
+        request at a time, so that only the request at fault fails and the others join."""
+        try:
+            self.batch.admit([sequence for samples in requests for sequence in samples])
+        except Exception as error:
+            if len(requests) > 1:
+                for samples in requests:
+                    self._admit([samples])
+                return
+            logger.exception("prefill failed")
+            for sequence in requests[0]:
+                sequence.fail(error)
+
+    def _take_joining(self) -> list[list[Sequence]]:
+        """Requests that fit in the batch and in the KV cells left now, in queue order, each as its samples;
+        blocks briefly only when the batch is idle. The first that does not fit waits at the queue's head."""
+        joining: list[list[Sequence]] = []
+        free_rows = self.max_batch_size - len(self.batch)
+        free_cells = self._free_kv_cells()
+        while free_rows > 0:
             try:
                 idle = not (len(self.batch) or joining)
                 handle = self._pending.get(timeout=0.05) if idle else self._pending.get_nowait()
             except queue.Empty:
                 break
-            if handle.request.n > free:
-                self._requeue_front(handle)
-                break
             if handle.cancelled:
                 continue
-            joining.extend(self._sequences(handle))
-            free -= handle.request.n
+            cells = self._kv_cells(handle.request)
+            if handle.request.n > free_rows or cells > free_cells:
+                self._requeue_front(handle)
+                break
+            samples = self._sequences(handle)
+            if samples:
+                joining.append(samples)
+                free_rows -= handle.request.n
+                free_cells -= cells
         return joining
+
+    def _kv_cells(self, request: GenerationRequest) -> int:
+        """KV cells a request may fill: each sample holds its prompt and every token it may generate."""
+        per_sample = min(len(request.prompt_ids) + request.params.max_tokens, self.backend.context_length)
+        return request.n * per_sample
+
+    def _free_kv_cells(self) -> float:
+        if self.backend.kv_capacity is None:
+            return math.inf
+        return self.backend.kv_capacity - sum(sequence.kv_cells for sequence in self.batch.sequences)
+
+    def _check_kv_cells(self, request: GenerationRequest) -> None:
+        capacity, cells = self.backend.kv_capacity, self._kv_cells(request)
+        if capacity is not None and cells > capacity:
+            raise ContextLengthError(
+                f"The prompt ({len(request.prompt_ids)} tokens) plus max_tokens ({request.params.max_tokens}), "
+                f"for {request.n} sample(s), needs {cells} cells of KV cache; the backend's KV cache holds "
+                f"{capacity}. Ask for fewer tokens or samples.",
+                param="max_tokens",
+            )
 
     def _requeue_front(self, handle: GenerationHandle) -> None:
         with self._pending.mutex:
@@ -168,15 +207,23 @@ class GenerationEngine:
             self._pending.not_empty.notify()
 
     def _sequences(self, handle: GenerationHandle) -> list[Sequence]:
+        """The request's samples, or none when they cannot be set up (its sink gets the error)."""
         request = handle.request
-        return [
-            Sequence.create(
-                request.prompt_ids,
-                request.params,
-                index,
-                handle.sink,
-                self.backend.tokenizer,
-                lambda: handle.cancelled,
-            )
-            for index in range(request.n)
-        ]
+        cells = self._kv_cells(request) // request.n
+        try:
+            return [
+                Sequence.create(
+                    request.prompt_ids,
+                    request.params,
+                    index,
+                    handle.sink,
+                    self.backend.tokenizer,
+                    lambda: handle.cancelled,
+                    cells,
+                )
+                for index in range(request.n)
+            ]
+        except Exception as error:
+            logger.exception("could not set up a request")
+            handle.sink(error)
+            return []

@@ -19,9 +19,14 @@ class ModelBackend(Protocol):
     tokenizer: PreTrainedTokenizerBase
     context_length: int
     eos_token_ids: frozenset[int]
+    # KV cells shared by all rows (a row fills one per prompt or generated token), or None when the cache
+    # grows as needed; the engine admits a request only when its prompt + max_tokens fits in what is left.
+    kv_capacity: int | None
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Append one row per prompt; the logits of each new row's next token, (len(prompts), V)."""
+        """Append one row per prompt; the logits of each new row's next token, (len(prompts), V).
+
+        When it raises, the rows already there are as they were, and none was added."""
         ...
 
     def decode(self, tokens: list[int]) -> torch.Tensor:

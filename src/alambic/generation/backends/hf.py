@@ -21,6 +21,7 @@ class TransformersBackend:
         self.tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self.eos_token_ids = loaded.eos_token_ids
+        self.kv_capacity = None  # the DynamicCache grows with the rows, as far as memory goes
         self.pad_token_id = self.tokenizer.pad_token_id or min(self.eos_token_ids)
         self.cache: DynamicCache | None = None
         self.attention_mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L) 1 where the cache holds a token

@@ -71,6 +71,7 @@ class LlamaCppBackend:
         self.memory = llama_cpp.llama_get_memory(self.context)
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
         self.context_length = min(llama_cpp.llama_model_n_ctx_train(self.model), kv_tokens)
+        self.kv_capacity = llama_cpp.llama_n_ctx(self.context)  # one pool for all sequences (kv_unified)
         self.batch_tokens = batch_tokens
         self.batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
         # freed with the backend, or at exit before llama_cpp's module is torn down
@@ -82,6 +83,7 @@ class LlamaCppBackend:
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         if len(prompts) > len(self.free_ids):
             raise ServerBusyError("llama.cpp has no free sequence slot.")
+        running_rows = len(self.sequence_ids)
         entries, last_of = [], {}
         for prompt in prompts:
             sequence_id = self.free_ids.pop()
@@ -91,12 +93,18 @@ class LlamaCppBackend:
                 entries.append((token, position, sequence_id))
             last_of[len(entries) - 1] = len(last_of)
         logits = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
-        for start in range(0, len(entries), self.batch_tokens):
-            chunk = entries[start : start + self.batch_tokens]
-            wanted = [i for i in range(len(chunk)) if start + i in last_of]
-            self._decode(chunk, wanted)
-            for i in wanted:
-                logits[last_of[start + i]] = _floats(llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size)
+        try:
+            for start in range(0, len(entries), self.batch_tokens):
+                chunk = entries[start : start + self.batch_tokens]
+                wanted = [i for i in range(len(chunk)) if start + i in last_of]
+                self._decode(chunk, wanted)
+                for i in wanted:
+                    logits[last_of[start + i]] = _floats(
+                        llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size
+                    )
+        except Exception:  # free the new rows' slots and whatever chunks of theirs went into the cache
+            self.keep(list(range(running_rows)))
+            raise
         return torch.from_numpy(logits)
 
     def decode(self, tokens: list[int]) -> torch.Tensor:

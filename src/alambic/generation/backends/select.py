@@ -17,9 +17,16 @@ BACKENDS = ("transformers", "llamacpp")
 
 
 def load_backend(
-    model: str, backend: str = "transformers", *, gguf_type: str = "bf16", max_sequences: int = 32
+    model: str,
+    backend: str = "transformers",
+    *,
+    gguf_type: str = "bf16",
+    max_sequences: int = 32,
+    kv_tokens: int = 32768,
+    threads: int | None = None,
 ) -> ModelBackend:
-    """`model` is smollm2, tiny, a model directory, or (llamacpp only) a .gguf file."""
+    """`model` is smollm2, tiny, a model directory, or (llamacpp only) a .gguf file; llama.cpp's sequences
+    share `kv_tokens` KV cells, and its forward passes use `threads` (default: torch's)."""
     if backend == "transformers":
         return TransformersBackend(load_model(model))
     if backend != "llamacpp":
@@ -44,4 +51,6 @@ def load_backend(
         name=model,
         eos_token_ids=end_of_sequence_ids(generation_config, tokenizer),
         max_sequences=max_sequences,
+        kv_tokens=kv_tokens,
+        threads=threads,
     )
