@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from alambic.distill.data import ExampleBuilder, TeacherAnswers
@@ -112,3 +113,37 @@ def test_a_loss_that_needs_targets_says_where_to_get_them(answers, tmp_path):
 
     with pytest.raises(InvalidRequestError, match="harvest"):
         distill(config(tmp_path / "nowhere", tmp_path, tmp_path / "out"))
+
+
+class FirstGradient(TrainerCallback):
+    """Keeps the gradient of the first optimizer step, as the optimizer is about to take it."""
+
+    def __init__(self) -> None:
+        self.gradient = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.gradient is None:
+            self.gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+
+@pytest.mark.parametrize(("loss", "targets"), [(Loss.SFT, "auto"), (Loss.FORWARD_KL, "sparse"), (Loss.JSD, "dense")])
+def test_gradient_accumulation_gives_the_gradient_and_loss_of_the_whole_batch(
+    loss, targets, answers, sharp_teacher, tmp_path
+):
+    runs = {}
+    for batch, accumulation in ((8, 1), (2, 4)):
+        first = FirstGradient()
+        out = tmp_path / f"{batch}x{accumulation}"
+        settings = dict(loss=loss, targets=targets, ce_weight=0.3, max_steps=1, logging_steps=1)
+        settings["extra"] = {"max_grad_norm": 0.0}  # clipping would hide a gradient's scale
+        distill(
+            config(answers, sharp_teacher, out, batch_size=batch, gradient_accumulation=accumulation, **settings),
+            callbacks=[first],
+        )
+        runs[batch] = first.gradient, next(line for line in logged(out) if "loss" in line)
+    (whole, whole_log), (accumulated, accumulated_log) = runs[8], runs[2]
+    assert torch.allclose(accumulated, whole, rtol=1e-4, atol=1e-7)
+    assert accumulated_log["loss"] == pytest.approx(whole_log["loss"], rel=1e-3)
+    for metric in ("ce", str(loss)):
+        if metric in whole_log:
+            assert accumulated_log[metric] == pytest.approx(whole_log[metric], rel=1e-4)
