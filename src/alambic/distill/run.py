@@ -8,6 +8,7 @@ tokens seen, tokens/s, CPU seconds), `tensorboard/`, and `distill.json` (the set
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -101,6 +102,7 @@ def distill(
 ) -> DistillResult:
     """Train the student on the teacher's answers, resuming from the newest checkpoint in `config.out`; `say`
     hears first which targets it learns from and why."""
+    _refuse_a_launch_that_started_one_process()
     answers = TeacherAnswers.load(config.data, config.heldout_fraction)
     targets = choose_targets(config, answers)
     if PartialState().is_main_process:
@@ -147,6 +149,18 @@ def distill(
     if main_process:
         (out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _refuse_a_launch_that_started_one_process() -> None:
+    """`accelerate launch --cpu --num_processes N` starts a single process (several CPU processes need its
+    mpirun mode) that would train the whole job alone, more slowly: refused, naming the launcher that works."""
+    asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    launched = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if asked_for_cpu and "MASTER_ADDR" in os.environ and not any(name in os.environ for name in launched):
+        raise InvalidRequestError(
+            "accelerate launch --cpu started one process, not several: train data-parallel on CPUs with "
+            "torchrun --nproc-per-node N -m alambic distill ..."
+        )
 
 
 class MetricsLog(TrainerCallback):
@@ -244,6 +258,7 @@ def _shared_arguments(config: DistillConfig, checkpoints: Path) -> dict:
         seed=config.seed,
         bf16=config.bf16,
         activation_checkpointing=False,  # TRL turns it on; a model this small has the memory, not the time
+        ddp_find_unused_parameters=False,  # every trained parameter is used: spare DDP a graph walk a step
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **config.extra,
