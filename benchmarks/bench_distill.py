@@ -5,8 +5,9 @@
 - Recovery per loss: SFT, forward KL, reverse KL and JSD (top-20 sparse targets from the harvest) on the same
   first 500 training answers with the same steps; the share of the teacher's self-agreement (1.0) reached,
   and of the agreement gap and KL closed.
-- Throughput: alambic's trainer against a plain `transformers.Trainer` on the same examples, both fp32 (and
-  alambic in bf16 autocast, as the runs above train).
+- Throughput: alambic's trainer against a plain `transformers.Trainer` on the same examples, in fp32 and in
+  bf16 autocast (as the runs above train), each precision against the Trainer in the same precision: all four
+  warmed up once, then measured in interleaved rounds, the median of each reported.
 - Memory: bytes a token of stored top-20 targets takes against dense fp32 logits over the 49k vocabulary.
 - Student against teacher: parameters, weights on disk, generation tokens/s on this machine.
 Run: `.venv/bin/python benchmarks/bench_distill.py` (harvests the teacher's answers first if they are missing;
@@ -20,6 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -39,6 +41,7 @@ LAYERS = 6
 HELDOUT_SCORED = 8 if QUICK else 150
 SUBSET = 16 if QUICK else 500  # training answers per loss in the comparison
 THROUGHPUT_EXAMPLES = 16 if QUICK else 160
+THROUGHPUT_ROUNDS = 1 if QUICK else 3  # after one warm-up round
 ALL = 32 if QUICK else None
 TRAINING = dict(student_layers=LAYERS, batch_size=8, learning_rate=2e-4, max_length=384, bf16=True, save_steps=1000)
 
@@ -51,8 +54,8 @@ def run(data: Path, name: str, **settings) -> tuple[DistillResult, Path]:
     return result, out
 
 
-def trainer_baseline(student, examples: list[dict]) -> float:
-    """Tokens/s of a plain transformers.Trainer on the same examples: right padding, full logits, fp32."""
+def trainer_baseline(student, examples: list[dict], *, bf16: bool) -> float:
+    """Tokens/s of a plain transformers.Trainer on the same examples: right padding, full logits."""
     arguments = TrainingArguments(
         output_dir=str(WORK / "distill" / "trainer-baseline"),
         per_device_train_batch_size=TRAINING["batch_size"],
@@ -62,6 +65,7 @@ def trainer_baseline(student, examples: list[dict]) -> float:
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
+        bf16=bf16,
     )
     if student.tokenizer.pad_token is None:
         student.tokenizer.pad_token = student.tokenizer.eos_token
@@ -82,18 +86,35 @@ def sparse_target_bytes(data: Path, tokenizer) -> float:
 
 
 def throughput(data: Path, teacher, split: TeacherAnswers, builder: ExampleBuilder) -> dict:
-    """alambic's trainer in fp32 and bf16 against a plain transformers.Trainer, same examples, same run."""
+    """alambic's trainer against a plain transformers.Trainer, same examples, in fp32 and in bf16: each warmed
+    up once, then the four measured in turn for each round, so that a slower stretch of the machine's time
+    falls on all of them; the medians, and each precision's ratio to the Trainer in the same precision."""
     examples = [builder.example(row, targets=False) for row in split.train[:THROUGHPUT_EXAMPLES]]
-    baseline = trainer_baseline(student_from_teacher(teacher, LAYERS), examples)
-    fp32, _ = run(data, "throughput-fp32", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES, bf16=False)
-    bf16, _ = run(data, "throughput-bf16", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES)
-    return {
-        "transformers_trainer_tok_s": baseline,
-        "alambic_fp32_tok_s": fp32.tokens_seen / fp32.wall_seconds,
-        "alambic_bf16_tok_s": bf16.tokens_seen / bf16.wall_seconds,
-        "ratio_fp32": fp32.tokens_seen / fp32.wall_seconds / baseline,
-        "ratio_bf16": bf16.tokens_seen / bf16.wall_seconds / baseline,
-    }
+
+    def alambic(bf16: bool) -> float:
+        result, _ = run(data, "throughput", loss=Loss.SFT, max_examples=THROUGHPUT_EXAMPLES, bf16=bf16)
+        return result.tokens_seen / result.wall_seconds
+
+    def trainer(bf16: bool) -> float:
+        return trainer_baseline(student_from_teacher(teacher, LAYERS), examples, bf16=bf16)
+
+    contenders = {"alambic": alambic, "transformers_trainer": trainer}
+    measured = {(name, precision): [] for precision in ("fp32", "bf16") for name in contenders}
+    for round_ in range(1 + THROUGHPUT_ROUNDS):
+        for name, precision in measured:
+            tok_s = contenders[name](precision == "bf16")
+            if round_:  # the first round warms each one up
+                measured[name, precision].append(tok_s)
+    figures = {"rounds": THROUGHPUT_ROUNDS}
+    for precision in ("fp32", "bf16"):
+        alambic_tok_s = median(measured["alambic", precision])
+        trainer_tok_s = median(measured["transformers_trainer", precision])
+        figures[precision] = {
+            "transformers_trainer_tok_s": trainer_tok_s,
+            "alambic_tok_s": alambic_tok_s,
+            "ratio": alambic_tok_s / trainer_tok_s,
+        }
+    return figures
 
 
 def main() -> None:

@@ -46,9 +46,17 @@ from alambic.prove.radioactivity import Scored, radioactivity
 from alambic.prove.run import prove_weights, read_suspect
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.keyed_hash import GOLDEN, MIX_1, MIX_2, MIX_32, context_hash
-from bench_distill import run
+from bench_distill import TRAINING, run
 from bench_generation import measure_engine
-from common import SHARED_DATA, sharegpt_first_turns, write_result
+from common import (
+    SHARED_DATA,
+    SOURCES,
+    fingerprint,
+    harvest_digest,
+    library_versions,
+    sharegpt_first_turns,
+    write_result,
+)
 from teacher_answers import WATERMARK_KEY, WORK, answers
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
@@ -160,16 +168,26 @@ def quality_cost() -> list[dict]:
 
 
 def student(data: Path, fraction: float) -> Path:
-    """The student distilled on this mixture; one a run before this one finished is reused."""
-    out = WORK / "distill" / f"radioactive-{fraction}-epochs-{STUDENT_EPOCHS}"
+    """The student distilled on this mixture; one that an earlier run finished from the same rows, settings,
+    code and libraries is reused (its directory is named by their fingerprint)."""
+    settings = {**TRAINING, "loss": Loss.SFT, "epochs": STUDENT_EPOCHS}
+    key = fingerprint(
+        {**settings, "data": harvest_digest(data), **library_versions("torch", "transformers", "trl", "accelerate")},
+        *(SOURCES / part for part in ("distill", "models", "harvest/dataset.py")),
+    )
+    out = WORK / "distill" / f"radioactive-{fraction}-{key}"
     if (out / "distill.json").exists():
         return out
-    return run(data, out.name, loss=Loss.SFT, epochs=STUDENT_EPOCHS)[1]
+    return run(data, out.name, **settings)[1]
 
 
 def reading(suspect: Path, text: Path) -> Scored:
-    """The suspect's predictions on the served text, kept beside its weights: reading is the slow part."""
-    path = suspect / "reading.npz"
+    """The suspect's predictions on the served text, kept beside its weights (reading is the slow part), keyed
+    by the text, the suspect and the code that reads."""
+    key = fingerprint(
+        {"suspect": suspect.name, "text": harvest_digest(text)}, *(SOURCES / part for part in ("prove", "models"))
+    )
+    path = suspect / f"reading-{key}.npz"
     if not path.exists():
         scored = read_suspect(str(suspect), [text])
         lengths = [len(t) for t in scored.texts]

@@ -1,13 +1,17 @@
-"""What the benchmarks share: the real prompts, a gateway in its own process, and writing results."""
+"""What the benchmarks share: the real prompts, a gateway in its own process, writing results with where and
+when each figure was measured, and the fingerprints that key cached intermediate results."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -16,6 +20,8 @@ from alambic.serve.server import wait_until_ready
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
+SOURCES = Path(__file__).resolve().parents[1] / "src" / "alambic"
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def sharegpt_first_turns(count: int, tokenizer, max_prompt_tokens: int = 512) -> list[list[dict]]:
@@ -54,7 +60,8 @@ class GatewayProcess:
 
 def machine() -> dict:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -62,10 +69,60 @@ def machine() -> dict:
     }
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's AVX-512 and AMX extensions: what decides bf16's and int8's speed against fp32 here."""
+    return sorted(flag for flag in _cpuinfo("flags").split() if flag.startswith(("avx512", "amx")))
+
+
+def _cpuinfo(field: str) -> str:
+    """The first core's `field` in /proc/cpuinfo; empty where there is none (not Linux)."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
+    return ""
+
+
 def write_result(name: str, result: dict, *, update: bool = False) -> Path:
-    """Write `results/{name}.json`; with `update`, only the keys in `result` change (a rerun of some sections)."""
+    """Write `results/{name}.json`: the figures, and under `measured` each top-level figure's date and machine.
+    With `update`, only the keys in `result` change (a rerun of some sections); the others keep their own."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     earlier = json.loads(path.read_text()) if update and path.exists() else {}
-    path.write_text(json.dumps({**earlier, "machine": machine(), **result}, indent=2) + "\n")
+    measured = earlier.pop("measured", {})
+    if "machine" in earlier:  # written before each figure carried its own: the machine is known, the date not
+        legacy = earlier.pop("machine")
+        measured = {key: {"date": None, "machine": legacy} for key in earlier} | measured
+    now = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    figures = {**earlier, **result}
+    measured = {key: now if key in result else measured.get(key) for key in figures}
+    path.write_text(json.dumps({**figures, "measured": measured}, indent=2) + "\n")
     return path
+
+
+def fingerprint(settings: dict, *paths: Path) -> str:
+    """A hash of the settings and of the files (every file under a directory) that make a cached result: its
+    key, so that a change to the code or the settings makes a new one instead of reusing a stale one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in paths:
+        for file in sorted(path.rglob("*") if path.is_dir() else [path]):
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(str(file.relative_to(path.parent)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def harvest_digest(directory: Path) -> str:
+    """A hash of a harvest's rows in the order they are read; its shards' names, which carry the time they were
+    written, are left out, so the same rows written again hash the same."""
+    digest = hashlib.sha256()
+    for shard in sorted(directory.glob("part-*")):
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()
+
+
+def library_versions(*names: str) -> dict:
+    return {name: metadata.version(name) for name in names}

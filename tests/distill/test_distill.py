@@ -4,15 +4,21 @@ closer to the teacher, and an interrupted run resumes where its checkpoint left 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from alambic.distill.data import ExampleBuilder, TeacherAnswers
 from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
+from alambic.errors import InvalidRequestError
 from alambic.evaluate.fidelity import fidelity
+from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models import load_model
 from alambic.models.student import student_from_teacher
 
@@ -108,7 +114,84 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_continues_the_same_l
 
 
 def test_a_loss_that_needs_targets_says_where_to_get_them(answers, tmp_path):
-    from alambic.errors import InvalidRequestError
-
     with pytest.raises(InvalidRequestError, match="harvest"):
         distill(config(tmp_path / "nowhere", tmp_path, tmp_path / "out"))
+
+
+class FirstGradient(TrainerCallback):
+    """Keeps the gradient of the first optimizer step, as the optimizer is about to take it."""
+
+    def __init__(self) -> None:
+        self.gradient = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.gradient is None:
+            self.gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+
+@pytest.mark.parametrize(("loss", "targets"), [(Loss.SFT, "auto"), (Loss.FORWARD_KL, "sparse"), (Loss.JSD, "dense")])
+def test_gradient_accumulation_gives_the_gradient_and_loss_of_the_whole_batch(
+    loss, targets, answers, sharp_teacher, tmp_path
+):
+    runs = {}
+    for batch, accumulation in ((8, 1), (2, 4)):
+        first = FirstGradient()
+        out = tmp_path / f"{batch}x{accumulation}"
+        settings = dict(loss=loss, targets=targets, ce_weight=0.3, max_steps=1, logging_steps=1)
+        settings["extra"] = {"max_grad_norm": 0.0}  # clipping would hide a gradient's scale
+        distill(
+            config(answers, sharp_teacher, out, batch_size=batch, gradient_accumulation=accumulation, **settings),
+            callbacks=[first],
+        )
+        runs[batch] = first.gradient, next(line for line in logged(out) if "loss" in line)
+    (whole, whole_log), (accumulated, accumulated_log) = runs[8], runs[2]
+    assert torch.allclose(accumulated, whole, rtol=1e-4, atol=1e-7)
+    assert accumulated_log["loss"] == pytest.approx(whole_log["loss"], rel=1e-3)
+    for metric in ("ce", str(loss)):
+        if metric in whole_log:
+            assert accumulated_log[metric] == pytest.approx(whole_log[metric], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def answers_without_logprobs(answers, tmp_path_factory) -> Path:
+    """The same answers harvested without logprobs."""
+    directory = tmp_path_factory.mktemp("answers-without-logprobs")
+    dataset = HarvestDataset(directory)
+    for row in read_rows(answers):
+        dataset.write(replace(row, logprobs=None))
+    dataset.close()
+    return directory
+
+
+def alambic_distill(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "alambic", "distill", "--student-layers", "1", "--max-steps", "1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_sparse_targets_from_a_harvest_without_logprobs_are_refused_in_one_line(
+    answers_without_logprobs, sharp_teacher, tmp_path
+):
+    with pytest.raises(InvalidRequestError, match="no logprobs"):
+        distill(config(answers_without_logprobs, sharp_teacher, tmp_path, loss=Loss.FORWARD_KL, targets="sparse"))
+    run = alambic_distill(
+        *("--data", str(answers_without_logprobs), "--out", str(tmp_path / "cli"), "--teacher", str(sharp_teacher)),
+        *("--loss", "reverse_kl", "--targets", "sparse"),
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert next(line for line in run.stderr.splitlines() if "no logprobs" in line).startswith("error:")
+    assert not (tmp_path / "cli" / "checkpoints").exists()
+
+
+def test_auto_targets_take_the_harvests_top_k_when_it_has_fewer_and_say_so_first(answers, sharp_teacher, tmp_path):
+    result = distill(config(answers, sharp_teacher, tmp_path / "student", loss=Loss.FORWARD_KL, top_k=20))
+    assert (result.targets, result.top_k) == ("sparse", 5)
+    assert result.examples_with_targets >= 0.9 * result.train_examples
+    run = alambic_distill(
+        *("--data", str(answers), "--out", str(tmp_path / "cli"), "--teacher", str(sharp_teacher)),
+        *("--loss", "forward_kl", "--targets", "auto", "--top-k", "20"),
+    )
+    assert run.returncode == 0, run.stderr
+    said = run.stderr.splitlines()
+    chosen = next(i for i, line in enumerate(said) if line.startswith("targets: sparse"))
+    assert "top-5" in said[chosen] and "20" in said[chosen]
+    assert chosen < next(i for i, line in enumerate(said) if line.startswith("student in"))

@@ -3,6 +3,7 @@ measure what it kept, and have the teacher grade it."""
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 from typing import Annotated
@@ -36,7 +37,9 @@ def distill(
     ce_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cross-entropy share in a KL loss.")] = 0.0,
     beta: Annotated[float, typer.Option(min=0.0, max=1.0, help="jsd, on_policy: the mixture weight.")] = 0.5,
     on_policy_tokens: Annotated[int, typer.Option(min=1, help="on_policy: tokens the student samples.")] = 128,
-    top_k: Annotated[int, typer.Option(min=1, max=20, help="Teacher alternatives used per token.")] = 20,
+    top_k: Annotated[
+        int, typer.Option(min=1, max=20, help="Teacher alternatives used per token, at most the harvest's.")
+    ] = 20,
     epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: the epochs decide).")] = -1,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -62,7 +65,8 @@ def distill(
             settings[name] = value
     if settings.get("data") is None or settings.get("out") is None:
         raise InvalidRequestError("give --data and --out (or data and out in the --config file)")
-    result = run_distill(DistillConfig.from_mapping(settings), progress=True)
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)  # which targets, before training
+    result = run_distill(DistillConfig.from_mapping(settings), progress=True, say=say)
     console.print(
         f"student in {result.out}: {result.steps} steps, {result.tokens_seen:,} tokens, "
         f"{result.cpu_seconds:.0f} CPU s ({result.targets} targets)",

@@ -8,8 +8,9 @@ tokens seen, tokens/s, CPU seconds), `tensorboard/`, and `distill.json` (the set
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -89,15 +90,24 @@ class DistillResult:
     train_examples: int
     examples_with_targets: int
     targets: str
+    top_k: int  # sparse targets: the teacher's alternatives per token
 
 
 def distill(
-    config: DistillConfig, *, progress: bool = False, callbacks: Sequence[TrainerCallback] = ()
+    config: DistillConfig,
+    *,
+    progress: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    say: Callable[[str], None] = lambda line: None,
 ) -> DistillResult:
-    """Train the student on the teacher's answers, resuming from the newest checkpoint in `config.out`."""
+    """Train the student on the teacher's answers, resuming from the newest checkpoint in `config.out`; `say`
+    hears first which targets it learns from and why."""
+    _refuse_a_launch_that_started_one_process()
     answers = TeacherAnswers.load(config.data, config.heldout_fraction)
-    targets = _target_kind(config, answers)
-    needs_teacher = config.student is None or targets in ("dense", "on_policy")
+    targets = choose_targets(config, answers)
+    if PartialState().is_main_process:
+        say(str(targets))
+    needs_teacher = config.student is None or targets.kind in ("dense", "on_policy")
     teacher = load_model(config.teacher) if needs_teacher else None
     student = load_model(config.student) if config.student else student_from_teacher(teacher, config.student_layers)
     rows = answers.train[: config.max_examples]
@@ -112,7 +122,7 @@ def distill(
         *([RichProgressCallback()] if progress else []),
         *callbacks,
     ]
-    if targets == "on_policy":
+    if targets.kind == "on_policy":
         trainer, with_targets = _on_policy_trainer(config, student, teacher, rows, checkpoints, run_callbacks), 0
     else:
         trainer, with_targets = _offline_trainer(config, student, teacher, rows, targets, checkpoints, run_callbacks)
@@ -131,13 +141,26 @@ def distill(
         wall_seconds=wall_seconds,
         train_examples=len(rows),
         examples_with_targets=with_targets,
-        targets=targets,
+        targets=targets.kind,
+        top_k=targets.top_k,
     )
     settings = {**asdict(config), "data": str(config.data), "out": str(out)}
     summary = {"config": settings, **asdict(result), "out": str(out)}
     if main_process:
         (out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _refuse_a_launch_that_started_one_process() -> None:
+    """`accelerate launch --cpu --num_processes N` starts a single process (several CPU processes need its
+    mpirun mode) that would train the whole job alone, more slowly: refused, naming the launcher that works."""
+    asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    launched = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if asked_for_cpu and "MASTER_ADDR" in os.environ and not any(name in os.environ for name in launched):
+        raise InvalidRequestError(
+            "accelerate launch --cpu started one process, not several: train data-parallel on CPUs with "
+            "torchrun --nproc-per-node N -m alambic distill ..."
+        )
 
 
 class MetricsLog(TrainerCallback):
@@ -182,17 +205,40 @@ class MetricsLog(TrainerCallback):
             file.write(json.dumps(line) + "\n")
 
 
-def _target_kind(config: DistillConfig, answers: TeacherAnswers) -> str:
+@dataclass(frozen=True)
+class Targets:
+    """What a run learns from, and why: said before training starts."""
+
+    kind: str  # none (sft), sparse (the harvest's top-k), dense (a local teacher's logits), on_policy
+    top_k: int = 0  # sparse: the teacher's alternatives used per token
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"targets: {self.kind}, {self.reason}"
+
+
+def choose_targets(config: DistillConfig, answers: TeacherAnswers) -> Targets:
+    """The harvest's top-k when it has logprobs (at most `top_k` of them), else a local teacher's logits;
+    sparse targets from a harvest without logprobs are refused rather than trained on a zero loss."""
     if config.loss is Loss.SFT:
-        return "none"
+        return Targets("none", reason="sft learns the answers' tokens")
     if config.loss is Loss.ON_POLICY:
-        return "on_policy"
-    if config.targets in ("sparse", "dense"):
-        return config.targets
-    if config.targets != "auto":
+        return Targets("on_policy", reason="the student samples, the local teacher scores")
+    if config.targets not in ("sparse", "dense", "auto"):
         raise InvalidRequestError(f"targets must be sparse, dense or auto, not {config.targets!r}")
-    has_logprobs = any(row.logprobs and len(row.logprobs[0]["top_logprobs"]) >= config.top_k for row in answers.train)
-    return "sparse" if has_logprobs else "dense"
+    if config.targets == "dense":
+        return Targets("dense", reason="the local teacher's logits, as asked")
+    kept = max((len(row.logprobs[0]["top_logprobs"]) for row in answers.train if row.logprobs), default=0)
+    if not kept:
+        if config.targets == "sparse":
+            raise InvalidRequestError(
+                f"{config.data} has no logprobs for sparse targets: harvest with --top-logprobs, "
+                "or use --targets dense (a local teacher's logits)"
+            )
+        return Targets("dense", reason="the local teacher's logits, as the harvest has no logprobs")
+    top_k = min(config.top_k, kept)
+    fewer = f" (it kept {kept} a token, fewer than --top-k {config.top_k})" if kept < config.top_k else ""
+    return Targets("sparse", top_k, f"the harvest's top-{top_k} logprobs{fewer}")
 
 
 def _shared_arguments(config: DistillConfig, checkpoints: Path) -> dict:
@@ -212,6 +258,7 @@ def _shared_arguments(config: DistillConfig, checkpoints: Path) -> dict:
         seed=config.seed,
         bf16=config.bf16,
         activation_checkpointing=False,  # TRL turns it on; a model this small has the memory, not the time
+        ddp_find_unused_parameters=False,  # every trained parameter is used: spare DDP a graph walk a step
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **config.extra,
@@ -236,17 +283,23 @@ def _offline_trainer(
     student: LoadedModel,
     teacher: LoadedModel | None,
     rows: list,
-    targets: str,
+    targets: Targets,
     checkpoints: Path,
     callbacks: list[TrainerCallback],
 ) -> tuple[TeacherTargetTrainer, int]:
     """The trainer on the harvested answers, and how many of them carry sparse targets."""
-    builder = ExampleBuilder(student.tokenizer, max_length=config.max_length, top_k=config.top_k)
-    train = builder.dataset(rows, targets=targets == "sparse")
     packed = config.packing and config.loss is Loss.SFT
     if config.packing and not packed:
         raise InvalidRequestError("packing is for sft: a divergence needs each answer's own targets")
-    top_k = config.top_k if targets == "sparse" else 0
+    top_k = targets.top_k  # 0 unless sparse
+    builder = ExampleBuilder(student.tokenizer, max_length=config.max_length, top_k=top_k or config.top_k)
+    train = builder.dataset(rows, targets=bool(top_k))
+    with_targets = sum(1 for ids in train["teacher_ids"] if ids) if top_k else 0
+    if top_k and not with_targets:
+        raise InvalidRequestError(
+            "no answer's logprobs name tokens of the student's tokenizer: sparse targets need the teacher's "
+            "tokenizer; use --targets dense (a local teacher's logits)"
+        )
     trainer = TeacherTargetTrainer(
         model=student.model.train(),
         args=_training_arguments(config, checkpoints, packed=packed),
@@ -258,9 +311,9 @@ def _offline_trainer(
         loss=config.loss,
         ce_weight=config.ce_weight,
         beta=config.beta,
-        teacher=teacher.model if targets == "dense" else None,
+        teacher=teacher.model if targets.kind == "dense" else None,
     )
-    return trainer, sum(1 for ids in train["teacher_ids"] if ids) if top_k else 0
+    return trainer, with_targets
 
 
 def _on_policy_trainer(
