@@ -30,12 +30,6 @@ class InvalidRequestError(AlambicError):
     """The request is malformed or asks for something the server cannot do."""
 
 
-class ValidationFailedError(InvalidRequestError):
-    """A field has the wrong type or is missing (HTTP 422, as FastAPI clients expect)."""
-
-    status_code = 422
-
-
 class ContextLengthError(InvalidRequestError):
     """The prompt, plus the tokens asked for, does not fit the model's context."""
 

@@ -137,6 +137,16 @@ async def test_leaving_a_stream_cancels_the_request_and_frees_its_slot(engine, p
     assert engine.active_sequences == 0
 
 
+def test_a_caller_whose_event_loop_has_closed_does_not_stop_the_engine(engine, prompts):
+    async def start_and_leave():
+        return engine.stream(GenerationRequest(prompts[0], SamplingParams(max_tokens=20, min_tokens=20)))
+
+    asyncio.run(start_and_leave())  # its loop is closed while its request is in flight
+    again = GenerationRequest(prompts[0], SamplingParams(max_tokens=3))
+    [completion] = asyncio.run(asyncio.wait_for(engine.complete(again), timeout=60))
+    assert completion.finish_reason == "length"
+
+
 def test_invalid_requests_are_refused_before_queueing(engine):
     with pytest.raises(InvalidRequestError):
         engine.submit(GenerationRequest([], SamplingParams()), lambda e: None)

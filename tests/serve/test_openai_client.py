@@ -1,12 +1,17 @@
 """The official openai client against the gateway serving the tiny model."""
 
 import json
+import time
 
 import httpx
+import openai
 import pytest
 from sqlalchemy import select
 
+from alambic.generation import GenerationEngine, GenerationRequest, SamplingParams
+from alambic.generation.backends import TransformersBackend
 from alambic.store.schema import RequestLog
+from conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
@@ -127,3 +132,117 @@ def test_a_row_is_committed_before_the_client_has_the_answer(gateway):
                 streamed += json.loads(line[6:])["choices"][0]["delta"].get("content", "")
         else:
             pytest.fail("the stream ended without [DONE]")
+
+
+REFUSED = {
+    "response_format": {"response_format": {"type": "json_object"}},
+    "response_format schema": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    },
+    "min_p": {"extra_body": {"min_p": 0.1}},
+    "repetition_penalty": {"extra_body": {"repetition_penalty": 1.2}},
+    "logit_bias": {"logit_bias": {"42": 5}},
+    "frequency_penalty": {"frequency_penalty": 0.5},
+    "tool_choice": {"tool_choice": "required"},
+}
+
+
+@pytest.mark.parametrize(("field", "options"), REFUSED.items(), ids=REFUSED.keys())
+def test_a_field_the_server_does_not_implement_is_refused_by_name(gateway, field, options):
+    client = gateway.client(gateway.key("alice"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, **options)
+    field = field.split()[0]
+    assert (refused.value.param, refused.value.type) == (field, "invalid_request_error")
+    assert field in refused.value.message
+
+
+def test_best_of_is_refused_on_legacy_completions(gateway):
+    client = gateway.client(gateway.key("alice"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="tiny", prompt="Once", max_tokens=2, best_of=3)
+    assert refused.value.param == "best_of"
+    assert client.completions.create(model="tiny", prompt="Once", max_tokens=2, best_of=1).choices
+
+
+def test_fields_that_change_no_answer_are_accepted(gateway):
+    client = gateway.client(gateway.key("alice"))
+    response = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=2,
+        user="u-1",
+        metadata={"team": "a"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=False,
+        response_format={"type": "text"},
+        presence_penalty=0,
+        logit_bias={},
+        extra_body={"safety_identifier": "u-1", "prompt_cache_key": "k"},
+    )
+    assert response.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_field_of_the_wrong_type_is_a_400_as_openai_answers(gateway):
+    client = gateway.client(gateway.key("alice"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, temperature="hot")
+    assert (refused.value.param, refused.value.type) == ("temperature", "invalid_request_error")
+
+
+def test_the_developer_role_is_the_system_role(gateway):
+    client = gateway.client(gateway.key("alice"))
+
+    def prompt_tokens(role: str) -> int:
+        messages = [{"role": role, "content": "Answer briefly."}, *MESSAGES]
+        return client.chat.completions.create(model="tiny", messages=messages, max_tokens=1).usage.prompt_tokens
+
+    assert prompt_tokens("developer") == prompt_tokens("system")
+    assert logged(gateway.store)[0].prompt[0]["role"] == "developer"  # the log keeps what the client sent
+
+
+def test_retrieving_a_model(gateway):
+    client = gateway.client(gateway.key("alice"))
+    model = client.models.retrieve("tiny")
+    assert (model.id, model.object, model.owned_by) == ("tiny", "model", "alambic")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-9")
+    assert (missing.value.code, missing.value.param) == ("model_not_found", "model")
+
+
+@pytest.fixture
+def one_slot(tiny, sqlite_store):
+    """A gateway on an engine with one batch slot and one queue place, both taken by long requests."""
+    engine = GenerationEngine(TransformersBackend(tiny), max_batch_size=1, max_queue=1)
+    long = GenerationRequest(
+        tiny.tokenizer.encode("Once upon a time"), SamplingParams(max_tokens=2000, min_tokens=2000)
+    )
+    running = engine.submit(long, lambda event: None)
+    deadline = time.monotonic() + 30
+    while engine.active_sequences == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiting = engine.submit(long, lambda event: None)
+    try:
+        yield from start_gateway(engine, sqlite_store)
+    finally:
+        running.cancel()
+        waiting.cancel()
+        engine.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_refusals_by_the_engine_have_the_same_status_streamed_or_not(one_slot, stream):
+    client = one_slot.client(one_slot.key("alice"))
+
+    def ask(**options):
+        answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, stream=stream, **options)
+        return list(answer) if stream else answer
+
+    with pytest.raises(openai.BadRequestError) as too_many:
+        ask(n=2)  # more samples than the batch holds
+    assert too_many.value.param == "n"
+    with pytest.raises(openai.InternalServerError) as busy:
+        ask()  # the queue is full
+    assert busy.value.status_code == 503
+    assert [row.status_code for row in logged(one_slot.store)] == [400, 503]

@@ -7,11 +7,12 @@ Callers submit requests from any thread or event loop; `stream` and `complete` b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from alambic.errors import ContextLengthError, InvalidRequestError, ServerBusyError
 from alambic.generation.backends import ModelBackend
@@ -33,6 +34,44 @@ class GenerationHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class EventStream:
+    """The events of a submitted request as they are generated. Leaving before its end (cancelled while
+    waiting, closed, or dropped, even before the first event) cancels the request."""
+
+    def __init__(self, handle: GenerationHandle, events: asyncio.Queue[GenerationEvent | Exception]) -> None:
+        self._handle = handle
+        self._events = events
+        self._unfinished = handle.request.n
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if not self._unfinished:
+            raise StopAsyncIteration
+        try:
+            event = await self._events.get()
+        except BaseException:  # the caller was cancelled while it waited
+            self.close()
+            raise
+        if isinstance(event, Exception):
+            self.close()
+            raise event
+        self._unfinished -= isinstance(event, FinishEvent)
+        return event
+
+    def close(self) -> None:
+        if self._unfinished:
+            self._handle.cancel()
+            self._unfinished = 0
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class GenerationEngine:
@@ -71,22 +110,18 @@ class GenerationEngine:
             raise ServerBusyError("The server has too many queued requests; retry later.") from None
         return handle
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Events of one request as they are generated; leaving early cancels the request."""
+    def stream(self, request: GenerationRequest) -> EventStream:
+        """Submits the request now (so a refusal raises here, before any event) and returns its events."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | Exception] = asyncio.Queue()
-        handle = self.submit(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        finished = 0
-        try:
-            while finished < request.n:
-                event = await events.get()
-                if isinstance(event, Exception):
-                    raise event
-                finished += isinstance(event, FinishEvent)
-                yield event
-        finally:
-            if finished < request.n:
-                handle.cancel()
+
+        def deliver(event: GenerationEvent | Exception) -> None:
+            # A caller whose loop has closed (a server shut down mid-request) has left: drop its events rather
+            # than raise in the worker thread, which would stop the engine for every other caller.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        return EventStream(self.submit(request, deliver), events)
 
     async def complete(self, request: GenerationRequest) -> list[Completion]:
         """All `n` completions of a request, in sample order."""

@@ -15,8 +15,8 @@ from alambic.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RateLimitError,
-    ValidationFailedError,
 )
+from alambic.serve.schemas import UNSUPPORTED
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ def error_response(request: Request, error: AlambicError) -> JSONResponse:
 
 
 def describe_validation_error(error: RequestValidationError) -> AlambicError:
-    """The first problem FastAPI found, said the way OpenAI says it."""
+    """The first problem FastAPI found, said the way OpenAI says it: a 400 naming the field (not FastAPI's 422,
+    which the openai client raises as an error no caller of OpenAI expects)."""
     problems = error.errors()
     first = problems[0] if problems else {"type": "", "loc": (), "msg": "invalid request"}
     if first["type"] == "json_invalid":
@@ -43,8 +44,12 @@ def describe_validation_error(error: RequestValidationError) -> AlambicError:
     param = ".".join(fields) or None
     if not fields and first["type"] in WHOLE_BODY_ERRORS:
         return InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    if first["type"] == "extra_forbidden":
+        return InvalidRequestError(f"{param} is not supported by this server.", param=param, code=UNSUPPORTED)
+    if first["type"] == UNSUPPORTED:
+        return InvalidRequestError(f"{param} {first['msg']}.", param=param, code=UNSUPPORTED)
     message = f"{param}: {first['msg']}" if param else first["msg"]
-    return ValidationFailedError(message, param=param, code="invalid_value")
+    return InvalidRequestError(message, param=param, code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,10 @@ from alambic.errors import InvalidRequestError
 from alambic.generation import Completion, TokenChoice, TokenLogprob
 from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest
 
+# What newer OpenAI clients send instead of `system`; chat templates know only the older name (an unknown role
+# would go in verbatim, and the template would add its default system prompt as well).
+TEMPLATE_ROLES = {"developer": "system"}
+
 
 class ChatFormat:
     object_name = "chat.completion"
@@ -22,7 +26,7 @@ class ChatFormat:
             raise InvalidRequestError("messages must not be empty.", param="messages", code="empty_messages")
         if not tokenizer.chat_template:
             raise InvalidRequestError("This model has no chat template; use /v1/completions.", param="model")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [{"role": TEMPLATE_ROLES.get(m.role, m.role), "content": m.text()} for m in body.messages]
         try:
             return list(
                 tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -73,8 +77,6 @@ class CompletionFormat:
 
     @staticmethod
     def prompt_ids(body: CompletionRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-        if body.echo or body.suffix:
-            raise InvalidRequestError("echo and suffix are not supported.", param="echo" if body.echo else "suffix")
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             if not all(0 <= token < len(tokenizer) for token in prompt):

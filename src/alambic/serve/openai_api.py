@@ -29,13 +29,13 @@ from alambic.generation import (
     SamplingParams,
     TokenEvent,
 )
+from alambic.generation.params import GenerationEvent
 from alambic.serve.formats import ChatFormat, CompletionFormat, ResponseFormat
 from alambic.serve.requestlog import RequestJournal
 from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from alambic.store import AccountPolicy, RequestRecord
 from alambic.watermark.schemes import KeyedScheme
 
-UNSUPPORTED_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logit_bias")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy endpoint
 FINGERPRINT = f"alambic-{__version__}"
 T = TypeVar("T")
@@ -52,11 +52,15 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(admitted_account)])
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [request.app.state.gateway.model_card()]}
+
+
+@router.get("/models/{model:path}")  # a path: model names may hold a slash (org/name)
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
     gateway: Gateway = request.app.state.gateway
-    return {
-        "object": "list",
-        "data": [{"id": gateway.model_name, "object": "model", "created": gateway.started, "owned_by": "alambic"}],
-    }
+    if model != gateway.model_name:
+        raise ModelNotFoundError(model)
+    return gateway.model_card()
 
 
 @router.post("/chat/completions")
@@ -92,6 +96,9 @@ class Gateway:
         self.watermark_processors = (watermark.processor(),) if watermark is not None else ()
         self.started = int(time.time())
 
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.started, "owned_by": "alambic"}
+
     async def respond(self, request: Request, body: SamplingFields, fmt: ResponseFormat):
         record: RequestRecord = request.state.record
         self._describe(record, body, fmt)
@@ -105,8 +112,12 @@ class Gateway:
         generation = GenerationRequest(prompt_ids, params, n=body.n)
         response_id = fmt.id_prefix + uuid.uuid4().hex
         if body.stream:
-            events = self._stream(request, generation, fmt, response_id, body)
-            return StreamingResponse(events, media_type="text/event-stream")
+            # Submitted before the first byte, so that a refusal (n above the batch, a full queue) has its
+            # status, as unstreamed, rather than an error event in a 200 stream.
+            events = self.engine.stream(generation)
+            return StreamingResponse(
+                self._stream(request, events, fmt, response_id, body), media_type="text/event-stream"
+            )
         completions = await _unless_client_leaves(request, self.engine.complete(generation))
         self._record_result(record, completions)
         return JSONResponse(
@@ -124,7 +135,7 @@ class Gateway:
     async def _stream(
         self,
         request: Request,
-        generation: GenerationRequest,
+        events: AsyncIterator[GenerationEvent],
         fmt: ResponseFormat,
         response_id: str,
         body: SamplingFields,
@@ -146,13 +157,13 @@ class Gateway:
 
         completions: list[Completion] = []
         # The record holds what has been sent so far, so a stream cut at any point is logged with its text.
-        record.response_texts, record.completion_tokens = [""] * generation.n, 0
+        record.response_texts, record.completion_tokens = [""] * body.n, 0
         try:
-            for index in range(generation.n):
+            for index in range(body.n):
                 opening = fmt.opening_delta(index)
                 if opening is not None:
                     yield chunk([opening])
-            async with aclosing(self.engine.stream(generation)) as events:
+            async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TokenEvent):
                         record.response_texts[event.index] += event.text
@@ -189,14 +200,9 @@ class Gateway:
         record.parameters = body.model_dump(mode="json", exclude={"messages", "prompt"}, exclude_unset=True)
 
     def _check_supported(self, body: SamplingFields) -> None:
+        """The fields this server does not implement are refused by the schema; here, what only it knows."""
         if body.model != self.model_name:
             raise ModelNotFoundError(body.model)
-        for field in UNSUPPORTED_FIELDS:
-            if (body.model_extra or {}).get(field):
-                raise InvalidRequestError(f"{field} is not supported by this server.", param=field)
-        for field in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, field):
-                raise InvalidRequestError(f"{field} is not supported by this server.", param=field)
 
     def _sampling_params(
         self, body: SamplingFields, fmt: ResponseFormat, prompt_tokens: int, account: AccountPolicy
