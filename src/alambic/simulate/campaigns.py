@@ -100,78 +100,105 @@ def _campaign_actor(
     )
 
 
-def bulk(world: World, campaign: str) -> list[Actor]:
-    """One account asking for everything, fast, with long answers."""
-    prompts = world.text.task_set(world.weekly(20000), seed=world.rng.getrandbits(32))
-    behave = _extract(prompts, {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS)
+def _prompt_set(world: World, per_week: int, accounts: int) -> list[str]:
+    """A campaign's prompts: `per_week` scaled to the simulation, at least a few for each account."""
+    return world.text.task_set(max(world.weekly(per_week), accounts * 3), seed=world.rng.getrandbits(32))
+
+
+def _crew(
+    world: World,
+    campaign: str,
+    style: str,
+    prompts: list[str],
+    accounts: int,
+    behaviour: Callable[[list[str]], Callable],
+    *,
+    agent: Callable[[], str],
+    addresses: Callable[[], list[str]],
+    tz: Callable[[], int] = lambda: 0,
+    volume: float | None = None,
+    days: float | None = None,
+    **state,
+) -> list[Actor]:
+    """`accounts` actors of one campaign, each working through its own slice of `prompts` at `volume` a day
+    (by default, its whole slice over `days`, the simulation's length); `agent`, `addresses` and `tz` are
+    drawn for each actor."""
+    per_day = volume if volume is not None else len(prompts) / accounts / (days or world.days)
     return [
         _campaign_actor(
             world,
             campaign,
-            "bulk",
-            "python-httpx/0.28.1",
-            [address_in(world.rng, 47)],
-            behave,
-            volume=len(prompts) / world.days,
+            style,
+            agent(),
+            addresses(),
+            behaviour(prompts[i::accounts]),
+            tz=tz(),
+            volume=per_day,
+            **state,
         )
+        for i in range(accounts)
     ]
+
+
+def bulk(world: World, campaign: str) -> list[Actor]:
+    """One account asking for everything, fast, with long answers."""
+    return _crew(
+        world,
+        campaign,
+        "bulk",
+        _prompt_set(world, 20000, 1),
+        1,
+        lambda prompts: _extract(prompts, {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS),
+        agent=lambda: "python-httpx/0.28.1",
+        addresses=lambda: [address_in(world.rng, 47)],
+    )
 
 
 def sharded(world: World, campaign: str) -> list[Actor]:
     """Twenty linked accounts, each with its own disjoint slice of one prompt set, paced alike."""
-    prompts = world.text.task_set(max(world.weekly(12000), 20 * 3), seed=world.rng.getrandbits(32))
+    prompts = _prompt_set(world, 12000, 20)
     addresses = world.rng.sample(world.pools["cloud-nat"], 5)
     agent = world.rng.choice(SDK_AGENTS)
-    slices = 20
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "sharded",
-            agent,
-            addresses,
-            _extract(prompts[i::slices], {"max_tokens": 800, "temperature": 0.8}, FLAT_HOURS),
-            volume=len(prompts) / slices / world.days,
-        )
-        for i in range(slices)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "sharded",
+        prompts,
+        20,
+        lambda prompts: _extract(prompts, {"max_tokens": 800, "temperature": 0.8}, FLAT_HOURS),
+        agent=lambda: agent,
+        addresses=lambda: addresses,
+    )
 
 
 def chain_of_thought(world: World, campaign: str) -> list[Actor]:
     """Reasoning traces over many domains: every prompt asks for all the steps."""
-    prompts = world.text.task_set(max(world.weekly(6000), 3 * 3), seed=world.rng.getrandbits(32))
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "chain-of-thought",
-            world.rng.choice(SDK_AGENTS),
-            [address_in(world.rng, 47)],
-            _extract(prompts[i::3], {"max_tokens": 2048, "temperature": 0.6}, BUSINESS_HOURS, reasoning=True),
-            volume=len(prompts) / 3 / world.days,
-        )
-        for i in range(3)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "chain-of-thought",
+        _prompt_set(world, 6000, 3),
+        3,
+        lambda prompts: _extract(prompts, {"max_tokens": 2048, "temperature": 0.6}, BUSINESS_HOURS, reasoning=True),
+        agent=lambda: world.rng.choice(SDK_AGENTS),
+        addresses=lambda: [address_in(world.rng, 47)],
+    )
 
 
 def pivot(world: World, campaign: str) -> list[Actor]:
     """Within hours of the new model's release, a topic sweep of it from a few accounts."""
-    prompts = world.text.task_set(max(world.weekly(4000), 4 * 3), seed=world.rng.getrandbits(32))
-    release_day = int(world.release_at // DAY)
-    remaining = max(1.0, world.days - world.release_at / DAY)
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "pivot",
-            world.rng.choice(SDK_AGENTS),
-            [address_in(world.rng, 47)],
-            _extract(prompts[i::4], {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS, new_model=True),
-            first=release_day,
-            volume=len(prompts) / 4 / remaining,
-        )
-        for i in range(4)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "pivot",
+        _prompt_set(world, 4000, 4),
+        4,
+        lambda prompts: _extract(prompts, {"max_tokens": 1024, "temperature": 0.7}, FLAT_HOURS, new_model=True),
+        agent=lambda: world.rng.choice(SDK_AGENTS),
+        addresses=lambda: [address_in(world.rng, 47)],
+        days=max(1.0, world.days - world.release_at / DAY),
+        first=int(world.release_at // DAY),
+    )
 
 
 def hydra(world: World, campaign: str) -> list[Actor]:
@@ -208,60 +235,53 @@ def hydra(world: World, campaign: str) -> list[Actor]:
 
 def low_and_slow(world: World, campaign: str) -> list[Actor]:
     """A few accounts that extract all week at a person's pace, in a person's hours, from a browser."""
-    prompts = world.text.task_set(max(world.weekly(2000), 5 * 3), seed=world.rng.getrandbits(32))
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "low-and-slow",
-            world.rng.choice(BROWSER_AGENTS),
-            world.rng.sample(world.pools["carrier-nat"], 2),
-            _extract(prompts[i::5], {"temperature": 0.7, "stream": True}, EVENING_HOURS),
-            volume=5.0,
-            tz=world.rng.randint(-8, 9),
-        )
-        for i in range(5)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "low-and-slow",
+        _prompt_set(world, 2000, 5),
+        5,
+        lambda prompts: _extract(prompts, {"temperature": 0.7, "stream": True}, EVENING_HOURS),
+        agent=lambda: world.rng.choice(BROWSER_AGENTS),
+        addresses=lambda: world.rng.sample(world.pools["carrier-nat"], 2),
+        tz=lambda: world.rng.randint(-8, 9),
+        volume=5.0,
+    )
 
 
 def mimic(world: World, campaign: str) -> list[Actor]:
     """Extraction dressed as a support-bot integration: a company's long system prompt around each task."""
-    prompts = world.text.task_set(max(world.weekly(5000), 10 * 3), seed=world.rng.getrandbits(32))
+    prompts = _prompt_set(world, 5000, 10)
     system = world.text.support_system(world.rng.choice(["Contoso Bank", "Globex Telecom"]))
-    wrapped = [f"{system}\n\nCustomer question: {p}" for p in prompts]
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "mimic",
-            world.rng.choice(SDK_AGENTS),
-            [address_in(world.rng, 52)],
-            _extract(wrapped[i::10], {"max_tokens": 400, "temperature": 0.7}, BUSINESS_HOURS),
-            volume=len(prompts) / 10 / world.days,
-        )
-        for i in range(10)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "mimic",
+        [f"{system}\n\nCustomer question: {p}" for p in prompts],
+        10,
+        lambda prompts: _extract(prompts, {"max_tokens": 400, "temperature": 0.7}, BUSINESS_HOURS),
+        agent=lambda: world.rng.choice(SDK_AGENTS),
+        addresses=lambda: [address_in(world.rng, 52)],
+    )
 
 
 def paraphrase(world: World, campaign: str) -> list[Actor]:
     """Fifty unlinked-looking accounts, each prompt reworded, so that no two accounts share text."""
-    prompts = world.text.task_set(max(world.weekly(5000), 50 * 3), seed=world.rng.getrandbits(32))
+    prompts = _prompt_set(world, 5000, 50)
     openers = ["Quick question:", "Hi! I was wondering,", "For my class:", "Could you help?", "Please:"]
     rng = random.Random(world.seed + 7)
-    reworded = [f"{rng.choice(openers)} {p[0].lower()}{p[1:]}" for p in prompts]
-    return [
-        _campaign_actor(
-            world,
-            campaign,
-            "paraphrase",
-            world.rng.choice(BROWSER_AGENTS + SDK_AGENTS),
-            world.rng.sample(world.pools["vpn"], 2),
-            _extract(reworded[i::50], {"temperature": 0.7}, EVENING_HOURS),
-            volume=math.ceil(len(prompts) / 50 / world.days),
-            tz=world.rng.randint(-8, 9),
-        )
-        for i in range(50)
-    ]
+    return _crew(
+        world,
+        campaign,
+        "paraphrase",
+        [f"{rng.choice(openers)} {p[0].lower()}{p[1:]}" for p in prompts],
+        50,
+        lambda prompts: _extract(prompts, {"temperature": 0.7}, EVENING_HOURS),
+        agent=lambda: world.rng.choice(BROWSER_AGENTS + SDK_AGENTS),
+        addresses=lambda: world.rng.sample(world.pools["vpn"], 2),
+        tz=lambda: world.rng.randint(-8, 9),
+        volume=math.ceil(len(prompts) / 50 / world.days),
+    )
 
 
 CAMPAIGNS: dict[str, Callable[[World, str], list[Actor]]] = {
