@@ -58,12 +58,6 @@ class LogRow:
     latency_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_v1(self) -> dict[str, Any]:
-        """The row as a v1 object: absent optional fields are null, extras come after the named fields."""
-        row = {name: getattr(self, name) for name in V1_FIELDS}
-        row["time"] = self.time.isoformat(timespec="microseconds")
-        return {**row, **{k: v for k, v in self.extra.items() if k not in row}}
-
 
 def parse_row(raw: Any) -> LogRow:
     """Validate one v1 object (as decoded from JSON) and normalise it; raises `BadRow`."""
