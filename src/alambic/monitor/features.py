@@ -42,8 +42,9 @@ REASONING_CUES = (
 ACCOUNT_FEATURES = f"""
 WITH base AS (
     SELECT account, t, epoch(t) AS ts, client_ip, user_agent, model,
-           coalesce(json_extract_string(messages, '$[-1].content'), CAST(prompt AS VARCHAR), '') AS last_prompt,
-           json_extract_string(messages, '$[*].role') AS roles,
+           coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt,
+           coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
+           coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
            coalesce(prompt_tokens, 0) AS prompt_tokens,
            coalesce(completion_tokens, 0) AS completion_tokens,
            coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT))
@@ -55,26 +56,24 @@ WITH base AS (
     WHERE account IS NOT NULL
 ),
 shaped AS (
-    SELECT *, hash(last_prompt) AS prompt_hash, hash(left(last_prompt, 48)) AS prefix_hash,
-           len(list_filter(roles, lambda r: r = 'user')) AS user_turns,
-           list_contains(roles, 'system') AS has_system,
+    SELECT *, left(last_prompt, 48) AS prefix,
            regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue
     FROM base
 ),
 timing AS (
     SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
-    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap FROM shaped)
+    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap FROM shaped) AS gaps
     WHERE gap IS NOT NULL
     GROUP BY account
 ),
 hourly AS (
     SELECT account, max(per_hour) AS peak_per_hour, count(DISTINCT hour_of_day) AS hours_of_day
     FROM (SELECT account, hour(t) AS hour_of_day, count(*) AS per_hour FROM shaped
-          GROUP BY account, date_trunc('hour', t), hour(t))
+          GROUP BY account, date_trunc('hour', t), hour(t)) AS hours
     GROUP BY account
 ),
-senders AS (SELECT prompt_hash, count(DISTINCT account) AS accounts FROM shaped GROUP BY prompt_hash),
-prefixes AS (SELECT account, prefix_hash, count(*) AS uses FROM shaped GROUP BY account, prefix_hash),
+senders AS (SELECT last_prompt, count(DISTINCT account) AS accounts FROM shaped GROUP BY last_prompt),
+prefixes AS (SELECT account, prefix, count(*) AS uses FROM shaped GROUP BY account, prefix),
 templated AS (
     SELECT account, sum(CASE WHEN uses >= 5 THEN uses ELSE 0 END) AS templated FROM prefixes GROUP BY account
 ),
@@ -85,23 +84,23 @@ per_account AS (
     SELECT s.account,
            count(*) AS requests,
            count(DISTINCT date_trunc('day', s.t)) AS active_days,
-           avg(CASE WHEN s.user_turns <= 1 THEN 1.0 ELSE 0.0 END) AS single_turn_share,
-           avg(CASE WHEN s.has_system THEN 1.0 ELSE 0.0 END) AS system_prompt_share,
-           count(DISTINCT s.prompt_hash) / count(*) AS prompt_diversity,
-           avg(CASE WHEN senders.accounts > 1 THEN 1.0 ELSE 0.0 END) AS shared_prompt_share,
-           avg(CASE WHEN s.reasoning_cue THEN 1.0 ELSE 0.0 END) AS reasoning_cue_share,
-           avg(CASE WHEN coalesce(s.max_tokens, 1000000) >= 1000 THEN 1.0 ELSE 0.0 END) AS long_answer_share,
-           avg(CASE WHEN s.logprobs THEN 1.0 ELSE 0.0 END) AS logprobs_share,
-           avg(CASE WHEN s.n > 1 THEN 1.0 ELSE 0.0 END) AS multi_sample_share,
+           avg(CASE WHEN s.user_turns <= 1 THEN 1 ELSE 0 END) AS single_turn_share,
+           avg(CASE WHEN s.has_system THEN 1 ELSE 0 END) AS system_prompt_share,
+           count(DISTINCT s.last_prompt) / count(*) AS prompt_diversity,
+           avg(CASE WHEN senders.accounts > 1 THEN 1 ELSE 0 END) AS shared_prompt_share,
+           avg(CASE WHEN s.reasoning_cue THEN 1 ELSE 0 END) AS reasoning_cue_share,
+           avg(CASE WHEN coalesce(s.max_tokens, 1000000) >= 1000 THEN 1 ELSE 0 END) AS long_answer_share,
+           avg(CASE WHEN s.logprobs THEN 1 ELSE 0 END) AS logprobs_share,
+           avg(CASE WHEN s.n > 1 THEN 1 ELSE 0 END) AS multi_sample_share,
            avg(s.temperature) AS mean_temperature,
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
            count(DISTINCT s.client_ip) AS distinct_addresses,
            count(DISTINCT s.user_agent) AS distinct_user_agents,
-           avg(CASE WHEN s.model = newest.model THEN 1.0 ELSE 0.0 END) AS newest_model_share,
+           avg(CASE WHEN s.model = newest.model THEN 1 ELSE 0 END) AS newest_model_share,
            (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
                AS hours_to_newest_model
     FROM shaped s
-    JOIN senders USING (prompt_hash)
+    JOIN senders USING (last_prompt)
     CROSS JOIN newest
     GROUP BY s.account
 )

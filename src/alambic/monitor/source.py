@@ -29,12 +29,20 @@ V1_COLUMNS = {
 }
 
 
+TIME = "coalesce(TRY_CAST(time AS TIMESTAMPTZ), to_timestamp(TRY_CAST(time AS DOUBLE)))"
+"""The request's time from v1's `time` (ISO 8601 text or epoch seconds); the same expression on every engine."""
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with a `requests` view over v1 JSONL (optionally gzipped) or Parquet files, `t` the time."""
+    """A connection with a `requests` view over v1 JSONL (optionally gzipped) or Parquet files.
+
+    Beside v1's columns: `t` the time (UTC), `turns` the messages as a list of (role, content) structs and
+    `prompt_text` the completions prompt as text, the shapes the feature pass reads on every engine.
+    """
     if not paths:
         raise InvalidRequestError("Name at least one request log file.")
     for path in paths:
@@ -48,10 +56,13 @@ def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None
     else:
         columns = "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in V1_COLUMNS.items()) + "}"
         source = f"read_json({files}, format = 'newline_delimited', columns = {columns})"
+    connection.execute("SET TimeZone = 'UTC'")
     connection.execute(f"""
         CREATE OR REPLACE VIEW requests AS
         SELECT *,
-               coalesce(TRY_CAST(time AS TIMESTAMPTZ), to_timestamp(TRY_CAST(time AS DOUBLE))) AS t
+               {TIME} AS t,
+               from_json(CAST(messages AS JSON), '[{{"role": "VARCHAR", "content": "VARCHAR"}}]') AS turns,
+               json_extract_string(CAST(prompt AS JSON), '$') AS prompt_text
         FROM {source}
     """)
     return connection
