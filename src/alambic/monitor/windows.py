@@ -1,0 +1,69 @@
+"""The per-window anchor: a two-sample test of whether a window of traffic's prompts come from benign traffic.
+
+The 2026 MMD window test looks at consecutive windows of queries (1,500 of them) rather than at accounts: the
+squared maximum mean discrepancy between a window's prompt embeddings and a benign reference sample, with a
+Gaussian kernel whose bandwidth is the median distance of the reference (the usual heuristic), flags a window
+when it exceeds the threshold that benign windows pass at the target false-positive rate. It needs no
+account ids, so it is the anchor per-account monitoring must beat on windows with an attacker's share mixed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW = 1500
+REFERENCE = 2000  # reference prompts each window is compared with
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def median_bandwidth(sample: np.ndarray) -> float:
+    """The median pairwise distance of `sample` (at most 1,000 of its rows)."""
+    rows = sample[:1000]
+    distances = np.sqrt(_squared_distances(rows, rows)[np.triu_indices(len(rows), 1)])
+    return float(np.median(distances)) or 1.0
+
+
+def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
+    """The unbiased estimate of MMD² between samples `x` and `y` under a Gaussian kernel."""
+    scale = -1.0 / (2.0 * bandwidth * bandwidth)
+    kxx, kyy = np.exp(scale * _squared_distances(x, x)), np.exp(scale * _squared_distances(y, y))
+    kxy = np.exp(scale * _squared_distances(x, y))
+    n, m = len(x), len(y)
+    within_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+    within_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within_x + within_y - 2.0 * kxy.mean())
+
+
+@dataclass(frozen=True)
+class WindowTest:
+    """MMD² of a window against a benign reference, flagged above the threshold benign windows set."""
+
+    reference: np.ndarray
+    bandwidth: float
+    threshold: float
+
+    @classmethod
+    def calibrate(cls, benign: np.ndarray, false_positive_rate: float, window: int = WINDOW, seed: int = 0):
+        """Reference and threshold from benign embeddings only: the first `REFERENCE` rows are the reference,
+        the rest are cut into windows whose MMD² sets the threshold at `false_positive_rate`."""
+        rest = benign[REFERENCE:]
+        windows = len(rest) // window
+        if windows * false_positive_rate < 1:
+            needed = REFERENCE + window * int(np.ceil(1 / false_positive_rate))
+            raise ValueError(f"calibrating at FPR {false_positive_rate} needs at least {needed} benign prompts")
+        reference = benign[:REFERENCE]
+        bandwidth = median_bandwidth(reference)
+        scores = np.sort([mmd2(rest[i * window : (i + 1) * window], reference, bandwidth) for i in range(windows)])
+        allowed = int(np.floor(false_positive_rate * windows))  # benign windows that may score above it
+        return cls(reference, bandwidth, float(scores[windows - 1 - allowed]))
+
+    def score(self, window: np.ndarray) -> float:
+        return mmd2(window, self.reference, self.bandwidth)
+
+    def flags(self, window: np.ndarray) -> bool:
+        return self.score(window) > self.threshold
