@@ -28,15 +28,18 @@ def median_bandwidth(sample: np.ndarray) -> float:
     return float(np.median(distances)) or 1.0
 
 
-def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
-    """The unbiased estimate of MMD² between samples `x` and `y` under a Gaussian kernel."""
+def _within(x: np.ndarray, scale: float) -> float:
+    """The mean kernel value between distinct rows of `x`."""
+    kxx = np.exp(scale * _squared_distances(x, x))
+    return float((kxx.sum() - np.trace(kxx)) / (len(x) * (len(x) - 1)))
+
+
+def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float, y_within: float | None = None) -> float:
+    """The unbiased estimate of MMD² between samples `x` and `y` under a Gaussian kernel (`y_within`: `y`'s
+    own term, when it is the same reference every time)."""
     scale = -1.0 / (2.0 * bandwidth * bandwidth)
-    kxx, kyy = np.exp(scale * _squared_distances(x, x)), np.exp(scale * _squared_distances(y, y))
-    kxy = np.exp(scale * _squared_distances(x, y))
-    n, m = len(x), len(y)
-    within_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    within_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(within_x + within_y - 2.0 * kxy.mean())
+    y_within = _within(y, scale) if y_within is None else y_within
+    return _within(x, scale) + y_within - 2.0 * float(np.exp(scale * _squared_distances(x, y)).mean())
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class WindowTest:
     reference: np.ndarray
     bandwidth: float
     threshold: float
+    reference_within: float
 
     @classmethod
     def calibrate(cls, benign: np.ndarray, false_positive_rate: float, window: int = WINDOW, seed: int = 0):
@@ -58,12 +62,14 @@ class WindowTest:
             raise ValueError(f"calibrating at FPR {false_positive_rate} needs at least {needed} benign prompts")
         reference = benign[:REFERENCE]
         bandwidth = median_bandwidth(reference)
-        scores = np.sort([mmd2(rest[i * window : (i + 1) * window], reference, bandwidth) for i in range(windows)])
+        within = _within(reference, -1.0 / (2.0 * bandwidth * bandwidth))
+        untested = cls(reference, bandwidth, np.inf, within)
+        scores = np.sort([untested.score(rest[i * window : (i + 1) * window]) for i in range(windows)])
         allowed = int(np.floor(false_positive_rate * windows))  # benign windows that may score above it
-        return cls(reference, bandwidth, float(scores[windows - 1 - allowed]))
+        return cls(reference, bandwidth, float(scores[windows - 1 - allowed]), within)
 
     def score(self, window: np.ndarray) -> float:
-        return mmd2(window, self.reference, self.bandwidth)
+        return mmd2(window, self.reference, self.bandwidth, self.reference_within)
 
     def flags(self, window: np.ndarray) -> bool:
         return self.score(window) > self.threshold
