@@ -91,7 +91,7 @@ def _write_parquet(rows: Iterator[dict], out: Path, on_progress: Callable[[int],
     import pyarrow.parquet as pq
 
     numbers = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "status": pa.int32()}
-    numbers["latency_ms"] = pa.float64()
+    numbers["latency_ms"] = numbers["first_token_ms"] = pa.float64()
     schema = pa.schema([(name, numbers.get(name, pa.string())) for name in (*V1_FIELDS, EXTRA_COLUMN)])
     written = 0
     with pq.ParquetWriter(out, schema) as writer:

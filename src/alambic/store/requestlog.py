@@ -52,6 +52,14 @@ class RequestRecord:
     completion_tokens: int | None = None
     latency_ms: float | None = None
     watermark_scheme: str | None = None
+    prompt_hash: str | None = None
+    conversation: str | None = None
+    admitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    first_token_ms: float | None = None
+    gateway_instance: str | None = None
+    watermark_key_id: str | None = None
+    watermark_params: dict | None = None
 
 
 @dataclass(frozen=True)
