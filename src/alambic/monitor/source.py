@@ -33,8 +33,11 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with a `requests` view over v1 JSONL (optionally gzipped) or Parquet files, `t` the time."""
+def open_log(
+    paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None, name: str = "requests"
+) -> duckdb.DuckDBPyConnection:
+    """A connection with a view (`requests`, or `name`) over v1 JSONL (optionally gzipped) or Parquet files,
+    `t` the time."""
     if not paths:
         raise InvalidRequestError("Name at least one request log file.")
     for path in paths:
@@ -49,7 +52,7 @@ def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None
         columns = "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in V1_COLUMNS.items()) + "}"
         source = f"read_json({files}, format = 'newline_delimited', columns = {columns})"
     connection.execute(f"""
-        CREATE OR REPLACE VIEW requests AS
+        CREATE OR REPLACE VIEW {name} AS
         SELECT *,
                coalesce(TRY_CAST(time AS TIMESTAMPTZ), to_timestamp(TRY_CAST(time AS DOUBLE))) AS t
         FROM {source}

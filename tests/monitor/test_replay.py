@@ -1,0 +1,90 @@
+"""Replay and follow: the log scored as it was known at each step, each account's first flag with its own
+requests up to it; a follower of a live store, restarted midway, gives the same flag times as a replay."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from alambic.logs.importer import LogImporter
+from alambic.monitor.follow import Follower
+from alambic.monitor.replay import FirstFlag, SteppedMonitor
+from alambic.monitor.source import open_log
+from alambic.monitor.verdict import Verdict
+
+START = datetime(2026, 12, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def counting(connection: duckdb.DuckDBPyConnection) -> list[Verdict]:
+    """A stand-in for the scoring: flag an account at 3 requests, block it at 5."""
+    counts = connection.execute("SELECT account, count(*) FROM requests GROUP BY account ORDER BY account").fetchall()
+    action = {n: "block" if n >= 5 else "flag" if n >= 3 else "none" for _, n in counts}
+    return [Verdict(account, min(1.0, n / 10), (f"sent {n} requests",), None, action[n]) for account, n in counts]
+
+
+def row(number: int, account: str, minutes: float) -> dict:
+    return {
+        "id": f"r{number}",
+        "time": (START + minutes * MINUTE).isoformat(),
+        "account": account,
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "messages": [{"role": "user", "content": f"question {number}"}],
+    }
+
+
+def traffic() -> list[dict]:
+    """`steady` every 10 minutes from 00:00 to 01:50, `quiet` twice, `late` three times from 01:31, then
+    `closer` once, which closes the last step."""
+    times = [("steady", 10 * i) for i in range(12)] + [("quiet", 5), ("quiet", 45)]
+    times += [("late", 91), ("late", 95), ("late", 99), ("closer", 200)]
+    return [row(n, account, minutes) for n, (account, minutes) in enumerate(sorted(times, key=lambda x: x[1]))]
+
+
+def write(path, rows) -> list:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [path]
+
+
+def replay(files, step: timedelta) -> SteppedMonitor:
+    monitor = SteppedMonitor(open_log(files, name="log"), counting, step)
+    monitor.advance()
+    return monitor
+
+
+def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_path):
+    files = write(tmp_path / "log.jsonl", traffic())
+    fine = replay(files, 10 * MINUTE)
+    assert fine.flags == {
+        "steady": FirstFlag(START + 20 * MINUTE, 3, "flag"),
+        "late": FirstFlag(START + 99 * MINUTE, 3, "flag"),
+    }
+    coarse = replay(files, timedelta(hours=1)).flags  # exact to one step: the flag waits for the boundary
+    assert coarse["steady"] == FirstFlag(START + 60 * MINUTE, 7, "block")
+    assert "quiet" not in coarse
+    assert {v.account: v.action for v in fine.verdicts} == {
+        "closer": "none",
+        "late": "flag",
+        "quiet": "none",
+        "steady": "block",
+    }
+
+
+def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(sqlite_store, tmp_path):
+    rows = traffic()
+    expected = replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
+    importer = LogImporter(sqlite_store)
+    half = len(rows) // 2
+    importer.import_files(write(tmp_path / "first.jsonl", rows[:half]))
+    checkpoint = tmp_path / "checkpoint"
+    first = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
+    raised = first.poll()
+    assert [(v.account, flag.requests) for v, flag in raised] == [("steady", 3)]
+    (checkpoint / "rows-000000000009999.jsonl").write_text(json.dumps(rows[0]) + "\n")  # left by a poll that died
+    importer.import_files(write(tmp_path / "second.jsonl", rows[half:]))
+    second = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # a restart
+    assert [v.account for v, _ in second.poll()] == ["late"]
+    assert second.monitor.flags == expected
+    assert second.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
+    assert second.poll() == []
