@@ -53,3 +53,17 @@ def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(sq
     assert second.monitor.flags == expected
     assert second.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
     assert second.poll() == []
+
+
+def test_a_follower_merges_its_batch_files_and_reads_each_row_once(sqlite_store, tmp_path, monkeypatch):
+    monkeypatch.setattr("alambic.monitor.follow.MAX_FILES", 3)
+    rows = traffic()
+    importer = LogImporter(sqlite_store)
+    checkpoint = tmp_path / "checkpoint"
+    follower = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
+    for number, one in enumerate(rows):
+        importer.import_files(write(tmp_path / f"{number}.jsonl", [one]))
+        follower.poll()
+    assert len(follower.files) <= 3 and sorted(p.name for p in checkpoint.glob("rows-*")) == sorted(follower.files)
+    assert follower.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
+    assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags

@@ -213,6 +213,7 @@ class Acting:
 def _follow(follower, poll: float, once: bool, json_lines: bool, acting: Acting | None) -> None:
     """Poll the store until interrupted (or once): each account flagged for the first time is printed as it is;
     with --act or --dry-run the latest verdicts are acted on after each poll."""
+    scored = follower.monitor.scored_until
     try:
         while True:
             for verdict, flag in follower.poll():
@@ -226,8 +227,9 @@ def _follow(follower, poll: float, once: bool, json_lines: bool, acting: Acting 
                         highlight=False,
                         markup=False,
                     )
-            if acting and follower.monitor.verdicts:
+            if acting and follower.monitor.scored_until != scored:  # a step scored: act on its verdicts
                 acting.on(follower.monitor.verdicts)
+            scored = follower.monitor.scored_until
             if once:
                 return
             time.sleep(poll)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from alambic.store import Store
 from alambic.store.requestlog import stamp_ingest
 
 STATE = "state.json"
+MAX_FILES = 32  # more batch files than this are merged into one: DuckDB reads a few large files faster
 
 
 class Follower:
@@ -36,7 +38,7 @@ class Follower:
         self.cursor: int = state.get("cursor", 0)
         self.files: list[str] = state.get("files", [])
         self.newest: datetime | None = _time(state.get("newest"))
-        for stray in checkpoint.glob("rows-*.jsonl"):
+        for stray in [*checkpoint.glob("rows-*.jsonl"), *checkpoint.glob("*.tmp")]:
             if stray.name not in self.files:
                 stray.unlink()
         self.connection = duckdb.connect()
@@ -59,12 +61,28 @@ class Follower:
             with open(self.checkpoint / name, "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for _, row in batch)
             self.files.append(name)
+            if len(self.files) > MAX_FILES:
+                self._merge()
             times = [datetime.fromisoformat(row["time"]) for _, row in batch]
             self.newest = max([*times, self.newest] if self.newest else times)
             self._open()
         raised = self.monitor.advance(self.newest - self.lag) if self.newest else []
         self._save()
         return raised
+
+    def _merge(self) -> None:
+        """Concatenate the batch files into one new file; `_save` makes the swap durable, and what a crash leaves
+        before or after it (the new file, or the old ones) is not in the state, so is removed on restart."""
+        merged = self.checkpoint / "merging.tmp"
+        with open(merged, "wb") as out:
+            for name in self.files:
+                with open(self.checkpoint / name, "rb") as batch:
+                    shutil.copyfileobj(batch, out)
+        old, self.files = self.files, [f"rows-{self.files[-1][5:20]}m.jsonl"]  # a name not among the old
+        os.replace(merged, self.checkpoint / self.files[0])
+        self._save()
+        for name in old:
+            (self.checkpoint / name).unlink()
 
     def _open(self) -> None:
         if self.files:  # until then, nothing is scored (`newest` is None)
