@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from alambic.monitor.features import account_features
-from alambic.monitor.risk import GREY_ZONE_REQUESTS, Reference, action_for, tail_probability
+from alambic.monitor.risk import GREY_ZONE_REQUESTS, Evidence, Reference, action_for, combined, tail_probability
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -39,7 +41,7 @@ def test_risk_on_unseen_benign_accounts_flags_about_the_target_share(two_benign_
     assert ((risks >= 0) & (risks <= 1)).all()
     assert np.mean(risks >= 0.9) < 0.2  # calibrated: about 10% of benign accounts at 0.9, not all of them
     assert np.mean(risks >= 0.99) <= 0.04
-    assert np.mean(risks >= 0.5) == pytest.approx(0.5, abs=0.2)
+    assert np.mean(risks >= 0.5) <= 0.6  # at most about 1 - threshold (ties at no evidence fall below)
 
 
 def test_an_account_far_past_every_benign_one_gets_a_high_risk_and_reasons_with_its_numbers(two_benign_weeks):
@@ -64,3 +66,14 @@ def test_actions_follow_fixed_benign_rates_and_the_grey_zone_is_only_flagged():
     big = GREY_ZONE_REQUESTS * 10
     assert [action_for(r, big) for r in (0.5, 0.995, 0.9995, 0.99999)] == ["none", "flag", "throttle", "block"]
     assert action_for(0.99999, GREY_ZONE_REQUESTS - 1) == "flag"
+
+
+def test_correlated_features_count_once_and_small_wobbles_not_at_all():
+    def evidence(feature: str, probability: float) -> Evidence:
+        return Evidence(feature, 1.0, 0.0, probability, 1000)
+
+    volume = [evidence(name, 1e-3) for name in ("requests", "requests_per_active_day", "peak_per_hour")]
+    assert combined(volume) == pytest.approx(3 - math.log10(3))  # one family: its strongest, Bonferroni-corrected
+    wobbles = [evidence(name, 0.3) for name in ("hours_of_day", "shared_prompt_share", "reasoning_cue_share")]
+    assert combined(wobbles) == 0
+    assert combined([*volume, evidence("reasoning_cue_share", 1e-2)]) == pytest.approx(5 - math.log10(3))

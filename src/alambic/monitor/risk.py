@@ -46,6 +46,16 @@ LOGGED = (
     "distinct_user_agents",
     "hours_to_newest_model",
 )
+# Features that move together count once, as their strongest member with a Bonferroni correction (k p).
+FAMILIES = (
+    ("requests", "requests_per_active_day", "peak_per_hour"),
+    ("distinct_addresses", "distinct_user_agents"),
+    ("newest_model_share", "hours_to_newest_model"),
+    ("long_answer_share", "answer_prompt_ratio"),
+    ("logprobs_share", "multi_sample_share"),
+    ("prompt_diversity", "templated_share"),
+)
+TRUNCATE = 1.0
 NEIGHBOURS = 150
 MIN_SPREAD = 0.05  # the smallest tail scale (in the feature's units, or log units): a constant benign feature
 # One feature past every benign account says at most this much more than "rarer than all n" (-log10 p): the
@@ -94,6 +104,17 @@ class Assessment:
     def reasons(self, references: int, prefix: str = "") -> tuple[str, ...]:
         strong = [e for e in self.evidence if e.strength >= REASON_EVIDENCE][:TOP_REASONS]
         return tuple(prefix + _reason(e, references) for e in strong)
+
+
+def combined(evidence: list[Evidence]) -> float:
+    """Zaykin's truncated product: the sum of -log10 p over features with p <= 10^-TRUNCATE, each family of
+    correlated features counted once (the many small benign wobbles do not add up to a signal)."""
+    family_of = {name: family for family in FAMILIES for name in family}
+    strongest: dict[tuple[str, ...], float] = {}
+    for e in evidence:
+        family = family_of.get(e.feature, (e.feature,))
+        strongest[family] = max(strongest.get(family, 0.0), e.strength - math.log10(len(family)))
+    return sum(strength for strength in strongest.values() if strength >= TRUNCATE)
 
 
 def _transformed(name: str, value: float | None) -> float | None:
@@ -152,13 +173,12 @@ class Reference:
         return sorted(found, key=lambda e: -e.strength)
 
     def _evidence_total(self, row: dict[str, float | None], exclude: int | None = None) -> float:
-        return sum(e.strength for e in self.evidence(row, exclude))
+        return combined(self.evidence(row, exclude))
 
     def assess(self, row: dict[str, float | None], account: str | None = None) -> Assessment:
         """Risk in [0, 1]: 1 - the benign share with at least this account's evidence, and that evidence."""
         evidence = self.evidence(row, exclude=self.index.get(account))
-        total = sum(e.strength for e in evidence)
-        return Assessment(1.0 - tail_probability(self.scores, total), tuple(evidence))
+        return Assessment(1.0 - tail_probability(self.scores, combined(evidence)), tuple(evidence))
 
 
 def action_for(risk: float, requests: int) -> str:
