@@ -9,6 +9,10 @@ from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.logs.importer import LogImporter
+from alambic.monitor.assess import assess
+from alambic.monitor.features import account_features
+from alambic.monitor.risk import Reference
+from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 from alambic.store import Store
 
@@ -38,18 +42,23 @@ def counted(monkeypatch):
     monkeypatch.setattr("alambic.monitor.assess.assess", counting)
 
 
-def test_every_account_gets_a_json_line_and_a_bulk_campaign_is_caught(tmp_path, benign):
+def test_every_account_gets_a_json_line_with_the_scorings_verdict(tmp_path, benign):
     log = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=22, days=2, scale=0.1, campaigns=("bulk",))), log)
     labels = json.loads((tmp_path / "labels.json").read_text())
     found = lines(monitor("--log", str(log), "--reference", str(benign), "--json"))
     assert set(found) == set(labels)
-    assert all(set(line) == {"account", "risk", "reasons", "campaign", "action"} for line in found.values())
-    for account, label in labels.items():
-        if label["style"] == "bulk":
-            assert found[account]["action"] != "none" and found[account]["reasons"]
-        else:
-            assert found[account]["action"] != "block"
+    reference = Reference([f.values for f in account_features(open_log([benign]))])
+    for verdict in assess(open_log([log]), reference):
+        line = found[verdict.account]
+        assert (line["risk"], line["reasons"], line["campaign"], line["action"]) == (
+            verdict.risk,
+            list(verdict.reasons),
+            verdict.campaign,
+            verdict.action,
+        )
+    risks = [line["risk"] for line in found.values()]
+    assert risks == sorted(risks, reverse=True)  # the riskiest first
     table = monitor("--log", str(log), "--reference", str(benign))
     assert table.exit_code == 0 and "Riskiest accounts" in table.stdout and "Campaigns" in table.stdout
 
