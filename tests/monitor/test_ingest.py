@@ -39,3 +39,23 @@ def test_rows_are_read_in_pages_in_stamp_order(sqlite_store):
     rest = rows_after(sqlite_store, first[-1][0], limit=2)
     times = [row["time"] for _, row in first + rest]
     assert times == sorted(times)  # a batch is stamped in time order
+
+
+def test_on_postgresql_a_row_whose_insert_commits_late_is_still_read(tmp_path):
+    """PostgreSQL takes ids at insert: a transaction holding id 1 that commits after id 2 did."""
+    from alambic.store import Store
+    from alambic.store.schema import RequestLog
+    from conftest import fresh_database
+
+    with fresh_database("postgresql", tmp_path) as url:
+        store = Store(url)
+        with store.session.begin() as late:
+            late.add(row := RequestLog(created_at=START, endpoint="/v1/completions", method="POST", status_code=200))
+            late.flush()  # id taken, not committed
+            log_request(store, record(1))  # a higher id, committed first
+            assert stamp_ingest(store) == 1
+            [(cursor, _)] = rows_after(store, 0)
+        assert stamp_ingest(store) == 1
+        [(_, read)] = rows_after(store, cursor)
+        assert read["id"] == row.request_id
+        store.close()
