@@ -36,19 +36,19 @@ def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_p
     }
 
 
-def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(sqlite_store, tmp_path):
+def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(store, tmp_path):
     rows = traffic()
     expected = replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
-    importer = LogImporter(sqlite_store)
+    importer = LogImporter(store)
     half = len(rows) // 2
     importer.import_files(write(tmp_path / "first.jsonl", rows[:half]))
     checkpoint = tmp_path / "checkpoint"
-    first = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
+    first = Follower(store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
     raised = first.poll()
     assert [(v.account, flag.requests) for v, flag in raised] == [("steady", 3)]
     (checkpoint / "rows-000000000009999.jsonl").write_text(json.dumps(rows[0]) + "\n")  # left by a poll that died
     importer.import_files(write(tmp_path / "second.jsonl", rows[half:]))
-    second = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # a restart
+    second = Follower(store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # a restart
     assert [v.account for v, _ in second.poll()] == ["late"]
     assert second.monitor.flags == expected
     assert second.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
