@@ -8,7 +8,7 @@ from monitor_traffic import MINUTE, START, counting, traffic, write
 
 from alambic.logs.importer import LogImporter
 from alambic.monitor.follow import Follower
-from alambic.monitor.replay import FirstFlag, SteppedMonitor
+from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag
 from alambic.monitor.source import open_log
 
 
@@ -22,11 +22,11 @@ def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_p
     files = write(tmp_path / "log.jsonl", traffic())
     fine = replay(files, 10 * MINUTE)
     assert fine.flags == {
-        "steady": FirstFlag(START + 20 * MINUTE, 3, "flag"),
-        "late": FirstFlag(START + 99 * MINUTE, 3, "flag"),
+        "steady": FirstFlag(START + 20 * MINUTE, 3, "flag", START + 20 * MINUTE),
+        "late": FirstFlag(START + 99 * MINUTE, 3, "flag", START + 100 * MINUTE),
     }
     coarse = replay(files, timedelta(hours=1)).flags  # exact to one step: the flag waits for the boundary
-    assert coarse["steady"] == FirstFlag(START + 60 * MINUTE, 7, "block")
+    assert coarse["steady"] == FirstFlag(START + 60 * MINUTE, 7, "block", START + 60 * MINUTE)
     assert "quiet" not in coarse
     assert {v.account: v.action for v in fine.verdicts} == {
         "closer": "none",
@@ -67,3 +67,11 @@ def test_a_follower_merges_its_batch_files_and_reads_each_row_once(sqlite_store,
     assert len(follower.files) <= 3 and sorted(p.name for p in checkpoint.glob("rows-*")) == sorted(follower.files)
     assert follower.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
     assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
+
+
+def test_a_campaigns_requests_before_its_first_flag_count_all_its_accounts(tmp_path):
+    monitor = replay(write(tmp_path / "log.jsonl", traffic()), 10 * MINUTE)
+    groups = {"pair": ["steady", "late"], "alone": ["late"], "unseen": ["quiet", "closer"]}
+    # the pair is first flagged at the 00:20 step (steady's 3rd request), before late starts; late alone at the
+    # 01:40 step, after its 3rd request (01:39)
+    assert campaign_requests_before_flag(monitor, groups) == {"pair": 3, "alone": 3, "unseen": None}

@@ -26,13 +26,15 @@ class FirstFlag:
     time: datetime  # the account's latest request when the flag was raised
     requests: int  # its requests up to and including that one
     action: str  # what the verdict said then
+    raised_at: datetime  # the step boundary it was raised at
 
     def to_json(self) -> dict:
-        return {**asdict(self), "time": self.time.isoformat()}
+        return {**asdict(self), "time": self.time.isoformat(), "raised_at": self.raised_at.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict) -> FirstFlag:
-        return cls(datetime.fromisoformat(data["time"]), data["requests"], data["action"])
+        moments = {name: datetime.fromisoformat(data[name]) for name in ("time", "raised_at")}
+        return cls(**{**data, **moments})
 
 
 def micros(moment: datetime) -> int:
@@ -81,7 +83,7 @@ class SteppedMonitor:
             for account, verdict in fresh.items():
                 if account in seen:
                     count, last = seen[account]
-                    self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action)
+                    self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action, _moment(boundary))
                     raised.append((verdict, flag))
         return raised
 
@@ -92,6 +94,22 @@ class SteppedMonitor:
             where.append(f"{ceiling} <= {micros(until)}")
         query = f"SELECT DISTINCT {ceiling} AS boundary FROM {self.log} WHERE {' AND '.join(where)} ORDER BY boundary"
         return [row[0] for row in self.connection.execute(query).fetchall()]
+
+
+def campaign_requests_before_flag(monitor: SteppedMonitor, campaigns: dict[str, list[str]]) -> dict[str, int | None]:
+    """For each campaign (its accounts), the requests all its accounts had sent by the step at which the first
+    of them was flagged (None if none was): what it extracted before the monitor could stop it."""
+    counts: dict[str, int | None] = {}
+    for campaign, accounts in campaigns.items():
+        flagged = [monitor.flags[a].raised_at for a in accounts if a in monitor.flags]
+        if not flagged:
+            counts[campaign] = None
+            continue
+        counts[campaign] = monitor.connection.execute(
+            f"SELECT count(*) FROM {monitor.log} WHERE account IN (SELECT unnest(?)) AND {_us('t')} <= ?",
+            [accounts, micros(min(flagged))],
+        ).fetchone()[0]
+    return counts
 
 
 def _moment(microseconds: int) -> datetime:
