@@ -5,6 +5,7 @@ import json
 
 import pytest
 from monitor_traffic import counting, traffic, write
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from alambic.cli import app
@@ -15,6 +16,7 @@ from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 from alambic.store import Store
+from alambic.store.schema import Account
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -124,7 +126,12 @@ def test_follow_prints_each_first_flag_once_and_resumes(tmp_path, counted, benig
         "steady": ("2026-12-01T00:20:00+00:00", 3)
     }
     LogImporter(Store(db)).import_files(write(tmp_path / "second.jsonl", rows[9:]))
-    assert set(lines(monitor(*args))) == {"late"}
+    resumed = monitor(*args, "--act")
+    assert set(lines(resumed)) == {"late"}
+    with Store(db).session() as session:
+        policies = dict(session.execute(select(Account.name, Account.policy)).all())
+    assert policies == {"steady": "block", "late": "allow", "quiet": "allow", "closer": "allow"}
+    assert "late: flag, policy stays allow" in resumed.stderr
 
 
 @pytest.mark.parametrize(
