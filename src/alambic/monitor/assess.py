@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import duckdb
 
 from alambic.monitor.features import account_features
+from alambic.monitor.linking import Linking, link_accounts
 from alambic.monitor.risk import Assessment, Reference, action_for
 from alambic.monitor.verdict import Verdict
 
@@ -21,21 +22,23 @@ def assess(connection: duckdb.DuckDBPyConnection, reference: Reference | None = 
 
     `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's features).
     By default it is fitted on this log's own accounts, taken as mostly benign: risk then says how rare an
-    account is among the log's accounts of its size (rank statistics, so a few campaigns move it little).
+    account is among the log's accounts of its size (rank statistics, so a few campaigns move it little; each
+    account is compared with the others, never with itself).
     """
     rows = {f.account: f.values for f in account_features(connection)}
     reference = reference or Reference(list(rows.values()), list(rows))
-    return verdicts(connection, rows, reference, {})
+    return verdicts(connection, rows, reference, link_accounts(connection))
 
 
 def verdicts(
     connection: duckdb.DuckDBPyConnection,
     rows: Mapping[str, dict[str, float | None]],
     reference: Reference,
-    campaign_of: Mapping[str, str],
+    linking: Linking,
 ) -> list[Verdict]:
-    """Verdicts from account features and a linking (account -> campaign id): each campaign is scored as if one
-    account had sent all its requests, and a member's risk is the larger of its own and its campaign's."""
+    """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
+    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked)."""
+    campaign_of = linking.campaign_of
     campaigns = campaign_features(connection, campaign_of)
     members = Counter(campaign_of.values())
     judged = {c: reference.assess(values) for c, values in campaigns.items()}
@@ -48,7 +51,8 @@ def verdicts(
         if campaign is not None and judged[campaign].risk > own.risk:
             group: Assessment = judged[campaign]
             prefix = f"its campaign of {members[campaign]} linked accounts, as one: "
-            reasons = group.reasons(len(reference), prefix) + reasons
+            linked = linking.groups[campaign].reasons[:1] if campaign in linking.groups else ()
+            reasons = group.reasons(len(reference), prefix) + linked + reasons
             risk, requests = group.risk, int(campaigns[campaign]["requests"])
         out.append(Verdict(account, risk, reasons, campaign, action_for(risk, requests)))
     return out
