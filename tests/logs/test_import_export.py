@@ -267,3 +267,42 @@ def test_the_cli_names_each_bad_row_and_refuses_bad_options_in_one_line(tmp_path
     assert exported.returncode == 0, exported.stderr
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b"]
     assert alambic("export", "--out", str(out), "--since", "noon").returncode == 2
+
+
+MONITOR_FIELDS = {
+    "prompt_hash": "0123456789abcdef01234567",
+    "conversation": "76543210fedcba9876543210",
+    "admitted_at": "2026-11-30T11:00:00.010000+00:00",
+    "completed_at": "2026-11-30T11:00:01.500000+00:00",
+    "first_token_ms": 120.5,
+    "gateway_instance": "eu-1",
+    "watermark_key_id": "wk-0a1b2c3d4e5f",
+    "watermark_params": {"scheme": "kgw", "gamma": 0.25, "delta": 2.0, "context_width": 1, "logprobs": "plain"},
+}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_the_monitors_fields_round_trip_through_the_store(sqlite_store, tmp_path, suffix):
+    source = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1("a", **MONITOR_FIELDS)), json.dumps(v1("b"))])
+    assert LogImporter(sqlite_store).import_files([source]).rejected == []
+    with sqlite_store.session() as session:
+        row = session.scalar(select(RequestLog).where(RequestLog.request_id == "a"))
+    assert (row.prompt_hash, row.gateway_instance, row.first_token_ms) == ("0123456789abcdef01234567", "eu-1", 120.5)
+    assert row.extra is None  # named columns, not extra fields
+    out = tmp_path / f"out{suffix}"
+    export_log(sqlite_store, out)
+    copy = Store(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert LogImporter(copy).import_files([out]).rejected == []
+    exported = {r["id"]: r for r in v1_rows(copy)}
+    assert {k: exported["a"][k] for k in MONITOR_FIELDS} == MONITOR_FIELDS
+    assert not set(MONITOR_FIELDS) & set(exported["b"])  # absent stays absent
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"first_token_ms": -1}, "first_token_ms"), ({"watermark_params": "kgw"}, "watermark_params")],
+)
+def test_bad_monitor_fields_are_rejected(sqlite_store, tmp_path, fields, message):
+    source = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1("a", **fields))])
+    [rejected] = LogImporter(sqlite_store).import_files([source]).rejected
+    assert message in str(rejected)

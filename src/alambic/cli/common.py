@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
 import typer
@@ -49,6 +50,30 @@ def one_line_errors(command: F) -> F:
             raise typer.Exit(2) from None
 
     return run  # type: ignore[return-value]
+
+
+def moment(option: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time; without an offset it is UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(f"{option}: {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00:00Z.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def duration(option: str, value: str) -> timedelta:
+    """`90s`, `10m`, `1h` or `2d` as a positive duration."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    number, unit = value[:-1], value[-1:]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1
+    if unit not in units or not amount > 0:
+        raise InvalidRequestError(f"{option}: {value!r} is not a duration such as 90s, 10m, 1h or 2d.")
+    return timedelta(**{units[unit]: amount})
 
 
 def before_backend_loads(backend: str) -> None:

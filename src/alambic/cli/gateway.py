@@ -55,6 +55,9 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated together.")] = 32,
     default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
+    instance: Annotated[
+        str | None, typer.Option(help="This gateway's name in the request log [default: host:pid].")
+    ] = None,
     watermark: Annotated[str | None, typer.Option(help="Watermark answers: kgw or gumbel.")] = None,
     watermark_key_env: Annotated[
         str, typer.Option(help="Environment variable holding the secret watermark key (never logged).")
@@ -94,6 +97,7 @@ def serve(
         default_max_tokens=default_max_tokens,
         max_tokens_limit=max_tokens_limit,
         watermark=scheme,
+        instance=instance,
     )
     console.print(f"Serving [bold]{model_backend.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
     try:

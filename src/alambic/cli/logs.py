@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from alambic.cli.common import DatabaseOption, app, console, one_line_errors
+from alambic.cli.common import DatabaseOption, app, console, moment, one_line_errors
 from alambic.errors import InvalidRequestError
 
 log_app = typer.Typer(no_args_is_help=True, help="The request log as data: import and export v1 files.")
@@ -83,7 +82,7 @@ def export_log(
     from alambic.logs.exporter import export_log as write
     from alambic.store import Store
 
-    where = ExportFilter(_moment("--since", since), _moment("--until", until), account)
+    where = ExportFilter(moment("--since", since), moment("--until", until), account)
     started = time.perf_counter()
     with _progress("export") as progress:
         task = progress.add_task("export", total=None)
@@ -169,17 +168,6 @@ def simulate(
         f"simulated {written:,} requests to {where} in {seconds:.1f} s: {written / max(seconds, 1e-9):,.0f} rows/s",
         highlight=False,
     )
-
-
-def _moment(option: str, value: str | None) -> datetime | None:
-    """An ISO 8601 time; without an offset it is UTC."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequestError(f"{option}: {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00:00Z.") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _teacher_token_counter():

@@ -58,6 +58,20 @@ def v1_rows(store: Store, where: ExportFilter = ExportFilter()) -> Iterator[dict
         last = (rows[-1][0].created_at, rows[-1][0].id)
 
 
+def rows_after(store: Store, cursor: int, limit: int = PAGE_ROWS) -> list[tuple[int, dict[str, Any]]]:
+    """Up to `limit` stamped rows after ingest sequence `cursor`, as (sequence, v1 object), in sequence order
+    (`store.requestlog.stamp_ingest` stamps them)."""
+    query = (
+        select(RequestLog, Account.name)
+        .outerjoin(Account, Account.id == RequestLog.account_id)
+        .where(RequestLog.ingest_seq > cursor)
+        .order_by(RequestLog.ingest_seq)
+        .limit(limit)
+    )
+    with store.session() as session:
+        return [(row.ingest_seq, to_v1(row, account)) for row, account in session.execute(query)]
+
+
 def export_log(
     store: Store, out: Path, where: ExportFilter = ExportFilter(), on_progress: Callable[[int], None] | None = None
 ) -> int:
@@ -91,7 +105,7 @@ def _write_parquet(rows: Iterator[dict], out: Path, on_progress: Callable[[int],
     import pyarrow.parquet as pq
 
     numbers = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "status": pa.int32()}
-    numbers["latency_ms"] = pa.float64()
+    numbers["latency_ms"] = numbers["first_token_ms"] = pa.float64()
     schema = pa.schema([(name, numbers.get(name, pa.string())) for name in (*V1_FIELDS, EXTRA_COLUMN)])
     written = 0
     with pq.ParquetWriter(out, schema) as writer:

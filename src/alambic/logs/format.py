@@ -33,7 +33,7 @@ def _validator():
 
 
 V1_FIELDS: tuple[str, ...] = tuple(schema()["properties"])
-NESTED_FIELDS = ("messages", "prompt", "params")  # JSON text in CSV and Parquet
+NESTED_FIELDS = ("messages", "prompt", "params", "watermark_params")  # JSON text in CSV and Parquet
 EXTRA_COLUMN = "extra"  # CSV and Parquet: the other fields, as one JSON object
 
 
@@ -56,6 +56,14 @@ class LogRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
+    prompt_hash: str | None = None
+    conversation: str | None = None
+    admitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    first_token_ms: float | None = None
+    gateway_instance: str | None = None
+    watermark_key_id: str | None = None
+    watermark_params: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,8 +94,25 @@ def parse_row(raw: Any) -> LogRow:
         prompt_tokens=raw.get("prompt_tokens"),
         completion_tokens=raw.get("completion_tokens"),
         latency_ms=raw.get("latency_ms"),
+        prompt_hash=raw.get("prompt_hash"),
+        conversation=raw.get("conversation"),
+        admitted_at=_optional_time(raw, "admitted_at"),
+        completed_at=_optional_time(raw, "completed_at"),
+        first_token_ms=raw.get("first_token_ms"),
+        gateway_instance=raw.get("gateway_instance"),
+        watermark_key_id=raw.get("watermark_key_id"),
+        watermark_params=raw.get("watermark_params"),
         extra=extra,
     )
+
+
+def _optional_time(raw: dict, name: str) -> datetime | None:
+    if raw.get(name) is None:
+        return None
+    try:
+        return parse_time(raw[name])
+    except BadRow as error:
+        raise BadRow(f"{name}{str(error).removeprefix('time')}") from None
 
 
 def parse_time(value: str | float | int) -> datetime:

@@ -25,6 +25,18 @@ COLUMN_EXTRAS = {
     "response_texts": "responses",
 }
 COLUMN_DEFAULTS = {"method": "POST", "state": "complete"}  # not written out when a row has these
+# Optional v1 fields with a column of the same name: written out only when set.
+MONITOR_FIELDS = (
+    "prompt_hash",
+    "conversation",
+    "admitted_at",
+    "completed_at",
+    "first_token_ms",
+    "gateway_instance",
+    "watermark_key_id",
+    "watermark_params",
+)
+TIME_FIELDS = ("admitted_at", "completed_at")
 
 
 def to_columns(row: LogRow, account_id: int | None, imported_in: str) -> dict[str, Any]:
@@ -54,6 +66,7 @@ def to_columns(row: LogRow, account_id: int | None, imported_in: str) -> dict[st
         completion_tokens=row.completion_tokens,
         latency_ms=row.latency_ms,
         extra=extra or None,
+        **{name: getattr(row, name) for name in MONITOR_FIELDS},
         stream=bool(params.get("stream")),
         n=params.get("n"),
         max_tokens=params.get("max_completion_tokens") or params.get("max_tokens"),
@@ -90,6 +103,10 @@ def to_v1(row: RequestLog, account: str | None) -> dict[str, Any]:
         "status": row.status_code,
         "latency_ms": row.latency_ms,
     }
+    for name in MONITOR_FIELDS:
+        value = getattr(row, name)
+        if value is not None:
+            v1[name] = _utc(value).isoformat(timespec="microseconds") if name in TIME_FIELDS else value
     for column, name in COLUMN_EXTRAS.items():
         value = getattr(row, column)
         if value is None or value == COLUMN_DEFAULTS.get(column):

@@ -20,7 +20,7 @@ SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
 PARQUET_BATCH_ROWS = 8192
 # CSV holds text only: these v1 fields are numbers when present.
 CSV_INTEGERS = ("status", "prompt_tokens", "completion_tokens")
-CSV_FLOATS = ("latency_ms", "time")  # a time that is not a number is ISO 8601
+CSV_FLOATS = ("latency_ms", "first_token_ms", "time", "admitted_at", "completed_at")  # times: or ISO 8601
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,10 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with a `requests` view over v1 JSONL (optionally gzipped) or Parquet files.
+def open_log(
+    paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None, name: str = "requests"
+) -> duckdb.DuckDBPyConnection:
+    """A connection with a view (`requests`, or `name`) over v1 JSONL (optionally gzipped) or Parquet files.
 
     Beside v1's columns: `t` the time (UTC), `turns` the messages as a list of (role, content) structs and
     `prompt_text` the completions prompt as text, the shapes the feature pass reads on every engine.
@@ -58,7 +60,7 @@ def open_log(paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None
         source = f"read_json({files}, format = 'newline_delimited', columns = {columns})"
     connection.execute("SET TimeZone = 'UTC'")
     connection.execute(f"""
-        CREATE OR REPLACE VIEW requests AS
+        CREATE OR REPLACE VIEW {name} AS
         SELECT *,
                {TIME} AS t,
                from_json(CAST(messages AS JSON), '[{{"role": "VARCHAR", "content": "VARCHAR"}}]') AS turns,

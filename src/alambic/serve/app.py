@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
@@ -25,13 +27,14 @@ class GatewaySettings:
     max_tokens_limit: int = 4096
     max_body_bytes: int = 1 << 20
     watermark: KeyedScheme | None = None  # applied to every account whose own setting is not off
+    instance: str | None = None  # this gateway's name in the request log [default: host:pid]
 
 
 def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     # Clients that omit Content-Type still send JSON; parse it rather than refuse it.
     app = FastAPI(title="alambic gateway", version=__version__, strict_content_type=False)
-    journal = RequestJournal(store)
+    journal = RequestJournal(store, settings.instance or f"{socket.gethostname()}:{os.getpid()}")
     gatekeeper = Gatekeeper(store)
     metrics = GatewayMetrics(engine)
     journal.listeners += [gatekeeper.release, metrics.observe]

@@ -30,6 +30,7 @@ from alambic.generation import (
     TokenEvent,
 )
 from alambic.generation.params import GenerationEvent
+from alambic.logs.fingerprint import fingerprints
 from alambic.serve.formats import ChatFormat, CompletionFormat, ResponseFormat
 from alambic.serve.requestlog import RequestJournal
 from alambic.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -108,7 +109,9 @@ class Gateway:
         params = self._sampling_params(body, fmt, len(prompt_ids), request.state.account)
         record.max_tokens = params.max_tokens
         request.app.state.gatekeeper.hold_tokens(request, record.prompt_tokens + params.max_tokens * body.n)
-        record.watermark_scheme = self.watermark.name if params.logits_processors else None
+        if params.logits_processors:
+            record.watermark_scheme = self.watermark.name
+            record.watermark_key_id, record.watermark_params = self.watermark.key_id, self.watermark.parameters()
         generation = GenerationRequest(prompt_ids, params, n=body.n)
         response_id = fmt.id_prefix + uuid.uuid4().hex
         if body.stream:
@@ -166,6 +169,8 @@ class Gateway:
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TokenEvent):
+                        if record.first_token_ms is None:
+                            record.first_token_ms = (time.perf_counter() - request.state.started) * 1000
                         record.response_texts[event.index] += event.text
                         record.completion_tokens += 1
                         if event.text or event.logprob is not None:
@@ -196,6 +201,9 @@ class Gateway:
         record.seed = body.seed
         record.stop = body.stop_sequences()
         record.prompt = fmt.logged_prompt(body)
+        chat = fmt is ChatFormat
+        single = record.prompt[0] if not chat and len(record.prompt) == 1 else None  # not a batch of prompts
+        record.prompt_hash, record.conversation = fingerprints(record.prompt if chat else None, single)
         record.logprobs, record.top_logprobs = fmt.logprob_request(body)
         record.parameters = body.model_dump(mode="json", exclude={"messages", "prompt"}, exclude_unset=True)
 

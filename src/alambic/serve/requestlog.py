@@ -28,12 +28,14 @@ UNMATCHED_ROUTE = "unmatched"  # the metrics' label for a path no route serves: 
 class RequestJournal:
     """Writes each request's row, and tells the listeners (rate limits, metrics) once that a request is over."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, instance: str) -> None:
         self.store = store
+        self.instance = instance  # this gateway, in every row it writes: host:pid or a configured id
         self.listeners: list[Callable[[RequestRecord, dict], None]] = []
 
     async def open(self, state: dict) -> None:
         """Insert an admitted request's row, `in_progress` until `commit`."""
+        state["record"].admitted_at = datetime.now(UTC)
         state["row_id"] = await self._bookkeeping(state, start_request, self.store, state["record"])
 
     async def commit(self, state: dict) -> None:
@@ -42,6 +44,7 @@ class RequestJournal:
             return
         record: RequestRecord = state["record"]
         record.latency_ms = (time.perf_counter() - state["started"]) * 1000
+        record.completed_at = datetime.now(UTC)
         await self._bookkeeping(state, self._write, state)
         state["logged"] = True
         self.finish(state)
@@ -100,6 +103,7 @@ class RequestLogMiddleware:
             method=scope["method"],
             client_address=client[0] if client else None,
             user_agent=headers.get("user-agent") or None,
+            gateway_instance=self.journal.instance,
         )
         held_start: Message | None = None
 

@@ -3,12 +3,15 @@
 from alambic.store.accounts import (
     AccountPolicy,
     Policy,
+    Standing,
     authenticate,
     create_account,
+    flag_account,
     issue_key,
     list_accounts,
     set_policy,
     set_watermark,
+    standings,
 )
 from alambic.store.database import Store, open_for_serving
 from alambic.store.requestlog import RequestRecord, UsageWindow, log_request, start_request, usage_since
@@ -17,16 +20,19 @@ __all__ = [
     "AccountPolicy",
     "Policy",
     "RequestRecord",
+    "Standing",
     "Store",
     "UsageWindow",
     "authenticate",
     "create_account",
+    "flag_account",
     "issue_key",
     "list_accounts",
     "log_request",
     "open_for_serving",
     "set_policy",
     "set_watermark",
+    "standings",
     "start_request",
     "usage_since",
 ]

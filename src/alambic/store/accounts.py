@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from alambic.errors import AccountNotFoundError, ConflictError, InvalidRequestError
 from alambic.store.database import Store
-from alambic.store.schema import Account, ApiKey, PolicyChange, RequestLog, utc_now
+from alambic.store.schema import Account, AccountFlag, ApiKey, PolicyChange, RequestLog, utc_now
 
 KEY_PREFIX = "alb-"
 
@@ -34,6 +34,15 @@ class AccountPolicy:
     requests_per_minute: int | None
     tokens_per_minute: int | None
     watermark: bool | None = None  # None: as the server is configured
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where an account stands for an actor (the monitor) about to act on it."""
+
+    policy: Policy
+    last_flag: str | None  # the actor's latest action on it: flag, throttle or block
+    overruled: bool  # someone else changed its policy after that action: their decision stands
 
 
 @dataclass(frozen=True)
@@ -110,20 +119,72 @@ def set_policy(
     _check_limits(policy, requests_per_minute, tokens_per_minute)
     with store.session.begin() as session:
         account = _account(session, name)
-        account.policy = policy.value
-        account.requests_per_minute = requests_per_minute
-        account.tokens_per_minute = tokens_per_minute
+        _change_policy(session, account, policy, requests_per_minute, tokens_per_minute, actor, reason)
+        return _policy_of(account, None)
+
+
+def flag_account(
+    store: Store,
+    name: str,
+    action: str,
+    *,
+    actor: str,
+    risk: float | None = None,
+    campaign: str | None = None,
+    reasons: list[str] | None = None,
+    policy: Policy | None = None,
+    requests_per_minute: int | None = None,
+    reason: str | None = None,
+) -> None:
+    """Record an actor's flag on an account (flag, throttle or block, with its risk, campaign and reasons) and,
+    with `policy`, change its policy in the same transaction."""
+    _check_limits(policy or Policy.ALLOW, requests_per_minute, None)
+    with store.session.begin() as session:
+        account = _account(session, name)
         session.add(
-            PolicyChange(
-                account_id=account.id,
-                policy=policy.value,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                actor=actor,
-                reason=reason,
+            AccountFlag(
+                account_id=account.id, action=action, risk=risk, campaign=campaign, reasons=reasons, actor=actor
             )
         )
-        return _policy_of(account, None)
+        if policy is not None:
+            _change_policy(session, account, policy, requests_per_minute, None, actor, reason)
+
+
+def standings(store: Store, names: list[str], actor: str) -> dict[str, Standing]:
+    """Each named account's policy, `actor`'s latest flag on it, and whether another actor changed its policy
+    since; accounts not in the store are left out."""
+    latest_flag = (
+        select(AccountFlag.account_id, func.max(AccountFlag.id).label("id"))
+        .where(AccountFlag.actor == actor)
+        .group_by(AccountFlag.account_id)
+        .subquery()
+    )
+    latest_change = (
+        select(PolicyChange.account_id, func.max(PolicyChange.id).label("id"))
+        .group_by(PolicyChange.account_id)
+        .subquery()
+    )
+    query = (
+        select(Account.name, Account.policy, AccountFlag.action, AccountFlag.flagged_at, PolicyChange)
+        .outerjoin(latest_flag, latest_flag.c.account_id == Account.id)
+        .outerjoin(AccountFlag, AccountFlag.id == latest_flag.c.id)
+        .outerjoin(latest_change, latest_change.c.account_id == Account.id)
+        .outerjoin(PolicyChange, PolicyChange.id == latest_change.c.id)
+    )
+    found = {}
+    with store.session() as session:
+        for start in range(0, len(names), 500):
+            for name, policy, action, flagged_at, change in session.execute(
+                query.where(Account.name.in_(names[start : start + 500]))
+            ):
+                overruled = (
+                    flagged_at is not None
+                    and change is not None
+                    and change.actor != actor
+                    and change.changed_at >= flagged_at
+                )
+                found[name] = Standing(Policy(policy), action, overruled)
+    return found
 
 
 def set_watermark(store: Store, name: str, enabled: bool | None) -> AccountPolicy:
@@ -158,6 +219,30 @@ def _check_limits(policy: Policy, requests_per_minute: int | None, tokens_per_mi
             raise InvalidRequestError(f"{param} must be a positive integer.", param=param)
     if policy is Policy.THROTTLE and requests_per_minute is None and tokens_per_minute is None:
         raise InvalidRequestError("A throttle policy needs requests_per_minute or tokens_per_minute.", param="policy")
+
+
+def _change_policy(
+    session,
+    account: Account,
+    policy: Policy,
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    actor: str,
+    reason: str | None,
+) -> None:
+    account.policy = policy.value
+    account.requests_per_minute = requests_per_minute
+    account.tokens_per_minute = tokens_per_minute
+    session.add(
+        PolicyChange(
+            account_id=account.id,
+            policy=policy.value,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            actor=actor,
+            reason=reason,
+        )
+    )
 
 
 def _account(session, name: str) -> Account:

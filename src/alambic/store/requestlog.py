@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import String, func, select, update
+from sqlalchemy import String, func, select, text, update
 
 from alambic.store.database import Store
 from alambic.store.schema import RequestLog
@@ -52,6 +52,14 @@ class RequestRecord:
     completion_tokens: int | None = None
     latency_ms: float | None = None
     watermark_scheme: str | None = None
+    prompt_hash: str | None = None
+    conversation: str | None = None
+    admitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    first_token_ms: float | None = None
+    gateway_instance: str | None = None
+    watermark_key_id: str | None = None
+    watermark_params: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,27 @@ def _insert(store: Store, columns: dict) -> int:
         session.add(row)
         session.flush()
         return row.id
+
+
+def stamp_ingest(store: Store, limit: int = 5000) -> int:
+    """Give up to `limit` final rows without an ingest sequence the next numbers, oldest first; returns how many.
+
+    Stamped by the reader, one stamper at a time (an advisory lock on PostgreSQL, SQLite's single writer): a
+    row committed later gets a higher number than any already read, so `ingest_seq > cursor` misses nothing.
+    """
+    with store.session.begin() as session:
+        if store.engine.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alambic.ingest_seq'))"))
+        ids = session.scalars(
+            select(RequestLog.id)
+            .where(RequestLog.ingest_seq.is_(None), RequestLog.state == COMPLETE)
+            .order_by(RequestLog.created_at, RequestLog.id)
+            .limit(limit)
+        ).all()
+        top = session.scalar(select(func.max(RequestLog.ingest_seq))) or 0
+        if ids:
+            session.execute(update(RequestLog), [{"id": i, "ingest_seq": top + n} for n, i in enumerate(ids, 1)])
+    return len(ids)
 
 
 def usage_since(store: Store, account_id: int, since: datetime) -> UsageWindow:

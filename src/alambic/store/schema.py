@@ -111,3 +111,32 @@ class RequestLog(Base):
     request_id: Mapped[str | None] = mapped_column(String(200), index=True, unique=True, default=new_request_id)
     imported_in: Mapped[str | None] = mapped_column(String(32))  # the import run that wrote the row
     extra: Mapped[dict | None]  # fields of an imported row that alambic does not name, kept as they came
+    # What the monitor reads (migration 0005): the harvest's prompt_id of the user turns (and system prompt),
+    # the same hash of the turns before the last user turn (follow-ups of one opener share it), times, the
+    # gateway that served it, the watermark key's id and parameters (never the key).
+    prompt_hash: Mapped[str | None] = mapped_column(String(24), index=True)
+    conversation: Mapped[str | None] = mapped_column(String(24))
+    admitted_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    first_token_ms: Mapped[float | None] = mapped_column(Float)
+    gateway_instance: Mapped[str | None] = mapped_column(String(200))
+    watermark_key_id: Mapped[str | None] = mapped_column(String(32))
+    watermark_params: Mapped[dict | None]
+    # Stamped by the reader in commit order, never by the writer: a follower reading `ingest_seq > cursor` misses
+    # no row, where `id > cursor` would on PostgreSQL (ids are taken at insert, not in commit order).
+    ingest_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+
+
+class AccountFlag(Base):
+    """What the monitor (the actor) said about an account and did: flag, throttle or block, with its reasons."""
+
+    __tablename__ = "account_flags"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    flagged_at: Mapped[datetime] = mapped_column(default=utc_now)
+    action: Mapped[str] = mapped_column(String(16))  # flag | throttle | block
+    risk: Mapped[float | None] = mapped_column(Float)
+    campaign: Mapped[str | None] = mapped_column(String(200))
+    reasons: Mapped[list | None]
+    actor: Mapped[str] = mapped_column(String(64))

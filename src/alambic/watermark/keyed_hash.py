@@ -36,6 +36,13 @@ def key_seed(key: str | bytes) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.sha256(raw).digest()[:8], "little"))
 
 
+def key_id(key: str | bytes) -> str:
+    """A public name for a key, for logs and reports: a hash domain-separated from `key_seed`, so it tells
+    keys apart without giving away the seed the draws use."""
+    raw = key.encode() if isinstance(key, str) else key
+    return "wk-" + hashlib.sha256(b"alambic watermark key id\0" + raw).hexdigest()[:16]
+
+
 def context_hashes(tokens: np.ndarray, width: int, seed: np.uint64) -> np.ndarray:
     """For every position i >= width, a hash of tokens[i-width:i] and the key: shape (len(tokens) - width,)."""
     tokens = tokens.astype(np.uint64)

@@ -9,7 +9,7 @@ significance, and under the null hypothesis the scored draws are independent, so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from alambic.watermark.keyed_hash import (
     draws32,
     first_occurrences,
     gumbel_noises32,
+    key_id,
     key_seed,
     pair_draws32,
     threshold32,
@@ -63,8 +64,13 @@ class KeyedScheme:
         if logprobs not in LOGPROB_MODES:
             raise ValueError(f"logprobs must be one of {LOGPROB_MODES}")
         self.seed = key_seed(key)
+        self.key_id = key_id(key)
         self.context_width = context_width
         self.logprobs = logprobs
+
+    def parameters(self) -> dict[str, Any]:
+        """What the request log records of this scheme besides `key_id`: everything but the key."""
+        return {"scheme": self.name, "context_width": self.context_width, "logprobs": self.logprobs}
 
     def detect(self, token_ids: list[int] | np.ndarray) -> Detection:
         return self.detect_pairs(*unique_pairs(token_ids, self.context_width, self.seed))
@@ -104,6 +110,9 @@ class KirchenbauerScheme(KeyedScheme):
             raise ValueError("gamma must be in (0, 1)")
         self.gamma, self.delta = gamma, delta
         self.green_below = threshold32(gamma)
+
+    def parameters(self) -> dict[str, Any]:
+        return {**super().parameters(), "gamma": self.gamma, "delta": self.delta}
 
     def green_mask(self, context_hash: np.ndarray, vocab_size: int) -> np.ndarray:
         return draws32(context_hash, vocabulary_keys32(vocab_size)) < self.green_below

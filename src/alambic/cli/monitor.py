@@ -1,0 +1,237 @@
+"""`alambic monitor`: score the request log for extraction campaigns, replay or follow it, and act on it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alambic.cli.common import app, console, duration, moment, one_line_errors
+from alambic.errors import InvalidRequestError
+from alambic.store import Store
+
+
+@app.command()
+@one_line_errors
+def monitor(
+    log: Annotated[
+        list[Path] | None, typer.Option("--log", help="A v1 log file (.jsonl, .jsonl.gz, .parquet); repeatable.")
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="The store (SQLAlchemy URL): its log when no --log is given; where --act writes."),
+    ] = None,
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option(help="A benign-only v1 log to calibrate risk on (repeatable) [default: the log itself]."),
+    ] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per account and line.")] = False,
+    until: Annotated[str | None, typer.Option(help="Score only what was known at this ISO 8601 time.")] = None,
+    replay: Annotated[
+        bool, typer.Option(help="Feed the rows in time order; add first_flag_time and requests_before_flag.")
+    ] = False,
+    follow: Annotated[bool, typer.Option(help="Follow the live store (--db), checkpointed in --checkpoint.")] = False,
+    step: Annotated[str, typer.Option(help="--replay, --follow: score the log as known every STEP.")] = "1h",
+    checkpoint: Annotated[Path | None, typer.Option(help="--follow: the directory holding its state.")] = None,
+    lag: Annotated[str, typer.Option(help="--follow: score a step once the newest row is LAG past it.")] = "5m",
+    poll: Annotated[float, typer.Option(min=0.1, help="--follow: seconds between reads of the store.")] = 5.0,
+    once: Annotated[bool, typer.Option(help="--follow: read and score what is there, then stop.")] = False,
+    act: Annotated[bool, typer.Option(help="Write flags and policy changes into the store (--db).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what --act would change, and change nothing.")] = False,
+    throttle_rpm: Annotated[int, typer.Option(min=1, help="Requests per minute left to a throttled account.")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Rows of the tables (without --json).")] = 20,
+) -> None:
+    """Find extraction campaigns in the request log: each account's risk, reasons, campaign and action."""
+    if act and dry_run:
+        raise InvalidRequestError("Give --act or --dry-run, not both.")
+    for needs_store, option in ((follow, "--follow"), (act, "--act"), (dry_run, "--dry-run")):
+        if needs_store and db is None:
+            raise InvalidRequestError(f"{option} needs the store: --db URL.")
+    if not log and db is None:
+        raise InvalidRequestError("Give the log: --log FILE (repeatable) or --db URL.")
+    if follow and (log or replay or until):
+        raise InvalidRequestError("--follow reads the store (--db) as it grows: no --log, --replay or --until.")
+    if follow and checkpoint is None:
+        raise InvalidRequestError("--follow needs --checkpoint DIR to keep its state across restarts.")
+    if follow and not reference:
+        raise InvalidRequestError("--follow needs a benign --reference log: the live log is too young to calibrate on.")
+    step_length, known_at = duration("--step", step), moment("--until", until)
+    benign = _reference(reference) if reference else None
+    store = Store(db) if db is not None else None
+    acting = Acting(store, act, throttle_rpm) if act or dry_run else None
+    out = Console(soft_wrap=True)
+    if follow:
+        from alambic.monitor.follow import Follower
+
+        follower = Follower(store, checkpoint, _assess(benign), step_length, duration("--lag", lag))
+        _follow(follower, poll, once, json_lines, acting)
+        return
+    with ExitStack() as stack:
+        connection = _open(log, store, known_at, stack)
+        flags = {}
+        connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
+        if replay:
+            from alambic.monitor.replay import SteppedMonitor
+
+            # Without a benign reference, calibrated on the whole log (the early steps are too few to).
+            stepped = SteppedMonitor(connection, _assess(benign or _calibrated(connection, "the log")), step_length)
+            stepped.advance()
+            verdicts, flags = stepped.verdicts, stepped.flags
+        else:
+            verdicts = _assess(benign)(connection)
+    verdicts = sorted(verdicts, key=lambda v: (-v.risk, v.account))
+    if json_lines:
+        for verdict in verdicts:
+            print(json.dumps(_line(verdict, flags if replay else None), ensure_ascii=False))
+    else:
+        _tables(out, verdicts, flags if replay else None, top)
+    if acting:
+        acting.on(verdicts)
+
+
+def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitStack):
+    """A DuckDB connection whose `log` view holds the rows to score (those up to `until`)."""
+    from alambic.monitor.source import open_log
+
+    if not files:  # the store's log, through a Parquet export (DuckDB's own readers need no extension)
+        from alambic.logs.exporter import export_log
+
+        files = [Path(stack.enter_context(tempfile.TemporaryDirectory())) / "log.parquet"]
+        if export_log(store, files[0]) == 0:
+            raise InvalidRequestError("The store's request log is empty.")
+    connection = open_log(files, name="source")
+    limit = f"WHERE t <= TIMESTAMPTZ '{until.isoformat()}'" if until is not None else ""
+    connection.execute(f"CREATE OR REPLACE VIEW log AS SELECT * FROM source {limit}")
+    try:
+        connection.execute("SELECT count(*) FROM log").fetchone()
+    except Exception as error:  # a file DuckDB cannot read as v1: its message, in one line
+        raise InvalidRequestError(f"The log could not be read: {str(error).splitlines()[0]}") from None
+    return connection
+
+
+def _assess(reference):
+    """The scoring, against `reference` (None: the log itself); a log too small to calibrate on is bad input."""
+    import alambic.monitor.assess as assessing
+
+    def assess(connection):
+        try:
+            return assessing.assess(connection, reference)
+        except ValueError as error:  # too few accounts to calibrate risk on
+            raise InvalidRequestError(f"{error}; give a benign --reference log.") from None
+
+    return assess
+
+
+def _reference(files: list[Path]):
+    from alambic.monitor.source import open_log
+
+    return _calibrated(open_log(files), "--reference", compared_with_others=False)
+
+
+def _calibrated(connection, what: str, compared_with_others: bool = True):
+    """Risk calibrated on the accounts of `connection`'s `requests`; when they are also the accounts scored, each
+    is compared with the others only."""
+    from alambic.monitor.features import account_features
+    from alambic.monitor.risk import Reference
+
+    rows = account_features(connection)
+    try:
+        return Reference([f.values for f in rows], [f.account for f in rows] if compared_with_others else None)
+    except ValueError as error:
+        raise InvalidRequestError(f"{what}: {error}.") from None
+
+
+def _line(verdict, flags: dict | None) -> dict:
+    line = {
+        "account": verdict.account,
+        "risk": verdict.risk,
+        "reasons": list(verdict.reasons),
+        "campaign": verdict.campaign,
+        "action": verdict.action,
+    }
+    if flags is not None:
+        flag = flags.get(verdict.account)
+        line["first_flag_time"] = flag.time.isoformat() if flag else None
+        line["requests_before_flag"] = flag.requests if flag else None
+    return line
+
+
+def _tables(out: Console, verdicts: list, flags: dict | None, top: int) -> None:
+    accounts = Table("account", "risk", "action", "campaign", "why", title=f"Riskiest accounts (of {len(verdicts):,})")
+    if flags is not None:
+        accounts.add_column("first flagged")
+        accounts.add_column("requests before")
+    for v in verdicts[:top]:
+        row = [v.account, f"{v.risk:.3f}", v.action, v.campaign or "", "; ".join(v.reasons[:2])]
+        if flags is not None:
+            flag = flags.get(v.account)
+            row += [f"{flag.time:%Y-%m-%d %H:%M}", f"{flag.requests:,}"] if flag else ["", ""]
+        accounts.add_row(*row)
+    out.print(accounts)
+    campaigns: dict[str, list] = {}
+    for v in verdicts:
+        if v.campaign is not None:
+            campaigns.setdefault(v.campaign, []).append(v)
+    table = Table("campaign", "accounts", "risk", "actions", "why", title=f"Campaigns ({len(campaigns):,})")
+    ranked = sorted(campaigns.items(), key=lambda item: (-max(v.risk for v in item[1]), item[0]))
+    for campaign, members in ranked[:top]:
+        actions = ", ".join(f"{a} {sum(v.action == a for v in members)}" for a in sorted({v.action for v in members}))
+        riskiest = max(members, key=lambda v: v.risk)
+        table.add_row(campaign, f"{len(members):,}", f"{riskiest.risk:.3f}", actions, "; ".join(riskiest.reasons[:2]))
+    out.print(table)
+
+
+@dataclass(frozen=True)
+class Acting:
+    """--act (write) or --dry-run (only say): what acting on the verdicts changes, on stderr."""
+
+    store: Store
+    write: bool
+    throttle_rpm: int
+
+    def on(self, verdicts: list) -> None:
+        from alambic.monitor.actions import apply_actions, plan_actions
+
+        planned = plan_actions(self.store, verdicts, throttle_rpm=self.throttle_rpm)
+        for action in planned:
+            line = ("" if self.write else "would ") + action.describe()
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if self.write:
+            apply_actions(self.store, planned)
+        console.print(f"{len(planned):,} actions {'taken' if self.write else 'to take (dry run)'}", highlight=False)
+
+
+def _follow(follower, poll: float, once: bool, json_lines: bool, acting: Acting | None) -> None:
+    """Poll the store until interrupted (or once): each account flagged for the first time is printed as it is;
+    with --act or --dry-run the latest verdicts are acted on after each poll."""
+    scored = follower.monitor.scored_until
+    try:
+        while True:
+            for verdict, flag in follower.poll():
+                line = _line(verdict, {verdict.account: flag})
+                if json_lines:
+                    print(json.dumps(line, ensure_ascii=False), flush=True)
+                else:
+                    console.print(
+                        f"{flag.time:%Y-%m-%d %H:%M:%S} {verdict.account} {verdict.action} (risk {verdict.risk:.3f}, "
+                        f"{flag.requests:,} requests): {'; '.join(verdict.reasons[:2])}",
+                        highlight=False,
+                        markup=False,
+                    )
+            if acting and follower.monitor.scored_until != scored:  # a step scored: act on its verdicts
+                acting.on(follower.monitor.verdicts)
+            scored = follower.monitor.scored_until
+            if once:
+                return
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,81 @@
+"""The monitor's scoring pipeline: features of every account and of every linked campaign taken as one account,
+risk calibrated on benign traffic, reasons in words, an action. `assess` is what the CLI, replay and actions call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import duckdb
+
+from alambic.monitor.features import account_features
+from alambic.monitor.linking import Linking, link_accounts
+from alambic.monitor.risk import Assessment, Reference, action_for
+from alambic.monitor.verdict import Verdict
+
+CAMPAIGN_SCHEMA = "campaign_view"
+
+
+def assess(connection: duckdb.DuckDBPyConnection, reference: Reference | None = None) -> list[Verdict]:
+    """A verdict for every account of the `requests` relation (`monitor.source`), in account order.
+
+    `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's features).
+    By default it is fitted on this log's own accounts, taken as mostly benign: risk then says how rare an
+    account is among the log's accounts of its size (rank statistics, so a few campaigns move it little; each
+    account is compared with the others, never with itself).
+    """
+    rows = {f.account: f.values for f in account_features(connection)}
+    reference = reference or Reference(list(rows.values()), list(rows))
+    return verdicts(connection, rows, reference, link_accounts(connection))
+
+
+def verdicts(
+    connection: duckdb.DuckDBPyConnection,
+    rows: Mapping[str, dict[str, float | None]],
+    reference: Reference,
+    linking: Linking,
+) -> list[Verdict]:
+    """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
+    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked)."""
+    campaign_of = linking.campaign_of
+    campaigns = campaign_features(connection, campaign_of)
+    members = Counter(campaign_of.values())
+    judged = {c: reference.assess(values) for c, values in campaigns.items()}
+    out = []
+    for account, values in sorted(rows.items()):
+        own = reference.assess(values, account)
+        campaign = campaign_of.get(account)
+        reasons = own.reasons(len(reference))
+        risk, requests = own.risk, int(values["requests"])
+        if campaign is not None and judged[campaign].risk > own.risk:
+            group: Assessment = judged[campaign]
+            prefix = f"its campaign of {members[campaign]} linked accounts, as one: "
+            linked = linking.groups[campaign].reasons[:1] if campaign in linking.groups else ()
+            reasons = group.reasons(len(reference), prefix) + linked + reasons
+            risk, requests = group.risk, int(campaigns[campaign]["requests"])
+        out.append(Verdict(account, risk, reasons, campaign, action_for(risk, requests)))
+    return out
+
+
+def campaign_features(
+    connection: duckdb.DuckDBPyConnection, campaign_of: Mapping[str, str]
+) -> dict[str, dict[str, float | None]]:
+    """The features of each campaign, its members' requests relabelled as one account's (the same SQL)."""
+    if not campaign_of:
+        return {}
+    connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
+    connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
+    connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")
+    connection.execute(f"""
+        CREATE OR REPLACE VIEW {CAMPAIGN_SCHEMA}.requests AS
+        SELECT r.* REPLACE (coalesce(m.campaign, r.account) AS account)
+        FROM main.requests r LEFT JOIN campaign_members m ON r.account = m.account
+    """)
+    connection.execute(f"SET search_path = '{CAMPAIGN_SCHEMA},main'")
+    try:
+        grouped = account_features(connection)
+    finally:
+        connection.execute("RESET search_path")
+    ids = set(campaign_of.values())
+    return {f.account: f.values for f in grouped if f.account in ids}

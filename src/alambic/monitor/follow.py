@@ -1,0 +1,105 @@
+"""Following a live store: new rows read by ingest sequence into a checkpoint directory, scored as they come.
+
+Each poll stamps the store's new final rows (`store.requestlog.stamp_ingest`), reads those after the cursor
+into a new JSONL file in the checkpoint directory, and advances a `SteppedMonitor` over all of them to the
+step boundaries that are `lag` behind the newest row (a request still in progress may yet log an earlier
+time). `state.json` (the cursor, the last boundary scored, the flags) is replaced atomically after each
+poll; a file written by a poll that died before it is removed on restart, so no row is read twice or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from alambic.logs.exporter import rows_after
+from alambic.monitor.replay import Assess, FirstFlag, SteppedMonitor
+from alambic.monitor.source import open_log
+from alambic.monitor.verdict import Verdict
+from alambic.store import Store
+from alambic.store.requestlog import stamp_ingest
+
+STATE = "state.json"
+MAX_FILES = 32  # more batch files than this are merged into one: DuckDB reads a few large files faster
+
+
+class Follower:
+    def __init__(self, store: Store, checkpoint: Path, assess: Assess, step: timedelta, lag: timedelta) -> None:
+        self.store = store
+        self.checkpoint = checkpoint
+        self.lag = lag
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        state = json.loads((checkpoint / STATE).read_text()) if (checkpoint / STATE).is_file() else {}
+        self.cursor: int = state.get("cursor", 0)
+        self.files: list[str] = state.get("files", [])
+        self.newest: datetime | None = _time(state.get("newest"))
+        for stray in [*checkpoint.glob("rows-*.jsonl"), *checkpoint.glob("*.tmp")]:
+            if stray.name not in self.files:
+                stray.unlink()
+        self.connection = duckdb.connect()
+        self._open()
+        flags = {account: FirstFlag.from_json(flag) for account, flag in state.get("flags", {}).items()}
+        self.monitor = SteppedMonitor(
+            self.connection, assess, step, scored_until=state.get("scored_until"), flags=flags
+        )
+
+    def poll(self) -> list[tuple[Verdict, FirstFlag]]:
+        """Read what the store has gained, score it; returns the accounts flagged for the first time."""
+        while stamp_ingest(self.store):
+            pass
+        batch = []
+        while page := rows_after(self.store, self.cursor):
+            batch += page
+            self.cursor = page[-1][0]
+        if batch:
+            name = f"rows-{batch[0][0]:015d}.jsonl"
+            with open(self.checkpoint / name, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for _, row in batch)
+            self.files.append(name)
+            if len(self.files) > MAX_FILES:
+                self._merge()
+            times = [datetime.fromisoformat(row["time"]) for _, row in batch]
+            self.newest = max([*times, self.newest] if self.newest else times)
+            self._open()
+        raised = self.monitor.advance(self.newest - self.lag) if self.newest else []
+        self._save()
+        return raised
+
+    def _merge(self) -> None:
+        """Concatenate the batch files into one new file; `_save` makes the swap durable, and what a crash leaves
+        before or after it (the new file, or the old ones) is not in the state, so is removed on restart."""
+        merged = self.checkpoint / "merging.tmp"
+        with open(merged, "wb") as out:
+            for name in self.files:
+                with open(self.checkpoint / name, "rb") as batch:
+                    shutil.copyfileobj(batch, out)
+        old, self.files = self.files, [f"rows-{self.files[-1][5:20]}m.jsonl"]  # a name not among the old
+        os.replace(merged, self.checkpoint / self.files[0])
+        self._save()
+        for name in old:
+            (self.checkpoint / name).unlink()
+
+    def _open(self) -> None:
+        if self.files:  # until then, nothing is scored (`newest` is None)
+            open_log([self.checkpoint / name for name in self.files], self.connection, name="log")
+
+    def _save(self) -> None:
+        state = {
+            "cursor": self.cursor,
+            "files": self.files,
+            "newest": self.newest.astimezone(UTC).isoformat() if self.newest else None,
+            "scored_until": self.monitor.scored_until,
+            "flags": {account: flag.to_json() for account, flag in self.monitor.flags.items()},
+        }
+        temporary = self.checkpoint / (STATE + ".tmp")
+        temporary.write_text(json.dumps(state, indent=1))
+        os.replace(temporary, self.checkpoint / STATE)
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

@@ -1,0 +1,35 @@
+"""Each account's distinct prompts (the last user turn of a request), as DuckDB tables the content and
+linking passes share: `prompt_texts(prompt_hash, prompt)` and `account_prompts(account, prompt_hash, ...)`."""
+
+from __future__ import annotations
+
+import duckdb
+
+# The last user turn of a chat request (a completion's prompt otherwise): what a person or program asked.
+LAST_USER_TURN = """coalesce(
+    list_filter(list_zip(json_extract_string(messages, '$[*].role'), json_extract_string(messages, '$[*].content')),
+                lambda turn: turn[1] = 'user')[-1][2],
+    json_extract_string(prompt, '$'), '')"""
+
+ACCOUNT_PROMPTS = f"""
+CREATE OR REPLACE TEMP TABLE request_prompts AS
+SELECT account, t, {LAST_USER_TURN} AS prompt FROM requests WHERE account IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE prompt_texts AS
+SELECT DISTINCT hash(prompt) AS prompt_hash, prompt FROM request_prompts;
+
+CREATE OR REPLACE TEMP TABLE account_prompts AS
+SELECT account, hash(prompt) AS prompt_hash, count(*) AS requests, min(t) AS first_t
+FROM request_prompts GROUP BY ALL;
+
+DROP TABLE request_prompts;
+"""
+
+
+def load_prompts(connection: duckdb.DuckDBPyConnection) -> None:
+    """Builds `prompt_texts` and `account_prompts` from `requests`, once per connection."""
+    exists = connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'account_prompts' AND temporary"
+    ).fetchone()
+    if not exists[0]:
+        connection.execute(ACCOUNT_PROMPTS)

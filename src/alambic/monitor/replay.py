@@ -1,0 +1,120 @@
+"""The monitor in time: the log scored as it was known at each step, and each account's first flag.
+
+`SteppedMonitor` reads a DuckDB relation (`log`, v1 rows with their time `t`) that only grows, and scores
+it at step boundaries (multiples of `step` since the epoch, so every reader of the same traffic scores the
+same prefixes): at boundary B, `requests` is every row with `t <= B`. Only boundaries that new rows fall
+before are scored. An account first flagged at B gets its latest request up to B as `first_flag_time` and
+its requests up to B as `requests_before_flag`, which is exact to one step. `--replay` feeds it a file,
+`--follow` a live store (`monitor.follow`): the same code, the same flag times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from alambic.monitor.verdict import Verdict
+
+Assess = Callable[[duckdb.DuckDBPyConnection], list[Verdict]]  # scores the `requests` relation
+
+
+@dataclass(frozen=True)
+class FirstFlag:
+    time: datetime  # the account's latest request when the flag was raised
+    requests: int  # its requests up to and including that one
+    action: str  # what the verdict said then
+    raised_at: datetime  # the step boundary it was raised at
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "time": self.time.isoformat(), "raised_at": self.raised_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FirstFlag:
+        moments = {name: datetime.fromisoformat(data[name]) for name in ("time", "raised_at")}
+        return cls(**{**data, **moments})
+
+
+def micros(moment: datetime) -> int:
+    return round(moment.timestamp() * 1_000_000)
+
+
+class SteppedMonitor:
+    def __init__(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        assess: Assess,
+        step: timedelta,
+        *,
+        log: str = "log",
+        scored_until: int | None = None,
+        flags: dict[str, FirstFlag] | None = None,
+    ) -> None:
+        if step <= timedelta(0):
+            raise ValueError("the step must be positive")
+        self.connection = connection
+        self.assess = assess
+        self.step = step // timedelta(microseconds=1)
+        self.log = log
+        self.scored_until = scored_until  # the last boundary scored, in microseconds since the epoch
+        self.flags = dict(flags or {})
+        self.verdicts: list[Verdict] = []  # the latest scoring's
+
+    def advance(self, until: datetime | None = None) -> list[tuple[Verdict, FirstFlag]]:
+        """Score every boundary up to `until` (None: up to the one past the last row) that new rows fall before;
+        returns the accounts flagged for the first time, in the order they were."""
+        raised = []
+        for boundary in self._boundaries(until):
+            known = f"SELECT * FROM {self.log} WHERE {_us('t')} <= {boundary}"
+            self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
+            self.verdicts = self.assess(self.connection)
+            self.scored_until = boundary
+            fresh = {v.account: v for v in self.verdicts if v.action != "none" and v.account not in self.flags}
+            if not fresh:
+                continue
+            rows = self.connection.execute(
+                f"SELECT account, count(*), max({_us('t')}) FROM {self.log} WHERE {_us('t')} <= {boundary} "
+                "AND account IN (SELECT unnest(?)) GROUP BY account",
+                [list(fresh)],
+            ).fetchall()
+            seen = {account: (count, last) for account, count, last in rows}
+            for account, verdict in fresh.items():
+                if account in seen:
+                    count, last = seen[account]
+                    self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action, _moment(boundary))
+                    raised.append((verdict, flag))
+        return raised
+
+    def _boundaries(self, until: datetime | None) -> list[int]:
+        ceiling = f"(({_us('t')} + {self.step - 1}) // {self.step}) * {self.step}"
+        where = [f"{_us('t')} > {self.scored_until}"] if self.scored_until is not None else ["t IS NOT NULL"]
+        if until is not None:
+            where.append(f"{ceiling} <= {micros(until)}")
+        query = f"SELECT DISTINCT {ceiling} AS boundary FROM {self.log} WHERE {' AND '.join(where)} ORDER BY boundary"
+        return [row[0] for row in self.connection.execute(query).fetchall()]
+
+
+def campaign_requests_before_flag(monitor: SteppedMonitor, campaigns: dict[str, list[str]]) -> dict[str, int | None]:
+    """For each campaign (its accounts), the requests all its accounts had sent by the step at which the first
+    of them was flagged (None if none was): what it extracted before the monitor could stop it."""
+    counts: dict[str, int | None] = {}
+    for campaign, accounts in campaigns.items():
+        flagged = [monitor.flags[a].raised_at for a in accounts if a in monitor.flags]
+        if not flagged:
+            counts[campaign] = None
+            continue
+        counts[campaign] = monitor.connection.execute(
+            f"SELECT count(*) FROM {monitor.log} WHERE account IN (SELECT unnest(?)) AND {_us('t')} <= ?",
+            [accounts, micros(min(flagged))],
+        ).fetchone()[0]
+    return counts
+
+
+def _moment(microseconds: int) -> datetime:
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=microseconds)
+
+
+def _us(column: str) -> str:
+    return f"epoch_us({column})"

@@ -1,0 +1,212 @@
+"""Calibrated risk: how rare an account's (or a campaign's) features are among benign accounts of its size.
+
+Each feature gets a benign tail probability p (the share of benign reference accounts at least as extreme,
+among the `NEIGHBOURS` closest in size; past the largest benign value, an exponential tail fitted to the top
+decile, as in peaks-over-threshold). The evidence is -log10 p, summed over features (Fisher's combination),
+and risk is 1 - the share of benign reference accounts with at least that much evidence (the same tail rule).
+So risk is calibrated on benign traffic only: a threshold of 0.99 lets about 1% of benign accounts through.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from alambic.monitor.features import FEATURES
+
+# Which tail of each feature is the extraction side; features that say nothing either way are left out.
+HIGH = (
+    "requests",
+    "requests_per_active_day",
+    "peak_per_hour",
+    "hours_of_day",
+    "prompt_diversity",
+    "shared_prompt_share",
+    "reasoning_cue_share",
+    "long_answer_share",
+    "logprobs_share",
+    "multi_sample_share",
+    "answer_prompt_ratio",
+    "distinct_addresses",
+    "distinct_user_agents",
+    "newest_model_share",
+)
+LOW = ("templated_share", "hours_to_newest_model")
+# Compared with every benign account; the others only with benign accounts of about the same size.
+VOLUME = ("requests", "requests_per_active_day", "peak_per_hour")
+# Counts and ratios are compared on a log scale, so that an exponential tail fits them.
+LOGGED = (
+    "requests",
+    "requests_per_active_day",
+    "peak_per_hour",
+    "answer_prompt_ratio",
+    "distinct_addresses",
+    "distinct_user_agents",
+    "hours_to_newest_model",
+)
+# Features that move together count once, as their strongest member with a Bonferroni correction (k p).
+FAMILIES = (
+    ("requests", "requests_per_active_day", "peak_per_hour"),
+    ("distinct_addresses", "distinct_user_agents"),
+    ("newest_model_share", "hours_to_newest_model"),
+    ("long_answer_share", "answer_prompt_ratio"),
+    ("logprobs_share", "multi_sample_share"),
+    ("prompt_diversity", "templated_share"),
+)
+TRUNCATE = 1.0
+NEIGHBOURS = 150
+MIN_SPREAD = 0.05  # the smallest tail scale (in the feature's units, or log units): a constant benign feature
+# One feature past every benign account says at most this much more than "rarer than all n" (-log10 p): the
+# extrapolated tail is a model, and one odd feature must not outweigh several.
+EXTRAPOLATION_CAP = 1.0
+TOP_REASONS = 3
+REASON_EVIDENCE = 2.0  # -log10 p: a feature is a reason when at most 1% of benign accounts of its size reach it
+# Actions at fixed benign false-positive rates: 1% flagged, 0.1% throttled, 0.01% blocked.
+THRESHOLDS = (("block", 0.9999), ("throttle", 0.999), ("flag", 0.99))
+GREY_ZONE_REQUESTS = 500  # below this many requests (account or campaign), at most a flag for review
+
+
+def tail_probability(sample: np.ndarray, x: float) -> float:
+    """P(V >= x) for V drawn like the benign `sample`: smoothed rank below its maximum, exponential beyond."""
+    n = len(sample)
+    top = float(sample.max())
+    if x <= top:
+        return (int(np.count_nonzero(sample >= x)) + 1) / (n + 1)
+    threshold = float(np.quantile(sample, 0.9))
+    excess = sample[sample > threshold] - threshold
+    scale = max(float(excess.mean()) if len(excess) else 0.0, MIN_SPREAD)
+    return math.exp(-(x - top) / scale) / (n + 1)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One feature's value and how rare it is among benign accounts of the same size."""
+
+    feature: str
+    value: float
+    benign_median: float
+    probability: float  # benign tail probability
+
+    samples: int  # benign accounts it was compared with
+
+    @property
+    def strength(self) -> float:
+        return min(-math.log10(self.probability), math.log10(self.samples + 1) + EXTRAPOLATION_CAP)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    risk: float
+    evidence: tuple[Evidence, ...]  # the strongest first
+
+    def reasons(self, references: int, prefix: str = "") -> tuple[str, ...]:
+        strong = [e for e in self.evidence if e.strength >= REASON_EVIDENCE][:TOP_REASONS]
+        return tuple(prefix + _reason(e, references) for e in strong)
+
+
+def combined(evidence: list[Evidence]) -> float:
+    """Zaykin's truncated product: the sum of -log10 p over features with p <= 10^-TRUNCATE, each family of
+    correlated features counted once (the many small benign wobbles do not add up to a signal)."""
+    family_of = {name: family for family in FAMILIES for name in family}
+    strongest: dict[tuple[str, ...], float] = {}
+    for e in evidence:
+        family = family_of.get(e.feature, (e.feature,))
+        strongest[family] = max(strongest.get(family, 0.0), e.strength - math.log10(len(family)))
+    return sum(strength for strength in strongest.values() if strength >= TRUNCATE)
+
+
+def _transformed(name: str, value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = float(value)
+    if name in LOGGED:
+        value = math.log1p(max(value, 0.0))
+    return -value if name in LOW else value
+
+
+class Reference:
+    """Benign accounts' features: what each account or campaign is compared with. Fit it on a benign-only log,
+    or on a log that is mostly benign (rank statistics: a few extreme accounts move its tails little). With
+    `accounts` (the rows' account ids), an account of the reference is compared with the others only."""
+
+    def __init__(self, rows: list[dict[str, float | None]], accounts: list[str] | None = None) -> None:
+        if len(rows) < 20:
+            raise ValueError(f"a reference needs at least 20 benign accounts, got {len(rows)}")
+        self.features = [f for f in (*HIGH, *LOW) if f in rows[0]]
+        self.raw = {f: np.array([np.nan if r[f] is None else float(r[f]) for r in rows]) for f in self.features}
+        self.values = {
+            f: np.array([np.nan if (v := _transformed(f, r[f])) is None else v for r in rows]) for f in self.features
+        }
+        self.index = {account: i for i, account in enumerate(accounts or ())}
+        self.sizes = np.log1p(np.array([float(r["requests"]) for r in rows]))
+        self.scores = np.array([self._evidence_total(r, exclude=i) for i, r in enumerate(rows)])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def _neighbours(self, requests: float, exclude: int | None) -> np.ndarray:
+        distance = np.abs(self.sizes - math.log1p(requests))
+        if exclude is not None:
+            distance[exclude] = np.inf
+        k = min(NEIGHBOURS, len(distance) - (exclude is not None))
+        return np.argpartition(distance, k - 1)[:k]
+
+    def evidence(self, row: dict[str, float | None], exclude: int | None = None) -> list[Evidence]:
+        """Each feature's benign tail probability, strongest evidence first."""
+        near = self._neighbours(float(row["requests"]), exclude)
+        everyone = np.arange(len(self.sizes)) if exclude is None else np.delete(np.arange(len(self.sizes)), exclude)
+        found = []
+        for name in self.features:
+            value = _transformed(name, row.get(name))
+            if value is None:
+                continue
+            pool = everyone if name in VOLUME else near
+            sample = self.values[name][pool]
+            sample = sample[~np.isnan(sample)]
+            if len(sample) < 10:
+                continue
+            raw = self.raw[name][pool]
+            median = float(np.nanmedian(raw))
+            found.append(Evidence(name, float(row[name]), median, tail_probability(sample, value), len(sample)))
+        return sorted(found, key=lambda e: -e.strength)
+
+    def _evidence_total(self, row: dict[str, float | None], exclude: int | None = None) -> float:
+        return combined(self.evidence(row, exclude))
+
+    def assess(self, row: dict[str, float | None], account: str | None = None) -> Assessment:
+        """Risk in [0, 1]: 1 - the benign share with at least this account's evidence, and that evidence."""
+        evidence = self.evidence(row, exclude=self.index.get(account))
+        return Assessment(1.0 - tail_probability(self.scores, combined(evidence)), tuple(evidence))
+
+
+def action_for(risk: float, requests: int) -> str:
+    """The action at fixed benign false-positive rates; small senders (the grey zone: a user making synthetic
+    data for their own small model) are at most flagged for review."""
+    for action, threshold in THRESHOLDS:
+        if risk >= threshold:
+            return action if requests >= GREY_ZONE_REQUESTS else "flag"
+    return "none"
+
+
+def _reason(e: Evidence, references: int) -> str:
+    rarity = (
+        f"fewer than 1 in {references} benign accounts"
+        if e.probability * (references + 1) < 1
+        else f"{e.probability:.1%} of benign accounts"
+    )
+    side = "as low" if e.feature in LOW else "as high"
+    peers = "benign median" if e.feature in VOLUME else "benign accounts of its size"
+    return (
+        f"{FEATURES.get(e.feature, e.feature)}: {_shown(e.feature, e.value)} "
+        f"({peers}: {_shown(e.feature, e.benign_median)}; {rarity} {side})"
+    )
+
+
+def _shown(feature: str, value: float) -> str:
+    if feature.endswith("_share") or feature == "prompt_diversity":
+        return f"{value:.0%}"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.1f}"

@@ -1,0 +1,158 @@
+"""`alambic monitor`: one JSON line per account (or tables), --until, --replay's first flags, the store as a
+source, --act and --dry-run on a running gateway, --follow, and bad input in one line with exit code 2."""
+
+import json
+
+import pytest
+from monitor_traffic import counting, traffic, write
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from alambic.cli import app
+from alambic.logs.importer import LogImporter
+from alambic.monitor.assess import assess
+from alambic.monitor.features import account_features
+from alambic.monitor.risk import Reference
+from alambic.monitor.source import open_log
+from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+from alambic.store import Store
+from alambic.store.schema import Account
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def monitor(*args: str):
+    return CliRunner().invoke(app, ["monitor", *args])
+
+
+def lines(result) -> dict[str, dict]:
+    assert result.exit_code == 0, result.output
+    return {line["account"]: line for line in map(json.loads, result.stdout.splitlines())}
+
+
+@pytest.fixture(scope="module")
+def benign(tmp_path_factory):
+    """A benign-only log to calibrate risk on."""
+    out = tmp_path_factory.mktemp("benign") / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=21, days=2, scale=0.1, campaigns=())), out)
+    return out
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The stand-in scoring (flag at 3 requests, block at 5), so that flag times are known."""
+    monkeypatch.setattr("alambic.monitor.assess.assess", counting)
+
+
+def test_every_account_gets_a_json_line_with_the_scorings_verdict(tmp_path, benign):
+    log = tmp_path / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=22, days=2, scale=0.1, campaigns=("bulk",))), log)
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    found = lines(monitor("--log", str(log), "--reference", str(benign), "--json"))
+    assert set(found) == set(labels)
+    reference = Reference([f.values for f in account_features(open_log([benign]))])
+    for verdict in assess(open_log([log]), reference):
+        line = found[verdict.account]
+        assert (line["risk"], line["reasons"], line["campaign"], line["action"]) == (
+            verdict.risk,
+            list(verdict.reasons),
+            verdict.campaign,
+            verdict.action,
+        )
+    risks = [line["risk"] for line in found.values()]
+    assert risks == sorted(risks, reverse=True)  # the riskiest first
+    table = monitor("--log", str(log), "--reference", str(benign))
+    assert table.exit_code == 0 and "Riskiest accounts" in table.stdout and "Campaigns" in table.stdout
+
+
+def test_until_scores_only_what_was_known_then(tmp_path, counted):
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    found = lines(monitor("--log", str(log), "--json", "--until", "2026-12-01T00:25:00Z"))
+    assert {a: line["action"] for a, line in found.items()} == {"steady": "flag", "quiet": "none"}
+
+
+def test_replay_adds_each_accounts_first_flag(tmp_path, counted, benign):
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    found = lines(monitor("--log", str(log), "--json", "--replay", "--step", "10m", "--reference", str(benign)))
+    assert (found["steady"]["first_flag_time"], found["steady"]["requests_before_flag"]) == (
+        "2026-12-01T00:20:00+00:00",
+        3,
+    )
+    assert (found["quiet"]["first_flag_time"], found["quiet"]["requests_before_flag"]) == (None, None)
+    assert found["steady"]["action"] == "block"  # the verdict on the whole log
+
+
+def test_the_store_is_read_as_the_file_is(tmp_path, counted):
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    LogImporter(Store(db)).import_files([log])
+    assert lines(monitor("--db", db, "--json")) == lines(monitor("--log", str(log), "--json"))
+
+
+def test_act_blocks_and_the_running_gateway_refuses_the_next_request(gateway, monkeypatch):
+    mallory, gina = gateway.key("mallory"), gateway.key("gina")
+    for key in (mallory, gina):
+        assert gateway.post("/v1/chat/completions", key, json=CHAT).status_code == 200
+
+    def verdicts(connection, reference=None):
+        from alambic.monitor.verdict import Verdict
+
+        return [
+            Verdict("gina", 0.95, ("generates synthetic data for a small model",), None, "flag"),
+            Verdict("mallory", 0.999, ("sent 8% of the prompts that 312 other accounts also sent",), "c1", "block"),
+        ]
+
+    monkeypatch.setattr("alambic.monitor.assess.assess", verdicts)
+    db = gateway.store.url
+    dry = monitor("--db", db, "--dry-run")
+    assert dry.exit_code == 0 and "would mallory: block, policy allow -> block" in dry.stderr
+    assert gateway.post("/v1/chat/completions", mallory, json=CHAT).status_code == 200  # a dry run changes nothing
+    acted = monitor("--db", db, "--act", "--json")
+    assert acted.exit_code == 0 and "2 actions taken" in acted.stderr
+    refused = gateway.post("/v1/chat/completions", mallory, json=CHAT)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "account_blocked")
+    assert gateway.post("/v1/chat/completions", gina, json=CHAT).status_code == 200  # grey zone: flagged only
+    assert "0 actions taken" in monitor("--db", db, "--act").stderr  # nothing twice
+
+
+def test_follow_prints_each_first_flag_once_and_resumes(tmp_path, counted, benign):
+    rows = traffic()
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    LogImporter(Store(db)).import_files(write(tmp_path / "first.jsonl", rows[:9]))
+    args = ["--db", db, "--follow", "--once", "--json", "--step", "10m", "--lag", "1s"]
+    args += ["--checkpoint", str(tmp_path / "state"), "--reference", str(benign)]
+    first = lines(monitor(*args))
+    assert {a: (line["first_flag_time"], line["requests_before_flag"]) for a, line in first.items()} == {
+        "steady": ("2026-12-01T00:20:00+00:00", 3)
+    }
+    LogImporter(Store(db)).import_files(write(tmp_path / "second.jsonl", rows[9:]))
+    resumed = monitor(*args, "--act")
+    assert set(lines(resumed)) == {"late"}
+    with Store(db).session() as session:
+        policies = dict(session.execute(select(Account.name, Account.policy)).all())
+    assert policies == {"steady": "block", "late": "allow", "quiet": "allow", "closer": "allow"}
+    assert "late: flag, policy stays allow" in resumed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "Give the log"),
+        (["--log", "missing.jsonl"], "no such file"),
+        (["--log", "LOG", "--until", "noon"], "--until: 'noon' is not an ISO 8601 time"),
+        (["--log", "LOG", "--act"], "--act needs the store"),
+        (["--log", "LOG", "--replay", "--step", "0m"], "--step: '0m' is not a duration"),
+        (["--db", "DB", "--follow"], "--follow needs --checkpoint"),
+        (["--db", "DB", "--follow", "--checkpoint", "x"], "--follow needs a benign --reference"),
+        (["--log", "GARBAGE"], "could not be read"),
+        (["--log", "LOG", "--reference", "LOG"], "--reference"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json at all\n")
+    names = {"LOG": str(log), "GARBAGE": str(garbage), "DB": f"sqlite:///{tmp_path / 'x.db'}"}
+    result = monitor(*[names.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

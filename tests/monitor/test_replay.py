@@ -1,0 +1,77 @@
+"""Replay and follow: the log scored as it was known at each step, each account's first flag with its own
+requests up to it; a follower of a live store, restarted midway, gives the same flag times as a replay."""
+
+import json
+from datetime import timedelta
+
+from monitor_traffic import MINUTE, START, counting, traffic, write
+
+from alambic.logs.importer import LogImporter
+from alambic.monitor.follow import Follower
+from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag
+from alambic.monitor.source import open_log
+
+
+def replay(files, step: timedelta) -> SteppedMonitor:
+    monitor = SteppedMonitor(open_log(files, name="log"), counting, step)
+    monitor.advance()
+    return monitor
+
+
+def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_path):
+    files = write(tmp_path / "log.jsonl", traffic())
+    fine = replay(files, 10 * MINUTE)
+    assert fine.flags == {
+        "steady": FirstFlag(START + 20 * MINUTE, 3, "flag", START + 20 * MINUTE),
+        "late": FirstFlag(START + 99 * MINUTE, 3, "flag", START + 100 * MINUTE),
+    }
+    coarse = replay(files, timedelta(hours=1)).flags  # exact to one step: the flag waits for the boundary
+    assert coarse["steady"] == FirstFlag(START + 60 * MINUTE, 7, "block", START + 60 * MINUTE)
+    assert "quiet" not in coarse
+    assert {v.account: v.action for v in fine.verdicts} == {
+        "closer": "none",
+        "late": "flag",
+        "quiet": "none",
+        "steady": "block",
+    }
+
+
+def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(store, tmp_path):
+    rows = traffic()
+    expected = replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
+    importer = LogImporter(store)
+    half = len(rows) // 2
+    importer.import_files(write(tmp_path / "first.jsonl", rows[:half]))
+    checkpoint = tmp_path / "checkpoint"
+    first = Follower(store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
+    raised = first.poll()
+    assert [(v.account, flag.requests) for v, flag in raised] == [("steady", 3)]
+    (checkpoint / "rows-000000000009999.jsonl").write_text(json.dumps(rows[0]) + "\n")  # left by a poll that died
+    importer.import_files(write(tmp_path / "second.jsonl", rows[half:]))
+    second = Follower(store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # a restart
+    assert [v.account for v, _ in second.poll()] == ["late"]
+    assert second.monitor.flags == expected
+    assert second.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
+    assert second.poll() == []
+
+
+def test_a_follower_merges_its_batch_files_and_reads_each_row_once(sqlite_store, tmp_path, monkeypatch):
+    monkeypatch.setattr("alambic.monitor.follow.MAX_FILES", 3)
+    rows = traffic()
+    importer = LogImporter(sqlite_store)
+    checkpoint = tmp_path / "checkpoint"
+    follower = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))
+    for number, one in enumerate(rows):
+        importer.import_files(write(tmp_path / f"{number}.jsonl", [one]))
+        follower.poll()
+    assert len(follower.files) <= 3 and sorted(p.name for p in checkpoint.glob("rows-*")) == sorted(follower.files)
+    assert follower.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
+    assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
+
+
+def test_a_campaigns_requests_before_its_first_flag_count_all_its_accounts(tmp_path):
+    monitor = replay(write(tmp_path / "log.jsonl", traffic()), 10 * MINUTE)
+    groups = {"pair": ["steady", "late"], "alone": ["late"], "unseen": ["quiet", "closer"]}
+    # the pair is first flagged at the 00:20 step (steady's 3rd request), before late starts; late alone at the
+    # 01:40 step, after its 3rd request (01:39)
+    assert campaign_requests_before_flag(monitor, groups) == {"pair": 3, "alone": 3, "unseen": None}

@@ -1,0 +1,79 @@
+"""Risk calibrated on benign accounts only: tail probabilities, the share of benign accounts flagged, actions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from alambic.monitor.features import account_features
+from alambic.monitor.risk import GREY_ZONE_REQUESTS, Evidence, Reference, action_for, combined, tail_probability
+from alambic.monitor.source import open_log
+from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+
+
+def benign_features(directory, seed: int) -> list[dict]:
+    out = directory / f"benign-{seed}.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=seed, days=3, scale=0.3, campaigns=())), out)
+    return [f.values for f in account_features(open_log([out]))]
+
+
+@pytest.fixture(scope="module")
+def two_benign_weeks(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("benign")
+    return benign_features(directory, 21), benign_features(directory, 22)
+
+
+def test_tail_probability_is_the_smoothed_benign_share_then_falls_past_the_largest_value():
+    sample = np.arange(100.0)  # 0 .. 99
+    assert tail_probability(sample, 50) == pytest.approx(51 / 101)  # 50 .. 99, plus one
+    assert tail_probability(sample, -1) == 1.0
+    assert tail_probability(sample, 99) == pytest.approx(2 / 101)
+    beyond = [tail_probability(sample, x) for x in (99.5, 120, 200)]
+    assert beyond[0] < 1 / 101 and beyond[0] > beyond[1] > beyond[2] > 0
+
+
+def test_risk_on_unseen_benign_accounts_flags_about_the_target_share(two_benign_weeks):
+    fitted, unseen = two_benign_weeks
+    reference = Reference(fitted)
+    risks = np.array([reference.assess(values).risk for values in unseen])
+    assert ((risks >= 0) & (risks <= 1)).all()
+    assert np.mean(risks >= 0.9) < 0.2  # calibrated: about 10% of benign accounts at 0.9, not all of them
+    assert np.mean(risks >= 0.99) <= 0.04
+    assert np.mean(risks >= 0.5) <= 0.6  # at most about 1 - threshold (ties at no evidence fall below)
+
+
+def test_an_account_far_past_every_benign_one_gets_a_high_risk_and_reasons_with_its_numbers(two_benign_weeks):
+    fitted, _ = two_benign_weeks
+    reference = Reference(fitted)
+    loud = dict(max(fitted, key=lambda v: v["requests"]))
+    loud |= {"requests": loud["requests"] * 50, "reasoning_cue_share": 1.0, "answer_prompt_ratio": 40.0}
+    assessment = reference.assess(loud)
+    assert assessment.risk > 0.999
+    reasons = assessment.reasons(len(reference))
+    assert 1 <= len(reasons) <= 3
+    assert any("step-by-step reasoning: 100%" in reason for reason in reasons)
+    assert all("benign" in reason for reason in reasons)
+
+
+def test_a_reference_needs_enough_benign_accounts(two_benign_weeks):
+    with pytest.raises(ValueError, match="at least 20"):
+        Reference(two_benign_weeks[0][:5])
+
+
+def test_actions_follow_fixed_benign_rates_and_the_grey_zone_is_only_flagged():
+    big = GREY_ZONE_REQUESTS * 10
+    assert [action_for(r, big) for r in (0.5, 0.995, 0.9995, 0.99999)] == ["none", "flag", "throttle", "block"]
+    assert action_for(0.99999, GREY_ZONE_REQUESTS - 1) == "flag"
+
+
+def test_correlated_features_count_once_and_small_wobbles_not_at_all():
+    def evidence(feature: str, probability: float) -> Evidence:
+        return Evidence(feature, 1.0, 0.0, probability, 1000)
+
+    volume = [evidence(name, 1e-3) for name in ("requests", "requests_per_active_day", "peak_per_hour")]
+    assert combined(volume) == pytest.approx(3 - math.log10(3))  # one family: its strongest, Bonferroni-corrected
+    wobbles = [evidence(name, 0.3) for name in ("hours_of_day", "shared_prompt_share", "reasoning_cue_share")]
+    assert combined(wobbles) == 0
+    assert combined([*volume, evidence("reasoning_cue_share", 1e-2)]) == pytest.approx(5 - math.log10(3))
