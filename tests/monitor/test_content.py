@@ -75,7 +75,7 @@ def test_near_duplicates_are_found_across_accounts(world, features):
     sharded = {a for a, label in labels.items() if label["style"] == "sharded"}
     assert any(len(sharded & set(accounts)) >= 2 for (accounts,) in spread)
     near = _by_style(features, labels, "near_duplicate_share")
-    assert statistics.median(near["sharded"]) > 0.5 > statistics.median(near["integration-summarise"])
+    assert statistics.median(near["sharded"]) > 0.25 > max(near["integration-summarise"])
 
 
 def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
