@@ -98,3 +98,9 @@ def test_the_shipped_encoder_loads_offline_and_ranks_paraphrases_closest():
     assert vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_a_log_without_accounts_has_no_content_features(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"time": "2026-11-02T10:00:00+00:00", "messages": [{"role": "user", "content": "hi"}]}))
+    assert content_features(open_log([log]), EmbeddingCache(CountingEncoder())) == {}
