@@ -23,7 +23,7 @@ CONTENT_FEATURES = {
     "topic_coverage": "topic clusters covered / those as many prompts drawn at random from all traffic would cover",
     "novelty_share": "sampled prompts, in time order, unlike (cosine < 0.5) every earlier prompt of the account",
 }
-SAMPLE = 32  # distinct prompts embedded per account: the work is bounded by accounts, not by the log
+SAMPLE = 16  # distinct prompts embedded per account: the work is bounded by accounts, not by the log
 CLUSTERS = 48
 NOVEL_BELOW = 0.5  # cosine similarity to the account's most similar earlier prompt
 
