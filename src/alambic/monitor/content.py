@@ -23,7 +23,7 @@ CONTENT_FEATURES = {
     "topic_coverage": "topic clusters covered / those as many prompts drawn at random from all traffic would cover",
     "novelty_share": "sampled prompts, in time order, unlike (cosine < 0.5) every earlier prompt of the account",
 }
-SAMPLE = 32  # distinct prompts embedded per account: the work is bounded by accounts, not by the log
+SAMPLE = 16  # distinct prompts embedded per account: the work is bounded by accounts, not by the log
 CLUSTERS = 48
 NOVEL_BELOW = 0.5  # cosine similarity to the account's most similar earlier prompt
 
@@ -57,6 +57,8 @@ def content_features(
     load_buckets(connection)
     near = dict(connection.execute(NEAR_DUPLICATE_SHARE).fetchall())
     rows = connection.execute(SAMPLED, {"sample": sample}).fetchall()
+    if not rows:
+        return {}
     cache = cache if cache is not None else EmbeddingCache()
     vectors = cache.embed({prompt_hash: prompt for _, prompt_hash, prompt in rows})
     topics = _topics(vectors)
