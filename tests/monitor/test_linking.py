@@ -59,3 +59,14 @@ def test_a_lone_account_links_to_nothing(tmp_path):
     row = {"time": "2026-11-02T10:00:00+00:00", "account": "solo", "messages": [{"role": "user", "content": "hi"}]}
     log.write_text(json.dumps(row) + "\n")
     assert link_accounts(open_log([log])) == Linking({}, {})
+
+
+def test_linking_reads_the_relation_as_it_is_now(tmp_path):
+    """Replay redefines `requests` on one connection at each step: a later call must see the rows added since."""
+    out = tmp_path / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=4, days=2, scale=0.1, campaigns=("sharded",))), out)
+    connection = open_log([out], name="log")
+    connection.execute("CREATE VIEW requests AS SELECT * FROM log WHERE t < (SELECT min(t) FROM log) + INTERVAL 2 HOUR")
+    link_accounts(connection)
+    connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
+    assert link_accounts(connection).campaign_of == link_accounts(open_log([out])).campaign_of

@@ -79,15 +79,9 @@ def _confirmed(signatures: np.ndarray, candidates: np.ndarray) -> list[int]:
 
 
 def load_buckets(connection: duckdb.DuckDBPyConnection) -> int:
-    """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts.
-
-    Returns the number of distinct prompts signed."""
-    exists = connection.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'prompt_buckets' AND temporary"
-    ).fetchone()
+    """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts, from
+    `requests` as it is now (replay redefines it on one connection). Returns the number of distinct prompts signed."""
     load_prompts(connection)
-    if exists[0]:
-        return connection.execute("SELECT count(*) FROM prompt_texts").fetchone()[0]
     shingled = connection.execute(SHINGLES).fetchnumpy()
     hashes, signatures = _signatures(shingled["prompt_hash"], shingled["shingle"])
     buckets, members = [], []

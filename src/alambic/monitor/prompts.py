@@ -27,9 +27,5 @@ DROP TABLE request_prompts;
 
 
 def load_prompts(connection: duckdb.DuckDBPyConnection) -> None:
-    """Builds `prompt_texts` and `account_prompts` from `requests`, once per connection."""
-    exists = connection.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'account_prompts' AND temporary"
-    ).fetchone()
-    if not exists[0]:
-        connection.execute(ACCOUNT_PROMPTS)
+    """Builds `prompt_texts` and `account_prompts` from `requests` as it is now (replay redefines it)."""
+    connection.execute(ACCOUNT_PROMPTS)
