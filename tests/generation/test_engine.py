@@ -223,3 +223,17 @@ def test_logits_processors_read_one_growing_buffer_not_a_copy_per_step(engine, p
     for step, input_ids in enumerate(seen):
         assert input_ids.tolist() == [prompts[0] + completion.token_ids[:step]]
     assert len({ids.untyped_storage().data_ptr() for ids in seen}) <= 10
+
+
+async def test_events_a_slow_reader_left_waiting_come_at_once(engine, prompts):
+    request = GenerationRequest(prompts[0], SamplingParams(max_tokens=8, min_tokens=8, temperature=0))
+    stream = engine.stream(request)
+    first = await stream.__anext__()
+    for _ in range(3000):  # the reader falls behind while the engine generates the rest
+        if engine.active_sequences == 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # the last events' deliveries run on this loop
+    rest = stream.ready()
+    assert isinstance(first, TokenEvent) and len(rest) == 8 and isinstance(rest[-1], FinishEvent)
+    assert stream.ready() == [] and [event async for event in stream] == []

@@ -44,6 +44,10 @@ def prompts(llama_engine):
     return [chat_ids(llama_engine.backend.tokenizer, q) for q in QUESTIONS]
 
 
+def test_the_backend_names_the_encoding_it_was_asked_for(llama_engine):
+    assert llama_engine.backend.encoding == "f16"
+
+
 @pytest.mark.parametrize(
     "params",
     [SamplingParams(max_tokens=24, temperature=0), SamplingParams(max_tokens=24, temperature=0.9, seed=3)],

@@ -55,3 +55,49 @@ def test_served_logprobs_are_finite_and_rows_can_be_the_models_own():
     assert torch.isfinite(logprobs).all() and logprobs.min() == LOGPROB_FLOOR == -9999.0
     assert (logprobs[0, 5:] == LOGPROB_FLOOR).all() and (logprobs[2] == LOGPROB_FLOOR).all()
     torch.testing.assert_close(logprobs[1], torch.log_softmax(model_logits[0], -1))  # before the processors
+
+
+MIXED = [
+    SamplingParams(temperature=0),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=0.7, top_k=5),
+    SamplingParams(temperature=1.3, top_p=0.8),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=0.9, top_k=50, top_p=0.95),
+]
+
+
+def generators(seeds):
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def test_the_batch_is_sampled_as_each_row_alone():
+    torch.manual_seed(0)
+    steps = [torch.randn(len(MIXED), 300) * 3 for _ in range(40)]
+    together, alone = generators(range(len(MIXED))), generators(range(len(MIXED)))
+    for logits in steps:
+        batched = choose_tokens(logits, MIXED, together)
+        one_by_one = [choose_tokens(logits[row : row + 1], [p], [alone[row]])[0] for row, p in enumerate(MIXED)]
+        assert batched == one_by_one
+
+
+def test_a_seeded_rows_draws_do_not_depend_on_its_neighbours():
+    torch.manual_seed(1)
+    steps = [torch.randn(3, 300) * 3 for _ in range(40)]
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+
+    def row_tokens(neighbours, position):
+        gens = generators([100 + i for i in range(len(neighbours) + 1)])
+        gens.insert(position, gens.pop())  # the row under test keeps seed 7 wherever it sits
+        gens[position].manual_seed(7)
+        out = []
+        for logits in steps:
+            batch = torch.cat([logits[1:].repeat(len(neighbours), 1)[: len(neighbours)], logits[:1]])
+            batch = torch.cat([batch[:position], batch[-1:], batch[position:-1]])
+            out.append(choose_tokens(batch, [*neighbours[:position], params, *neighbours[position:]], gens)[position])
+        return out
+
+    alone = row_tokens([], 0)
+    assert row_tokens(MIXED[:3], 1) == alone
+    assert row_tokens(MIXED, 6) == alone
+    assert len(set(alone)) > 5  # sampled, not greedy

@@ -106,7 +106,8 @@ def test_stop_sequences_and_seed_are_honoured(gateway):
 def test_models_health_and_metrics(gateway):
     client = gateway.client(gateway.key("alice"))
     assert [m.id for m in client.models.list()] == ["tiny"]
-    assert httpx.get(f"{gateway.url}/healthz").json()["status"] == "ok"
+    health = httpx.get(f"{gateway.url}/healthz").json()
+    assert health["status"] == "ok" and health["gguf_type"] is None  # transformers: no GGUF
     client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'alambic_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0' in metrics

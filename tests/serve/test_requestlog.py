@@ -1,6 +1,7 @@
 """The request log as the gateway writes it: a row from admission on, final rows that survive a failed write,
 refused requests that still name their account, and metrics that callers cannot fill with series."""
 
+import asyncio
 import json
 
 import httpx
@@ -109,3 +110,30 @@ def test_a_streamed_rows_text_is_the_text_sent(gateway):
     sent = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     [row] = rows(gateway.store)
     assert row.response_texts == [sent] and row.completion_tokens == 12
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bookkeeping_runs_on_the_event_loop_without_a_thread_hop(gateway, monkeypatch, stream):
+    # Under load a hop to a worker thread waits for the GIL behind generation (tens of ms per hop, measured);
+    # each write is one short transaction, done where the request is handled.
+    from alambic.serve import policy
+
+    on_loop = []
+
+    def recording(function):
+        def call(*args, **kwargs):
+            try:
+                on_loop.append((function.__name__, asyncio.get_running_loop() is not None))
+            except RuntimeError:
+                on_loop.append((function.__name__, False))
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(policy, "authenticate", recording(policy.authenticate))
+    monkeypatch.setattr(policy, "usage_since", recording(policy.usage_since))
+    monkeypatch.setattr(requestlog, "start_request", recording(requestlog.start_request))
+    monkeypatch.setattr(requestlog, "log_request", recording(requestlog.log_request))
+    key = gateway.key("alice", Policy.THROTTLE, tokens_per_minute=10_000)
+    assert gateway.post("/v1/chat/completions", key, json={**BODY, "stream": stream}).status_code == 200
+    assert on_loop == [("authenticate", True), ("usage_since", True), ("start_request", True), ("log_request", True)]

@@ -44,8 +44,12 @@ def serve(
         "transformers"
     ),
     gguf_type: Annotated[
-        str, typer.Option(help="llamacpp: the teacher's encoding, bf16, f16, q8_0 or q4_1 (as shipped).")
-    ] = "bf16",
+        str,
+        typer.Option(
+            help="llamacpp: the teacher's encoding, bf16, f16, q8_0, q4_1 (as shipped), or auto: bf16 where the "
+            "CPU has AVX512_BF16 or AMX, else f16."
+        ),
+    ] = "auto",
     db: DatabaseOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -99,7 +103,9 @@ def serve(
         watermark=scheme,
         instance=instance,
     )
-    console.print(f"Serving [bold]{model_backend.name}[/bold] on http://{host}:{port}/v1 (log: {store.url})")
+    encoding = getattr(model_backend, "encoding", None)  # llama.cpp: the weights' encoding, logged at load
+    weights = f", GGUF {encoding}" + (" chosen for this CPU" if gguf_type == "auto" else "") if encoding else ""
+    console.print(f"Serving [bold]{model_backend.name}[/bold]{weights} on http://{host}:{port}/v1 (log: {store.url})")
     try:
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)
     finally:

@@ -56,6 +56,17 @@ class EventStream:
         except BaseException:  # the caller was cancelled while it waited
             self.close()
             raise
+        return self._take(event)
+
+    def ready(self) -> list[GenerationEvent]:
+        """The events already generated and not yet read, without waiting: a reader that fell behind (a slow
+        client) takes them together, to send them in one write. An error among them raises, as in iteration."""
+        events = []
+        while self._unfinished and not self._events.empty():
+            events.append(self._take(self._events.get_nowait()))
+        return events
+
+    def _take(self, event: GenerationEvent | Exception) -> GenerationEvent:
         if isinstance(event, Exception):
             self.close()
             raise event

@@ -60,6 +60,7 @@ def create_app(engine: GenerationEngine, store: Store, settings: GatewaySettings
         return {
             "status": "ok",
             "model": engine.backend.name,
+            "gguf_type": getattr(engine.backend, "encoding", None),  # llama.cpp: the weights' encoding
             "active_sequences": engine.active_sequences,
             "queued_requests": engine.queued_requests,
         }

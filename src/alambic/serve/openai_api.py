@@ -23,13 +23,12 @@ from alambic.errors import (
 )
 from alambic.generation import (
     Completion,
-    FinishEvent,
     GenerationEngine,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
 )
-from alambic.generation.params import GenerationEvent
+from alambic.generation.engine import EventStream
 from alambic.logs.fingerprint import fingerprints
 from alambic.serve.formats import ChatFormat, CompletionFormat, ResponseFormat
 from alambic.serve.requestlog import RequestJournal
@@ -138,7 +137,7 @@ class Gateway:
     async def _stream(
         self,
         request: Request,
-        events: AsyncIterator[GenerationEvent],
+        events: EventStream,
         fmt: ResponseFormat,
         response_id: str,
         body: SamplingFields,
@@ -167,20 +166,26 @@ class Gateway:
                 if opening is not None:
                     yield chunk([opening])
             async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, TokenEvent):
-                        if record.first_token_ms is None:
-                            record.first_token_ms = (time.perf_counter() - request.state.started) * 1000
-                        record.response_texts[event.index] += event.text
-                        record.completion_tokens += 1
-                        if event.text or event.logprob is not None:
-                            yield chunk([fmt.delta(event.index, event.text, event.logprob)])
-                    elif isinstance(event, FinishEvent):
-                        completions.append(event.completion)
-                        if event.text:
+                async for first in events:
+                    # Events that came while the last write waited (a client reading slower than the tokens
+                    # come) go out together: one write for all, not one round trip through the server each.
+                    frames = []
+                    for event in [first, *events.ready()]:
+                        if isinstance(event, TokenEvent):
+                            if record.first_token_ms is None:
+                                record.first_token_ms = (time.perf_counter() - request.state.started) * 1000
                             record.response_texts[event.index] += event.text
-                            yield chunk([fmt.delta(event.index, event.text, None)])
-                        yield chunk([fmt.closing_delta(event.index, event.completion.finish_reason)])
+                            record.completion_tokens += 1
+                            if event.text or event.logprob is not None:
+                                frames.append(chunk([fmt.delta(event.index, event.text, event.logprob)]))
+                        else:
+                            completions.append(event.completion)
+                            if event.text:
+                                record.response_texts[event.index] += event.text
+                                frames.append(chunk([fmt.delta(event.index, event.text, None)]))
+                            frames.append(chunk([fmt.closing_delta(event.index, event.completion.finish_reason)]))
+                    if frames:
+                        yield "".join(frames)
             self._record_result(record, sorted(completions, key=lambda c: c.index))
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage=_usage(record))

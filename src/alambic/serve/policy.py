@@ -4,6 +4,10 @@ Throttling counts the account's served requests and tokens over the last minute 
 itself, so limits hold across restarts and across gateway replicas sharing one database. Requests in
 flight in this process count too, with the tokens they may still use (prompt + max_tokens, held from the
 moment they are known until the request ends), so a burst cannot slip in before its rows are final.
+
+The key's lookup and the usage query run on the event loop, as the log's writes do (see `requestlog`): one
+short query each, where a worker thread's hop waited for the GIL under load. No cache: a policy changed from
+another process (`alambic accounts policy`) applies from the next request on.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import anyio
 from starlette.requests import Request
 
 from alambic.errors import AuthenticationError, PermissionDeniedError, RateLimitError
@@ -38,7 +41,7 @@ class Gatekeeper:
 
     async def _admit(self, request: Request) -> AccountPolicy:
         key = bearer_token(request)
-        account = await anyio.to_thread.run_sync(authenticate, self.store, key)
+        account = authenticate(self.store, key)
         request.state.unchecked_key = None  # the log need not look it up again
         if account is None:
             raise AuthenticationError(
@@ -51,7 +54,7 @@ class Gatekeeper:
             raise PermissionDeniedError(f"The account '{account.name}' is blocked.", code="account_blocked")
         if account.policy is Policy.THROTTLE:
             now = datetime.now(UTC)
-            usage = await anyio.to_thread.run_sync(usage_since, self.store, account.account_id, now - WINDOW)
+            usage = usage_since(self.store, account.account_id, now - WINDOW)
             # No await from this check to the count below: concurrent admissions see each other.
             self._refuse_over_limits(account, usage, requests=usage.requests + self.in_flight[account.account_id])
             request.state.usage = usage

@@ -4,6 +4,11 @@ An ASGI middleware gives each request a `RequestRecord` that the handlers fill i
 `in_progress` (a gateway killed mid-answer leaves it so); the final row replaces it before a whole response
 leaves (a stream: before `[DONE]`), or as a cut stream ends (499). A request refused before admission gets
 one row, written at the end.
+
+The writes run on the event loop itself, not on a worker thread: each is one short transaction (~1 ms in
+SQLite, a round trip in PostgreSQL), while a hop to a worker thread under load waited for the GIL behind the
+generation thread and the other streams, tens of ms per hop (63 ms per request measured at 16 streams). Being
+synchronous, a write cannot be cancelled half way by a client hanging up.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +40,7 @@ class RequestJournal:
     async def open(self, state: dict) -> None:
         """Insert an admitted request's row, `in_progress` until `commit`."""
         state["record"].admitted_at = datetime.now(UTC)
-        state["row_id"] = await self._bookkeeping(state, start_request, self.store, state["record"])
+        state["row_id"] = self._bookkeeping(state, start_request, self.store, state["record"])
 
     async def commit(self, state: dict) -> None:
         """Make the request's row final, once; a write that failed is tried again by the next call."""
@@ -45,7 +49,7 @@ class RequestJournal:
         record: RequestRecord = state["record"]
         record.latency_ms = (time.perf_counter() - state["started"]) * 1000
         record.completed_at = datetime.now(UTC)
-        await self._bookkeeping(state, self._write, state)
+        self._bookkeeping(state, self._write, state)
         state["logged"] = True
         self.finish(state)
 
@@ -68,11 +72,10 @@ class RequestJournal:
         log_request(self.store, record, state.get("row_id"))
 
     @staticmethod
-    async def _bookkeeping(state: dict, write: Callable[..., Any], *args: Any) -> Any:
+    def _bookkeeping(state: dict, write: Callable[..., Any], *args: Any) -> Any:
         started = time.perf_counter()
         try:
-            with anyio.CancelScope(shield=True):  # a client hanging up must not lose the row
-                return await anyio.to_thread.run_sync(write, *args)
+            return write(*args)
         finally:
             state["overhead_s"] += time.perf_counter() - started
 

@@ -34,12 +34,15 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
         sock.close()
 
 
-def wait_until_ready(url: str, *, timeout_s: float = 300, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll a gateway's /healthz until it answers; fail early if `alive()` says its process has died."""
+def wait_until_ready(
+    url: str, *, timeout_s: float = 300, alive: Callable[[], bool] = lambda: True, path: str = "/healthz"
+) -> None:
+    """Poll a server's `path` (a gateway's /healthz) until it answers 200; fail early if `alive()` says its
+    process has died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
+            if httpx.get(f"{url}{path}").status_code == 200:
                 return
         except httpx.TransportError:
             pass

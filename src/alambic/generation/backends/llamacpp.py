@@ -37,7 +37,8 @@ def require_llama_cpp():
 
 
 class LlamaCppBackend:
-    """Rows map to llama.cpp sequence ids; a row's KV lives in the shared cache under its id."""
+    """Rows map to llama.cpp sequence ids; a row's KV lives in the shared cache under its id. `encoding` names
+    the GGUF's weight type where alambic chose it (bf16, f16, ...), shown in /healthz."""
 
     def __init__(
         self,
@@ -46,13 +47,14 @@ class LlamaCppBackend:
         *,
         name: str,
         eos_token_ids: frozenset[int],
+        encoding: str | None = None,
         max_sequences: int = 32,
         kv_tokens: int = 32768,
         batch_tokens: int = 2048,
         threads: int | None = None,
     ) -> None:
         require_llama_cpp()
-        self.name, self.tokenizer, self.eos_token_ids = name, tokenizer, eos_token_ids
+        self.name, self.tokenizer, self.eos_token_ids, self.encoding = name, tokenizer, eos_token_ids, encoding
         self.model = llama_cpp.llama_model_load_from_file(
             str(gguf_path).encode(), llama_cpp.llama_model_default_params()
         )

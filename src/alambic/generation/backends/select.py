@@ -10,7 +10,7 @@ from alambic.errors import InvalidRequestError
 from alambic.generation.backends.base import ModelBackend
 from alambic.generation.backends.hf import TransformersBackend
 from alambic.models import load_model, smollm2_directory
-from alambic.models.gguf import smollm2_gguf
+from alambic.models.gguf import AUTO, resolve_gguf_type, smollm2_gguf
 from alambic.models.loading import SMOLLM2, end_of_sequence_ids
 
 BACKENDS = ("transformers", "llamacpp")
@@ -20,21 +20,24 @@ def load_backend(
     model: str,
     backend: str = "transformers",
     *,
-    gguf_type: str = "bf16",
+    gguf_type: str = AUTO,
     max_sequences: int = 32,
     kv_tokens: int = 32768,
     threads: int | None = None,
 ) -> ModelBackend:
     """`model` is smollm2, tiny, a model directory, or (llamacpp only) a .gguf file; llama.cpp's sequences
-    share `kv_tokens` KV cells, and its forward passes use `threads` (default: torch's)."""
+    share `kv_tokens` KV cells, and its forward passes use `threads` (default: torch's); smollm2's encoding is
+    `gguf_type`, by default the one that fits this CPU."""
     if backend == "transformers":
         return TransformersBackend(load_model(model))
     if backend != "llamacpp":
         raise InvalidRequestError(f"Unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
     from alambic.generation.backends.llamacpp import LlamaCppBackend
 
+    encoding = None  # a .gguf file's own
     if model == SMOLLM2:
-        gguf, directory = smollm2_gguf(gguf_type), smollm2_directory()
+        encoding = resolve_gguf_type(gguf_type)
+        gguf, directory = smollm2_gguf(encoding), smollm2_directory()
         tokenizer = AutoTokenizer.from_pretrained(directory)
         generation_config = GenerationConfig.from_pretrained(directory)
     elif model.endswith(".gguf") and Path(model).is_file():
@@ -49,6 +52,7 @@ def load_backend(
         gguf,
         tokenizer,
         name=model,
+        encoding=encoding,
         eos_token_ids=end_of_sequence_ids(generation_config, tokenizer),
         max_sequences=max_sequences,
         kv_tokens=kv_tokens,
