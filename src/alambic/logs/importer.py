@@ -26,7 +26,7 @@ from alambic.logs.sources import SourceRow, is_jsonl, line_chunks, read_rows
 from alambic.logs.vetting import Vetter
 from alambic.store import Store, bulk
 
-BATCH_ROWS = 20_000
+BATCH_ROWS = 10_000
 TokenCounter = Callable[[list[str]], list[int]]
 
 
