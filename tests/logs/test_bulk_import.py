@@ -130,3 +130,19 @@ def test_a_file_of_only_bad_rows_imports_nothing(sqlite_store, tmp_path, batch_r
     log = write_jsonl(tmp_path / "log.jsonl", ["{", "[]", json.dumps(v1("x", status="200"))])
     report = LogImporter(sqlite_store, batch_rows=batch_rows).import_files([log])
     assert (report.imported, [r.line for r in report.rejected]) == (0, [1, 2, 3])
+
+
+def test_vetting_chunk_after_chunk_keeps_duckdbs_memory_flat():
+    """The import's memory must not grow with the file: DuckDB keeps nothing of a chunk once it is vetted."""
+    from alambic.logs.vetting import Vetter
+
+    texts = [json.dumps(v1(f"r{i}")) for i in range(2000)]
+    vetter = Vetter(counting_tokens=False)
+
+    def vet_and_measure() -> int:
+        batch, others = vetter.vet(list(range(1, len(texts) + 1)), texts)
+        assert (batch.num_rows, others) == (len(texts), [])
+        return vetter.duck.sql("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0]
+
+    first = vet_and_measure()
+    assert [vet_and_measure() for _ in range(5)][-1] <= first

@@ -287,12 +287,10 @@ class Vetter:
         # The prepared query reads the table `chunk`, whose rows are each chunk's in turn.
         self.duck.register("lines", chunk)
         try:
+            self.duck.execute("CREATE OR REPLACE TEMP TABLE chunk AS SELECT * FROM lines")
             if not self.prepared:
-                self.duck.execute("CREATE TEMP TABLE chunk AS SELECT * FROM lines LIMIT 0")
                 self.duck.execute(f"PREPARE vet AS {vetting_query(self.counting_tokens)}")
                 self.prepared = True
-            self.duck.execute("DELETE FROM chunk")
-            self.duck.execute("INSERT INTO chunk SELECT * FROM lines")
             vetted = self.duck.sql("EXECUTE vet").to_arrow_table()
         finally:
             self.duck.unregister("lines")
