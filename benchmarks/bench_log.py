@@ -3,7 +3,9 @@
 Each step runs as a user would run it, `alambic ...` in its own process, so its peak RSS is its own; the
 same steps on a quarter of the rows show whether memory grows with the file's length (it must not).
 
-    .venv/bin/python benchmarks/bench_log.py [--postgres URL]
+    .venv/bin/python benchmarks/bench_log.py [--postgres URL] [--smoke]
+
+`--smoke` runs every step on a sixtieth of the rows and writes no result: a check that the script runs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_result
-
 # A simulated week holds ~417k requests at scale 1 (7 days): 2.4 makes a million.
 SCALES = {"full": 2.4, "quarter": 0.6}
+SMOKE_SCALES = {"full": 0.04, "quarter": 0.01}
 
 
 def run(*args: str) -> tuple[float, float, str]:
@@ -39,9 +40,9 @@ def rows_in(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def measure(size: str, directory: Path, postgres: str | None) -> dict:
+def measure(size: str, scale: float, directory: Path, postgres: str | None) -> dict:
     log = directory / f"{size}.jsonl"
-    seconds, rss, _ = run("simulate", "--out", str(log), "--scale", str(SCALES[size]), "--seed", "1")
+    seconds, rss, _ = run("simulate", "--out", str(log), "--scale", str(scale), "--seed", "1")
     rows = rows_in(log)
     figures = {"rows": rows, "simulate": {"rows_per_s": rows / seconds, "peak_rss_mib": rss}}
     stores = {"sqlite": f"sqlite:///{directory / f'{size}.db'}"}
@@ -60,19 +61,27 @@ def measure(size: str, directory: Path, postgres: str | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", help="an empty PostgreSQL database's URL (each size gets its own schema)")
+    parser.add_argument("--smoke", action="store_true", help="a sixtieth of the rows, no result written")
     args = parser.parse_args()
+    scales = SMOKE_SCALES if args.smoke else SCALES
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-log-") as directory:
         for size in ("quarter", "full"):
             postgres = _fresh_database(args.postgres, size) if args.postgres else None
-            results[size] = measure(size, Path(directory), postgres)
+            results[size] = measure(size, scales[size], Path(directory), postgres)
             print(size, results[size], flush=True)
+    if args.smoke:
+        return
     full, quarter = results["full"], results["quarter"]
     growth = {
         step: full[step]["peak_rss_mib"] / quarter[step]["peak_rss_mib"]
         for step in full
         if isinstance(full[step], dict)
     }
+    # Imported only now: `common` loads torch, and a child forked from a process that big reports the parent's
+    # peak RSS as its own floor (Linux keeps ru_maxrss across exec).
+    from common import write_result
+
     write_result("log", {**results, "peak_rss_full_over_quarter": growth})
 
 

@@ -135,3 +135,19 @@ def test_a_gateway_killed_mid_stream_leaves_the_row_in_progress(db):
         [row] = session.scalars(select(RequestLog)).all()
     assert (row.state, row.endpoint, row.method) == ("in_progress", "/v1/chat/completions", "POST")
     assert row.account_id is not None
+
+
+def test_the_log_commands_load_without_torch():
+    """`alambic log import` never trains a model: the CLI must not pay torch's seconds and memory to start."""
+    script = (
+        "import sys\n"
+        "from alambic.cli import app\n"
+        "try:\n"
+        "    app(['log', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from alambic.cli.common import app, console, one_line_errors
-from alambic.distill.losses import Loss
+from alambic.distill.kinds import Loss
 from alambic.errors import InvalidRequestError
 
 TeacherOption = Annotated[str, typer.Option(help="smollm2 (the real teacher), tiny, or a model directory.")]

@@ -62,7 +62,8 @@ def import_log(
         console.print(f"rejected {rejected}", highlight=False, soft_wrap=True, markup=False)
     console.print(
         f"imported {report.imported:,} rows ({report.already_present:,} already in the store, "
-        f"{len(report.rejected):,} rejected, {report.accounts_created:,} new accounts) "
+        f"{len(report.rejected):,} rejected, {report.accounts_created:,} new accounts, "
+        f"{report.per_row:,} checked one by one) "
         f"in {seconds:.1f} s: {report.read / max(seconds, 1e-9):,.0f} rows/s",
         highlight=False,
     )

@@ -8,21 +8,14 @@ Each function returns one divergence per position, in nats; callers mask and ave
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import torch
+
+from alambic.distill.kinds import Loss
 
 TAIL_FLOOR = 1e-6  # the least mass a tail bucket keeps, so its log stays finite when top-k holds nearly all
 ABSENT = -60.0  # the log-probability given to an alternative that maps to no token: e^-60 is nothing, and
 # staying finite keeps every gradient finite (an -inf here turns reverse KL's and JSD's gradients to NaN)
-
-
-class Loss(StrEnum):
-    SFT = "sft"
-    FORWARD_KL = "forward_kl"  # KL(teacher || student): mode-covering
-    REVERSE_KL = "reverse_kl"  # KL(student || teacher): mode-seeking
-    JSD = "jsd"  # generalised Jensen-Shannon, beta = 0.5 is the symmetric one
-    ON_POLICY = "on_policy"  # GKD: the student samples, the teacher scores (TRL's DistillationTrainer)
 
 
 def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, loss: Loss, beta: float = 0.5) -> torch.Tensor:

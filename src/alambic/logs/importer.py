@@ -1,8 +1,10 @@
 """`alambic log import`: v1 files (or other gateways' exports, mapped) into the store's request log.
 
-Rows go in batches, each one transaction: a killed import leaves whole batches only, and running it again
-adds just what is missing, since a row is known by its `id`. Each bad row is reported with its file and
-line and skipped; the good ones are imported exactly once. Memory is one batch, whatever the file's length.
+Rows go in batches, each one transaction and one bulk write: a killed import leaves whole batches only, and
+running it again adds just what is missing, since a row is known by its `id`. Each bad row is reported with
+its file and line and skipped; the good ones are imported exactly once. A v1 JSONL file is vetted in bulk
+by DuckDB (`vetting`); what DuckDB cannot vouch for, and any other file or mapped export, is checked row by
+row against the JSON Schema. Memory is one batch, whatever the file's length.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from alambic.logs.format import BadRow, LogRow, parse_row
 from alambic.logs.mapping import FieldMap
-from alambic.logs.records import to_columns
-from alambic.logs.sources import SourceRow, read_rows
-from alambic.store import Store
-from alambic.store.schema import Account, RequestLog, utc_now
+from alambic.logs.records import batch_row, batch_schema
+from alambic.logs.sources import SourceRow, is_jsonl, line_chunks, read_rows
+from alambic.logs.vetting import Vetter
+from alambic.store import Store, bulk
 
-BATCH_ROWS = 2000
+BATCH_ROWS = 10_000
 TokenCounter = Callable[[list[str]], list[int]]
 
 
@@ -38,22 +42,18 @@ class Rejected:
 
 @dataclass
 class ImportReport:
-    """What an import did: rows added, rows already in the store, rows refused (with their reasons)."""
+    """What an import did: rows added, rows already in the store, rows refused (with their reasons), and
+    how many rows were checked one by one rather than vetted in bulk."""
 
     imported: int = 0
     already_present: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     accounts_created: int = 0
+    per_row: int = 0
 
     @property
     def read(self) -> int:
         return self.imported + self.already_present + len(self.rejected)
-
-
-@dataclass
-class _Batch:
-    rows: list[tuple[SourceRow, LogRow]] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
 
 
 class LogImporter:
@@ -76,79 +76,104 @@ class LogImporter:
         self.run_id = uuid.uuid4().hex
         self.accounts: dict[str, int] = {}
         self.report = ImportReport()
+        self._rejected: list[Rejected] = []  # the current batch's, reported in line order when it is written
+        self._vetter: Vetter | None = None
 
     def import_files(self, paths: Iterable[Path]) -> ImportReport:
         for path in paths:
-            self.import_rows(read_rows(path))
+            if is_jsonl(path) and self.field_map.is_identity:
+                for chunk in line_chunks(path, self.batch_rows):
+                    vetted, others = self._vet(chunk.numbers, chunk.texts)
+                    checked = self._checked(chunk.rows(others))
+                    self._write(pa.concat_tables([vetted, checked]), len(chunk.texts), chunk.path)
+            else:
+                self.import_rows(read_rows(path))
         return self.report
 
     def import_rows(self, rows: Iterable[SourceRow]) -> ImportReport:
-        batch = _Batch()
-        for row, parsed in self._parsed(rows):
-            if parsed.id in batch.ids:
-                self._reject(row, f"duplicate id {parsed.id!r} (an earlier row of this import has it)")
-                continue
-            batch.rows.append((row, parsed))
-            batch.ids.add(parsed.id)
-            if len(batch.rows) >= self.batch_rows:
-                self._write(batch)
-                batch = _Batch()
-        if batch.rows:
-            self._write(batch)
+        """Rows already read (and decoded), each checked against the schema."""
+        rows = iter(rows)
+        while chunk := list(islice(rows, self.batch_rows)):
+            self._write(self._checked(chunk), len(chunk), chunk[0].path)
         return self.report
+
+    def _vet(self, lines: list[int], texts: list[str]) -> tuple[pa.Table, list[int]]:
+        if self._vetter is None:
+            self._vetter = Vetter(counting_tokens=self.count_tokens is not None)
+        return self._vetter.vet(lines, texts)
+
+    def _checked(self, rows: Iterable[SourceRow]) -> pa.Table:
+        """The rows that follow v1, one by one, as a batch; the others rejected with the schema's reason."""
+        parsed = list(self._parsed(rows))
+        self.report.per_row += len(parsed)
+        self._fill_token_counts([row for _, row in parsed])
+        batch = []
+        for source, row in parsed:
+            try:
+                batch.append(batch_row(source.line, row))
+            except BadRow as error:
+                self._reject(source.line, source.path, str(error))
+        return pa.Table.from_pylist(batch, schema=batch_schema())
 
     def _parsed(self, rows: Iterable[SourceRow]) -> Iterator[tuple[SourceRow, LogRow]]:
         for row in rows:
             if row.error is not None:
-                self._reject(row, row.error)
+                self.report.per_row += 1
+                self._reject(row.line, row.path, row.error)
                 continue
             try:
                 mapped = self.field_map.apply(row.value) if isinstance(row.value, dict) else row.value
                 yield row, parse_row(mapped)
             except (BadRow, ValueError, TypeError) as error:
-                self._reject(row, str(error))
+                self.report.per_row += 1
+                self._reject(row.line, row.path, str(error))
 
-    def _reject(self, row: SourceRow, reason: str) -> None:
-        self.report.rejected.append(Rejected(row.path, row.line, reason))
+    def _reject(self, line: int, path: str, reason: str) -> None:
+        self._rejected.append(Rejected(path, line, reason))
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: pa.Table, read: int, path: str) -> None:
         """One transaction: rows whose id the store has are skipped (this run's: duplicates in the file)."""
-        self._fill_token_counts([parsed for _, parsed in batch.rows])
-        with self.store.session.begin() as session:
-            known = dict(
-                session.execute(
-                    select(RequestLog.request_id, RequestLog.imported_in).where(RequestLog.request_id.in_(batch.ids))
-                ).all()
-            )
-            fresh: list[LogRow] = []
-            for row, parsed in batch.rows:
-                if parsed.id not in known:
-                    fresh.append(parsed)
-                elif known[parsed.id] == self.run_id:
-                    self._reject(row, f"duplicate id {parsed.id!r} (an earlier row of this import has it)")
-                else:
+        batch = batch.sort_by("line")
+        with self.store.engine.begin() as connection:
+            ids = batch.column("request_id").to_pylist()
+            known = bulk.known_requests(connection, list(set(ids)))
+            fresh, seen = [], set()
+            for request_id, line in zip(ids, batch.column("line").to_pylist(), strict=True):
+                earlier = request_id in seen or (request_id in known and known[request_id] == self.run_id)
+                if earlier:
+                    self._reject(line, path, f"duplicate id {request_id!r} (an earlier row of this import has it)")
+                elif request_id in known:
                     self.report.already_present += 1
-            if fresh:
-                self._add_accounts(session, {r.account for r in fresh if r.account is not None})
-                columns = [to_columns(r, self.accounts.get(r.account), self.run_id) for r in fresh]
-                session.execute(insert(RequestLog.__table__), columns)  # Core executemany: no ORM objects
-        self.report.imported += len(fresh)
-        self.on_progress(len(batch.rows))
+                fresh.append(not earlier and request_id not in known)
+                seen.add(request_id)
+            batch = batch.filter(pa.array(fresh, pa.bool_()))
+            if batch.num_rows:
+                self._add_accounts(connection, batch.column("account"))
+                bulk.insert_requests(connection, self._store_columns(batch))
+        self.report.imported += batch.num_rows
+        self.report.rejected += sorted(self._rejected, key=lambda r: r.line)
+        self._rejected = []
+        self.on_progress(read)
 
-    def _add_accounts(self, session, names: set[str]) -> None:
+    def _add_accounts(self, connection, names: pa.ChunkedArray) -> None:
         """Accounts named in the rows, created (without keys) where the store has none."""
-        wanted = names - self.accounts.keys()
-        if not wanted:
-            return
-        existing = dict(session.execute(select(Account.name, Account.id).where(Account.name.in_(wanted))).all())
-        missing = sorted(wanted - existing.keys())
-        if missing:
-            session.execute(
-                insert(Account.__table__), [{"name": n, "policy": "allow", "created_at": utc_now()} for n in missing]
-            )
-            existing.update(session.execute(select(Account.name, Account.id).where(Account.name.in_(missing))).all())
-            self.report.accounts_created += len(missing)
-        self.accounts.update(existing)
+        wanted = [name for name in pc.unique(names).to_pylist() if name is not None and name not in self.accounts]
+        if wanted:
+            ids, created = bulk.account_ids(connection, wanted)
+            self.accounts.update(ids)
+            self.report.accounts_created += created
+
+    def _store_columns(self, batch: pa.Table) -> pa.Table:
+        """The batch as the store's columns: the account's id for its name, this run's id, no line."""
+        names = pa.array(list(self.accounts), pa.string())
+        ids = pa.array(list(self.accounts.values()), pa.int64())
+        account_id = pc.take(ids, pc.index_in(batch.column("account"), value_set=names))
+        run = pa.array([self.run_id] * batch.num_rows, pa.string())
+        return (
+            batch.drop_columns(["line", "account"])
+            .append_column("account_id", account_id)
+            .append_column("imported_in", run)
+        )
 
     def _fill_token_counts(self, rows: list[LogRow]) -> None:
         """v1 lets counts be null: then they are counted here, with the tokenizer the caller chose."""

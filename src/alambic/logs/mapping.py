@@ -59,8 +59,13 @@ class FieldMap:
     finish: Finisher | None = None
     keep_unmapped: bool = True  # a plain v1 file keeps its extra fields; a foreign export's are dropped
 
+    @property
+    def is_identity(self) -> bool:
+        """True for plain v1: the rows are taken as they are."""
+        return not self.paths and self.finish is None
+
     def apply(self, source: dict[str, Any]) -> dict[str, Any]:
-        if not self.paths and self.finish is None:
+        if self.is_identity:
             return source
         row = {k: v for k, v in source.items() if k not in self.paths.values()} if self.keep_unmapped else {}
         for target, path in self.paths.items():

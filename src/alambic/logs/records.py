@@ -2,14 +2,21 @@
 
 Columns the gateway fills that v1 does not name (finish reasons, errors, the watermark scheme, every
 choice's text) travel as extra fields named after their column, so the gateway's rows round-trip.
+An import moves rows in batches: Arrow tables of `batch_schema()`, the store's columns plus the row's line
+and account name, JSON columns as JSON text.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from alambic.logs.format import LogRow
+import pyarrow as pa
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String
+
+from alambic.logs.format import BadRow, LogRow
 from alambic.store.requestlog import fit_to_columns
 from alambic.store.schema import RequestLog
 
@@ -37,14 +44,56 @@ MONITOR_FIELDS = (
     "watermark_params",
 )
 TIME_FIELDS = ("admitted_at", "completed_at")
+COLUMN_EXTRA_TYPES = {"finish_reasons": list, "response_texts": list}  # the others are text
+# Columns an import does not take from the row: the store numbers rows, and names the account and the run.
+NOT_IN_BATCH = ("id", "account_id", "api_key_id", "imported_in")
+JSON_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns if isinstance(c.type, JSON))
 
 
-def to_columns(row: LogRow, account_id: int | None, imported_in: str) -> dict[str, Any]:
-    """The store's columns for one v1 row."""
+@cache
+def batch_schema() -> pa.Schema:
+    """A batch's columns: the row's line, its account's name, and the store's columns that come from the row."""
+    fields = [pa.field("line", pa.int64()), pa.field("account", pa.string())]
+    for column in RequestLog.__table__.columns:
+        if column.name not in NOT_IN_BATCH:
+            fields.append(pa.field(column.name, _arrow_type(column.type)))
+    return pa.schema(fields)
+
+
+def _arrow_type(kind) -> pa.DataType:
+    if isinstance(kind, JSON):
+        return pa.string()  # JSON text
+    if isinstance(kind, DateTime):
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(kind, Boolean):
+        return pa.bool_()
+    if isinstance(kind, Float):
+        return pa.float64()
+    if isinstance(kind, Integer):  # BigInteger too
+        return pa.int64()
+    if isinstance(kind, String):  # Text too
+        return pa.string()
+    raise TypeError(f"no Arrow type for a {kind!r} column")
+
+
+def batch_row(line: int, row: LogRow) -> dict[str, Any]:
+    """One v1 row as a batch row (`to_columns`, JSON columns as text)."""
+    columns = to_columns(row)
+    for name in JSON_COLUMNS:
+        if columns[name] is not None:
+            columns[name] = json.dumps(columns[name])
+    return {"line": line, "account": row.account, **columns}
+
+
+def to_columns(row: LogRow) -> dict[str, Any]:
+    """The store's columns for one v1 row (but those of `NOT_IN_BATCH`)."""
     params = row.params
     extra = dict(row.extra)
-    # Every row gets every key, so a batch is one executemany.
     columns: dict[str, Any] = {column: extra.pop(name, None) for column, name in COLUMN_EXTRAS.items()}
+    for column, value in columns.items():
+        kind = COLUMN_EXTRA_TYPES.get(column, str)
+        if value is not None and not isinstance(value, kind):
+            raise BadRow(f"{COLUMN_EXTRAS[column]}: must be {'an array' if kind is list else 'a string'}")
     for column, default in COLUMN_DEFAULTS.items():
         columns[column] = columns[column] or default
     if columns["response_texts"] is None and row.response is not None:
@@ -52,9 +101,7 @@ def to_columns(row: LogRow, account_id: int | None, imported_in: str) -> dict[st
     prompt = row.messages if row.messages is not None else None if row.prompt is None else [row.prompt]
     columns.update(
         request_id=row.id,
-        imported_in=imported_in,
         created_at=row.time,
-        account_id=account_id,
         endpoint=row.endpoint,
         status_code=row.status,
         client_address=row.client_ip,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from alambic.errors import InvalidRequestError
 from alambic.logs.format import EXTRA_COLUMN, NESTED_FIELDS
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
-PARQUET_BATCH_ROWS = 8192
+READ_ROWS = 8192  # rows read at a time: a Parquet batch, or JSONL lines on the per-row path
 # CSV holds text only: these v1 fields are numbers when present.
 CSV_INTEGERS = ("status", "prompt_tokens", "completion_tokens")
 CSV_FLOATS = ("latency_ms", "first_token_ms", "time", "admitted_at", "completed_at")  # times: or ISO 8601
@@ -51,19 +51,55 @@ def read_rows(path: Path) -> Iterator[SourceRow]:
     elif kind == ".csv":
         yield from _csv_rows(path)
     else:
-        yield from _jsonl_rows(path, gzipped=kind == ".jsonl.gz")
+        yield from _jsonl_rows(path)
 
 
-def _jsonl_rows(path: Path, *, gzipped: bool) -> Iterator[SourceRow]:
-    opener = gzip.open if gzipped else open
+@dataclass
+class LineChunk:
+    """Consecutive non-blank lines of a JSONL file, undecoded, with their line numbers."""
+
+    path: str
+    numbers: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def rows(self, positions: Iterable[int]) -> Iterator[SourceRow]:
+        """The lines at these positions, decoded one by one."""
+        for i in positions:
+            yield jsonl_row(self.path, self.numbers[i], self.texts[i])
+
+
+def is_jsonl(path: Path) -> bool:
+    return file_format(path) in (".jsonl", ".jsonl.gz")
+
+
+def line_chunks(path: Path, lines_per_chunk: int) -> Iterator[LineChunk]:
+    """A JSONL file (optionally gzipped) in chunks of lines, in file order."""
+    if not path.is_file():
+        raise InvalidRequestError(f"{path}: no such file.")
+    opener = gzip.open if file_format(path) == ".jsonl.gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
+        chunk = LineChunk(str(path))
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield SourceRow(str(path), number, json.loads(line))
-            except json.JSONDecodeError as error:
-                yield SourceRow(str(path), number, error=f"malformed JSON ({error.msg} at column {error.colno})")
+            if line.strip():
+                chunk.numbers.append(number)
+                chunk.texts.append(line)
+                if len(chunk.texts) >= lines_per_chunk:
+                    yield chunk
+                    chunk = LineChunk(str(path))
+        if chunk.texts:
+            yield chunk
+
+
+def jsonl_row(path: str, number: int, line: str) -> SourceRow:
+    try:
+        return SourceRow(path, number, json.loads(line))
+    except json.JSONDecodeError as error:
+        return SourceRow(path, number, error=f"malformed JSON ({error.msg} at column {error.colno})")
+
+
+def _jsonl_rows(path: Path) -> Iterator[SourceRow]:
+    for chunk in line_chunks(path, READ_ROWS):
+        yield from chunk.rows(range(len(chunk.texts)))
 
 
 def _csv_rows(path: Path) -> Iterator[SourceRow]:
@@ -121,7 +157,7 @@ def _parquet_rows(path: Path) -> Iterator[SourceRow]:
     import pyarrow.parquet as pq
 
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS):
         for row in batch.to_pylist():
             number += 1
             try:

@@ -1,0 +1,84 @@
+"""Bulk writes into the request log: one statement a batch whatever its size, in the caller's transaction.
+
+SQLite takes the batch in one executemany of plain values; PostgreSQL by COPY. A batch's ids and account
+names travel as one array (JSON text for SQLite), never as one bound parameter each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from sqlalchemy import Connection
+
+from alambic.errors import InvalidRequestError
+from alambic.store.schema import Account, RequestLog, utc_now
+
+REQUESTS, ACCOUNTS = RequestLog.__tablename__, Account.__tablename__
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy writes a datetime into SQLite
+
+
+def known_requests(connection: Connection, request_ids: list[str]) -> dict[str, str | None]:
+    """The ids among `request_ids` that the log has, each with the import run that wrote it (None: the gateway)."""
+    if _dialect(connection) == "sqlite":
+        query = f"SELECT request_id, imported_in FROM {REQUESTS} WHERE request_id IN (SELECT value FROM json_each(?))"
+        rows = connection.exec_driver_sql(query, (json.dumps(request_ids),))
+    else:
+        query = f"SELECT request_id, imported_in FROM {REQUESTS} WHERE request_id = ANY(%s)"
+        rows = connection.exec_driver_sql(query, (request_ids,))
+    return dict(rows.all())
+
+
+def account_ids(connection: Connection, names: list[str]) -> tuple[dict[str, int], int]:
+    """The ids of the accounts named, created (without keys) where the store has none; and how many were."""
+    if _dialect(connection) == "sqlite":
+        given, names_in = (utc_now().strftime(SQLITE_TIME), json.dumps(names)), "SELECT value FROM json_each(?)"
+        created = connection.exec_driver_sql(
+            f"INSERT INTO {ACCOUNTS} (name, policy, created_at) SELECT value, 'allow', ? FROM json_each(?) "
+            f"WHERE value NOT IN (SELECT name FROM {ACCOUNTS})",
+            given,
+        ).rowcount
+        rows = connection.exec_driver_sql(f"SELECT name, id FROM {ACCOUNTS} WHERE name IN ({names_in})", given[1:])
+    else:
+        created = connection.exec_driver_sql(
+            f"INSERT INTO {ACCOUNTS} (name, policy, created_at) SELECT unnest(%s::text[]), 'allow', now() "
+            "ON CONFLICT (name) DO NOTHING",
+            (names,),
+        ).rowcount
+        rows = connection.exec_driver_sql(f"SELECT name, id FROM {ACCOUNTS} WHERE name = ANY(%s)", (names,))
+    return dict(rows.all()), created
+
+
+def insert_requests(connection: Connection, batch: pa.Table) -> None:
+    """Insert a batch of request-log rows: Arrow columns named as the table's, JSON columns as JSON text."""
+    columns = ", ".join(batch.column_names)
+    if _dialect(connection) == "sqlite":
+        values = [_as_sqlite_keeps(column) for column in batch.columns]
+        placeholders = ", ".join("?" * batch.num_columns)
+        cursor = connection.connection.cursor()
+        cursor.executemany(f"INSERT INTO {REQUESTS} ({columns}) VALUES ({placeholders})", zip(*values, strict=True))
+        return
+    text = io.BytesIO()
+    pa_csv.write_csv(batch, text, pa_csv.WriteOptions(include_header=False))  # strings quoted, nulls bare
+    cursor = connection.connection.driver_connection.cursor()
+    with cursor, cursor.copy(f"COPY {REQUESTS} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+        copy.write(text.getbuffer())
+
+
+def _as_sqlite_keeps(column: pa.ChunkedArray) -> list:
+    """A column's Python values; times as the text SQLAlchemy writes (UTC, always six decimals)."""
+    if pa.types.is_timestamp(column.type):
+        column = pc.strftime(column, format="%Y-%m-%d %H:%M:%S")  # %S carries the microseconds
+    return column.to_pylist()
+
+
+def _dialect(connection: Connection) -> str:
+    name = connection.dialect.name
+    if name == "postgresql" and connection.dialect.driver != "psycopg":
+        raise InvalidRequestError("Importing into PostgreSQL needs the psycopg driver: postgresql+psycopg://...")
+    if name not in ("sqlite", "postgresql"):
+        raise InvalidRequestError(f"Importing into {name} is not supported; use SQLite or PostgreSQL.")
+    return name

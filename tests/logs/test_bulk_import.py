@@ -1,0 +1,148 @@
+"""The bulk import path (DuckDB vets v1 JSONL, one bulk write a batch): the same rows as the per-row path,
+bad rows found in the middle of a batch, and a kill -9 in the middle of a batch leaving nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from test_import_export import BAD_ROWS, count, v1, write_jsonl
+
+from alambic.logs.exporter import v1_rows
+from alambic.logs.importer import LogImporter
+from alambic.logs.sources import read_rows
+from alambic.store import Store
+from alambic.store.schema import Account, RequestLog
+
+# Rows that exercise every conversion from v1 to the store's columns.
+VARIED = [
+    v1("chat"),
+    v1("completion", endpoint="/v1/completions", messages=None, prompt="Once upon", params={"stop": "\n"}),
+    v1("tokens-list", endpoint="/v1/completions", messages=None, prompt=[1, 2, 3], params={"stop": ["a", "b"]}),
+    v1("epoch", time=1764500000, account=None, client_ip=None, user_agent=None, model=None, latency_ms=None),
+    v1("offset", time="2026-11-30T23:59:59.5-08:00", params={"logprobs": 2, "top_logprobs": 5, "n": 3, "seed": 7}),
+    v1("max-completion", params={"max_completion_tokens": 9, "max_tokens": 64, "stream": True, "top_p": 1}),
+    v1("zero-completion", params={"max_completion_tokens": 0, "max_tokens": 64, "logprobs": False}),
+    v1("empty-params", params={}, response=None, prompt_tokens=None, completion_tokens=None),
+    v1("no-params", params=None, messages=[], response=""),
+    v1("multimodal", messages=[{"role": "user", "content": [{"type": "text", "text": "hé ✓"}]}, {"role": "x"}]),
+    v1("extras", tenant="eu-1", trace={"span": 3, "tags": ["a", None, 1.5e-7]}, unicode="naïve ✓"),
+    v1("gateway", method="POST", finish_reasons=["stop", "length"], responses=["a", "b"], state="", error_type=None),
+    v1("refused", status=401, error_type="authentication_error", error_message="bad key", response=None),
+    v1("long", user_agent="u" * 500, model="m" * 300, client_ip="f" * 80, endpoint="/v1/" + "e" * 80),
+    v1("whole-second", time="2026-11-30T12:00:00Z", latency_ms=0, temperature=0),
+]
+
+
+def per_row_import(store: Store, log: Path) -> None:
+    """The per-row path (the JSON Schema on each row), which the bulk path must match row for row."""
+    LogImporter(store).import_rows(read_rows(log))
+
+
+def test_the_bulk_path_stores_what_the_per_row_path_stores(store, tmp_path):
+    log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(row) for row in VARIED])
+    report = LogImporter(store).import_files([log])
+    assert (report.imported, report.rejected, report.per_row) == (len(VARIED), [], 0)
+    reference = Store(f"sqlite:///{tmp_path / 'reference.db'}")
+    per_row_import(reference, log)
+    assert list(v1_rows(store)) == list(v1_rows(reference))
+
+
+def test_bad_rows_in_the_middle_of_a_bulk_batch_are_named_and_the_rest_imported_once(store, tmp_path):
+    lines, expected = [], []
+    for number, (bad, reason) in enumerate(BAD_ROWS.values()):
+        lines += [json.dumps(v1(f"good-{number}-{i}")) for i in range(3)]
+        lines.append(bad)
+        expected.append((len(lines), reason))
+    lines += ["", json.dumps(v1("good-0-1", response="same id, later line"))]
+    expected.append((len(lines), "duplicate id 'good-0-1'"))
+    log = write_jsonl(tmp_path / "log.jsonl", lines)
+    report = LogImporter(store).import_files([log])
+    good = 3 * len(BAD_ROWS)
+    assert report.imported == good and count(store) == good
+    assert [(r.line, reason in r.reason) for r, (_, reason) in zip(report.rejected, expected, strict=True)] == [
+        (line, True) for line, _ in expected
+    ], report.rejected
+    again = LogImporter(store).import_files([log])
+    assert (again.imported, again.already_present, count(store)) == (0, good, good)
+
+
+def test_a_duplicate_id_across_bulk_batches_is_reported(sqlite_store, tmp_path):
+    lines = [json.dumps(v1(f"r{i}")) for i in range(7)] + [json.dumps(v1("r1", response="another"))]
+    report = LogImporter(sqlite_store, batch_rows=3).import_files([write_jsonl(tmp_path / "log.jsonl", lines)])
+    assert report.imported == 7 and report.per_row == 0
+    assert [(r.line, "duplicate id 'r1'" in r.reason) for r in report.rejected] == [(8, True)]
+
+
+def test_rows_that_need_their_tokens_counted_take_the_per_row_path(sqlite_store, tmp_path):
+    rows = [v1("counted", prompt_tokens=None, completion_tokens=None), v1("given")]
+    log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(r) for r in rows])
+    report = LogImporter(sqlite_store, count_tokens=lambda texts: [len(t.split()) for t in texts]).import_files([log])
+    assert (report.imported, report.per_row) == (2, 1)
+    counted, given = list(v1_rows(sqlite_store))
+    assert (counted["prompt_tokens"], counted["completion_tokens"], given["prompt_tokens"]) == (2, 2, 12)
+
+
+KILLED_IMPORT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from alambic.logs import importer
+    from alambic.store import Store, bulk
+
+    writes = 0
+    original = bulk.insert_requests
+
+    def insert_then_die(*args):
+        global writes
+        original(*args)
+        writes += 1
+        if writes == 2:  # the second batch is written but not committed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    bulk.insert_requests = insert_then_die
+    importer.LogImporter(Store(sys.argv[1]), batch_rows=4).import_files([Path(sys.argv[2])])
+    """
+)
+
+
+def test_an_import_killed_in_the_middle_of_a_batch_leaves_whole_batches_and_resumes(store, tmp_path):
+    log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1(f"r{i}", account=f"a{i}")) for i in range(10)])
+    url = store.engine.url.render_as_string(hide_password=False)
+    command = [sys.executable, "-c", KILLED_IMPORT, url, str(log)]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    with store.session() as session:
+        assert session.scalar(select(func.count(RequestLog.id))) == 4  # the first batch, not a row of the second
+        assert session.scalar(select(func.count(Account.id))) == 4
+    report = LogImporter(store, batch_rows=4).import_files([log])
+    assert (report.imported, report.already_present, count(store)) == (6, 4, 10)
+    assert sorted(r["id"] for r in v1_rows(store)) == sorted(f"r{i}" for i in range(10))
+
+
+@pytest.mark.parametrize("batch_rows", [1, 1000])
+def test_a_file_of_only_bad_rows_imports_nothing(sqlite_store, tmp_path, batch_rows):
+    log = write_jsonl(tmp_path / "log.jsonl", ["{", "[]", json.dumps(v1("x", status="200"))])
+    report = LogImporter(sqlite_store, batch_rows=batch_rows).import_files([log])
+    assert (report.imported, [r.line for r in report.rejected]) == (0, [1, 2, 3])
+
+
+def test_vetting_chunk_after_chunk_keeps_duckdbs_memory_flat():
+    """The import's memory must not grow with the file: DuckDB keeps nothing of a chunk once it is vetted."""
+    from alambic.logs.vetting import Vetter
+
+    texts = [json.dumps(v1(f"r{i}")) for i in range(2000)]
+    vetter = Vetter(counting_tokens=False)
+
+    def vet_and_measure() -> int:
+        batch, others = vetter.vet(list(range(1, len(texts) + 1)), texts)
+        assert (batch.num_rows, others) == (len(texts), [])
+        return vetter.duck.sql("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0]
+
+    first = vet_and_measure()
+    assert [vet_and_measure() for _ in range(5)][-1] <= first
