@@ -36,6 +36,17 @@ VARIED = [
     v1("refused", status=401, error_type="authentication_error", error_message="bad key", response=None),
     v1("long", user_agent="u" * 500, model="m" * 300, client_ip="f" * 80, endpoint="/v1/" + "e" * 80),
     v1("whole-second", time="2026-11-30T12:00:00Z", latency_ms=0, temperature=0),
+    v1(
+        "monitor-fields",
+        prompt_hash="p-3f2a",
+        conversation="c-91bd",
+        admitted_at="2026-11-30T12:00:00.25+00:00",
+        completed_at=1764504001,
+        first_token_ms=41.5,
+        gateway_instance="gw-1:4242",
+        watermark_key_id="k-77",
+        watermark_params={"scheme": "kgw", "gamma": 0.25, "delta": 2.0},
+    ),
 ]
 
 

@@ -45,8 +45,9 @@ MONITOR_FIELDS = (
 )
 TIME_FIELDS = ("admitted_at", "completed_at")
 COLUMN_EXTRA_TYPES = {"finish_reasons": list, "response_texts": list}  # the others are text
-# Columns an import does not take from the row: the store numbers rows, and names the account and the run.
-NOT_IN_BATCH = ("id", "account_id", "api_key_id", "imported_in")
+# Columns an import does not take from the row: the store numbers rows, names the account and the run, and
+# a follower stamps the ingest sequence.
+NOT_IN_BATCH = ("id", "account_id", "api_key_id", "imported_in", "ingest_seq")
 JSON_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns if isinstance(c.type, JSON))
 
 

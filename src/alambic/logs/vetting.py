@@ -16,7 +16,14 @@ import duckdb
 import pyarrow as pa
 
 from alambic.logs.format import V1_FIELDS, schema
-from alambic.logs.records import COLUMN_DEFAULTS, COLUMN_EXTRA_TYPES, COLUMN_EXTRAS, batch_schema
+from alambic.logs.records import (
+    COLUMN_DEFAULTS,
+    COLUMN_EXTRA_TYPES,
+    COLUMN_EXTRAS,
+    MONITOR_FIELDS,
+    TIME_FIELDS,
+    batch_schema,
+)
 from alambic.store.requestlog import MAX_LENGTHS
 
 # DuckDB's json_type names for each JSON Schema type. A float that is a whole number (2.0) is no integer
@@ -132,12 +139,9 @@ def _extra_checks(fields: Fields, counting_tokens: bool) -> Iterator[str]:
     """What `parse_row` and `to_columns` require beyond the schema, and where DuckDB and Python could differ."""
     f = fields
     yield f"(coalesce({f.type('$.messages')}, 'NULL') = 'NULL' OR coalesce({f.type('$.prompt')}, 'NULL') = 'NULL')"
-    time, time_text = f.type("$.time"), f.text("$.time")
-    yield (
-        f"(({time} = 'VARCHAR' AND regexp_full_match({time_text}, '{PLAIN_ISO}') AND left({time_text}, 4) != '0000'"
-        f" AND TRY_CAST({time_text} AS TIMESTAMPTZ) IS NOT NULL)"
-        f" OR ({time} = 'UBIGINT' AND TRY_CAST({time_text} AS BIGINT) <= {LAST_EPOCH}))"
-    )
+    yield _time_check(f, "$.time")
+    for name in TIME_FIELDS:
+        yield f"(coalesce({f.type('$.' + name)}, 'NULL') = 'NULL' OR {_time_check(f, '$.' + name)})"
     for column, name in COLUMN_EXTRAS.items():
         kind = "ARRAY" if COLUMN_EXTRA_TYPES.get(column) is list else "VARCHAR"
         yield f"coalesce({f.type('$.' + name)}, 'NULL') IN ('NULL', '{kind}')"
@@ -150,6 +154,27 @@ def _extra_checks(fields: Fields, counting_tokens: bool) -> Iterator[str]:
     if counting_tokens:  # a null count is counted with the tokenizer, one row at a time
         yield f"{f.type('$.prompt_tokens')} IN ('UBIGINT', 'BIGINT')"
         yield f"{f.type('$.completion_tokens')} IN ('UBIGINT', 'BIGINT')"
+
+
+NOT_TEXT = ("first_token_ms", "watermark_params")  # the monitor's fields that are neither times nor text
+
+
+def _time_check(f: Fields, path: str) -> str:
+    """A time Python and DuckDB read the same way: plain ISO 8601 with an offset, or whole epoch seconds."""
+    kind, text = f.type(path), f.text(path)
+    return (
+        f"(({kind} = 'VARCHAR' AND regexp_full_match({text}, '{PLAIN_ISO}') AND left({text}, 4) != '0000'"
+        f" AND TRY_CAST({text} AS TIMESTAMPTZ) IS NOT NULL)"
+        f" OR ({kind} = 'UBIGINT' AND TRY_CAST({text} AS BIGINT) <= {LAST_EPOCH}))"
+    )
+
+
+def _time_column(f: Fields, path: str) -> str:
+    kind, text = f.type(path), f.text(path)
+    return (
+        f"CASE WHEN {kind} = 'VARCHAR' THEN TRY_CAST({text} AS TIMESTAMPTZ)"
+        f" WHEN {kind} = 'UBIGINT' THEN to_timestamp(TRY_CAST({text} AS BIGINT)) END"
+    )
 
 
 def _columns(fields: Fields) -> dict[str, str]:
@@ -169,16 +194,16 @@ def _columns(fields: Fields) -> dict[str, str]:
         """The value is there and not null (and of this JSON type)."""
         return f"{f.type(path)} != 'NULL'" if kind is None else f"{f.type(path)} = '{kind}'"
 
-    time, time_text = f.type("$.time"), f.text("$.time")
     logprobs = f.type("$.params.logprobs")
     completion = integer("$.params.max_completion_tokens")
     named_nulls = "{" + ", ".join(f'"{name}": null' for name in (*V1_FIELDS, *COLUMN_EXTRAS.values())) + "}"
     columns = {
         "account": f.text("$.account"),
-        "created_at": (
-            f"CASE WHEN {time} = 'VARCHAR' THEN TRY_CAST({time_text} AS TIMESTAMPTZ)"
-            f" ELSE to_timestamp(TRY_CAST({time_text} AS BIGINT)) END"
-        ),
+        "created_at": _time_column(f, "$.time"),
+        **{name: _time_column(f, f"$.{name}") for name in TIME_FIELDS},
+        **{name: f.text(f"$.{name}") for name in MONITOR_FIELDS if name not in (*TIME_FIELDS, *NOT_TEXT)},
+        "first_token_ms": number("$.first_token_ms"),
+        "watermark_params": f"CASE WHEN {given('$.watermark_params')} THEN {f.json('$.watermark_params')} END",
         "endpoint": f.text("$.endpoint"),
         "status_code": integer("$.status"),
         "client_address": f.text("$.client_ip"),
