@@ -75,7 +75,7 @@ def test_near_duplicates_are_found_across_accounts(world, features):
     sharded = {a for a, label in labels.items() if label["style"] == "sharded"}
     assert any(len(sharded & set(accounts)) >= 2 for (accounts,) in spread)
     near = _by_style(features, labels, "near_duplicate_share")
-    assert statistics.median(near["sharded"]) > 0.5 > statistics.median(near["integration-summarise"])
+    assert statistics.median(near["sharded"]) > 0.25 > max(near["integration-summarise"])
 
 
 def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
@@ -98,3 +98,9 @@ def test_the_shipped_encoder_loads_offline_and_ranks_paraphrases_closest():
     assert vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_a_log_without_accounts_has_no_content_features(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"time": "2026-11-02T10:00:00+00:00", "messages": [{"role": "user", "content": "hi"}]}))
+    assert content_features(open_log([log]), EmbeddingCache(CountingEncoder())) == {}

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from alambic.monitor.linking import EVIDENCE, link_accounts
+from alambic.monitor.linking import EVIDENCE, Linking, link_accounts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -52,3 +52,10 @@ def test_groups_carry_their_evidence_by_kind_and_in_words(linked):
     campaign = next(g for g in linking.groups.values() if labels[g.members[0]]["kind"] == "campaign")
     assert campaign.evidence["sliced_share"] > 0.5
     assert any("from one set of rare prompts, split between them" in reason for reason in campaign.reasons)
+
+
+def test_a_lone_account_links_to_nothing(tmp_path):
+    log = tmp_path / "log.jsonl"
+    row = {"time": "2026-11-02T10:00:00+00:00", "account": "solo", "messages": [{"role": "user", "content": "hi"}]}
+    log.write_text(json.dumps(row) + "\n")
+    assert link_accounts(open_log([log])) == Linking({}, {})

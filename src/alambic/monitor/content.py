@@ -57,6 +57,8 @@ def content_features(
     load_buckets(connection)
     near = dict(connection.execute(NEAR_DUPLICATE_SHARE).fetchall())
     rows = connection.execute(SAMPLED, {"sample": sample}).fetchall()
+    if not rows:
+        return {}
     cache = cache if cache is not None else EmbeddingCache()
     vectors = cache.embed({prompt_hash: prompt for _, prompt_hash, prompt in rows})
     topics = _topics(vectors)

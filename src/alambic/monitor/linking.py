@@ -20,7 +20,7 @@ from alambic.monitor.near_duplicates import load_buckets
 from alambic.monitor.prompts import LAST_USER_TURN
 
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
-FAMILY_REUSE_MAX = 2.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
+FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
 
 # Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
