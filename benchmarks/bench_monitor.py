@@ -76,7 +76,10 @@ def evaluate(log: Path, labels: dict, reference: Reference, tag: str) -> dict:
     seconds = time.perf_counter() - started
     summaries = account_summaries(connection)
     return {
-        "labels": {f"{tag}:{a}": label for a, label in labels.items()},
+        "labels": {
+            f"{tag}:{a}": {**label, "campaign_id": label["campaign_id"] and f"{tag}:{label['campaign_id']}"}
+            for a, label in labels.items()
+        },
         "monitor": {f"{tag}:{v.account}": v.risk for v in verdicts},
         "actions": {f"{tag}:{v.account}": v.action for v in verdicts},
         "campaign_of": {f"{tag}:{v.account}": v.campaign and f"{tag}:{v.campaign}" for v in verdicts},
@@ -129,13 +132,14 @@ def _rules_blocked(run: dict, benign: list[str]) -> int:
 
 
 def feature_speed(logs: list[Path]) -> dict:
-    """The feature pass over all the weeks as one log, read in place."""
+    """The feature pass over all the weeks as one log, read in place, on one core (DuckDB's threads = 1)."""
     connection = open_log(logs)
+    connection.execute("SET threads = 1")
     rows = connection.execute("SELECT count(*) FROM requests").fetchone()[0]
     started = time.perf_counter()
     accounts = len(account_features(connection))
     seconds = time.perf_counter() - started
-    return {"rows": rows, "accounts": accounts, "seconds": seconds, "rows_per_s": rows / seconds}
+    return {"rows": rows, "accounts": accounts, "threads": 1, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
 def main() -> None:
@@ -161,18 +165,25 @@ def main() -> None:
             for style, row in style_table(runs[-1]).items():
                 print(f"  {style}: {_brief(row)}", flush=True)
         speed = feature_speed(logs)
-    table = style_table(pooled(runs))
+    merged = pooled(runs)
+    benign = [a for a, label in merged["labels"].items() if label["kind"] == "benign"]
+    table = style_table(merged)
+    figures = {
+        "settings": {"seeds": args.seeds, "scale": args.scale, "days": DAYS, "reference_seeds": REFERENCE_SEEDS},
+        "accounts": dict(Counter(label["kind"] for label in merged["labels"].values())),
+        "benign_actions": dict(Counter(merged["actions"][a] for a in benign)),
+        "benign_in_linked_groups": sum(merged["campaign_of"][a] is not None for a in benign),
+    }
+    print(figures, flush=True)
     for style, row in table.items():
         print(f"all seeds, {style}: {_brief(row)}", flush=True)
     print("feature pass", speed, flush=True)
     if args.no_write:
         return
-    labels = pooled(runs)["labels"]
     write_result(
         "monitor",
         {
-            "settings": {"seeds": args.seeds, "scale": args.scale, "days": DAYS, "reference_seeds": REFERENCE_SEEDS},
-            "accounts": dict(Counter(label["kind"] for label in labels.values())),
+            **figures,
             "reference_accounts": len(reference),
             "styles": table,
             "by_seed": {str(seed): style_table(run) for seed, run in zip(args.seeds, runs, strict=True)},

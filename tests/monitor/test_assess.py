@@ -61,6 +61,8 @@ def test_a_hydra_scored_as_one_campaign_is_caught_though_its_accounts_alone_are_
     linked = {v.account: v for v in verdicts(connection, rows, reference, Linking({}, hydra))}
     assert sum(alone[a].risk >= 0.999 for a in hydra) < 0.5 * len(hydra)
     assert all(linked[a].risk >= 0.999 and linked[a].campaign == "hydra" for a in hydra)
+    assert all(linked[a].action != "none" for a in hydra)  # flagged for review at least
+    assert all(linked[a].action == alone[a].action for a in hydra if alone[a].action in ("throttle", "block"))
     assert all(linked[a].reasons[0].startswith(f"its campaign of {len(hydra)} linked accounts") for a in hydra)
     benign = [a for a, label in labels.items() if label["kind"] == "benign"]
     assert [linked[a].risk for a in benign] == [alone[a].risk for a in benign]

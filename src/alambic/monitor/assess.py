@@ -12,9 +12,12 @@ import duckdb
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
 from alambic.monitor.risk import Assessment, Reference, action_for
-from alambic.monitor.verdict import Verdict
+from alambic.monitor.verdict import ACTIONS, Verdict
 
 CAMPAIGN_SCHEMA = "campaign_view"
+# A campaign's risk is calibrated against single benign accounts, not against benign groups (an organisation's
+# keys, a classroom): alone it flags the members for review; throttling or blocking needs the account's own risk.
+CAMPAIGN_ACTION_CAP = "flag"
 
 
 def assess(connection: duckdb.DuckDBPyConnection, reference: Reference | None = None) -> list[Verdict]:
@@ -47,14 +50,16 @@ def verdicts(
         own = reference.assess(values, account)
         campaign = campaign_of.get(account)
         reasons = own.reasons(len(reference))
-        risk, requests = own.risk, int(values["requests"])
+        risk, action = own.risk, action_for(own.risk, int(values["requests"]))
         if campaign is not None and judged[campaign].risk > own.risk:
             group: Assessment = judged[campaign]
             prefix = f"its campaign of {members[campaign]} linked accounts, as one: "
             linked = linking.groups[campaign].reasons[:1] if campaign in linking.groups else ()
             reasons = group.reasons(len(reference), prefix) + linked + reasons
-            risk, requests = group.risk, int(campaigns[campaign]["requests"])
-        out.append(Verdict(account, risk, reasons, campaign, action_for(risk, requests)))
+            risk = group.risk
+            group_action = action_for(group.risk, int(campaigns[campaign]["requests"]))
+            action = max(action, min(group_action, CAMPAIGN_ACTION_CAP, key=ACTIONS.index), key=ACTIONS.index)
+        out.append(Verdict(account, risk, reasons, campaign, action))
     return out
 
 
