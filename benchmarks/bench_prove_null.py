@@ -83,9 +83,10 @@ def conversations(tokenizer) -> list[Conversation]:
     found = []
     with open(SHARED_DATA / "sharegpt" / "conversations.jsonl") as lines:
         for line in lines:
-            turns = json.loads(line)["turns"]
-            if len(turns) >= 2 and all(len(tokenizer.encode(t)) <= MAX_TURN_TOKENS for t in turns[:2]):
-                found.append(Conversation(*turns[:2]))
+            turns = json.loads(line)["turns"][:2]
+            short = len(turns) == 2 and all(len(turn) <= 8 * MAX_TURN_TOKENS for turn in turns)  # before encoding
+            if short and all(len(tokenizer.encode(turn)) <= MAX_TURN_TOKENS for turn in turns):
+                found.append(Conversation(*turns))
     return found
 
 
