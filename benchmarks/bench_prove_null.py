@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel
 
 from alambic.distill.losses import Loss
@@ -63,7 +64,7 @@ ROWS = ("single", "two_turn", "summary")  # the watermarked harvest of one key, 
 API_ROWS = ("two_turn", "summary")  # the prompts with watermarked text in them, as an API suspect is sent them
 READERS = {"reading": ("teacher", "layer_cut", "plain_student", "copier"), "api": ("teacher", "copier")}
 CHUNK = 16  # keys harvested and read together
-STUDENT_ANSWERS = 256
+STUDENT_ANSWERS = 128
 STUDENT = dict(student_layers=6, loss=Loss.SFT, epochs=2, batch_size=8, learning_rate=2e-4, max_length=256)
 WORK = cache_dir() / "benchmarks" / "prove-null"
 HARVEST_CODE = [SOURCES / part for part in ("generation", "watermark", "models")]
@@ -228,9 +229,13 @@ def chunks(indices: list[int]) -> Iterator[list[int]]:
         yield indices[start : start + CHUNK]
 
 
-def run(keys: int, out: Path) -> dict:
+def run(keys: int, out: Path, threads: int | None = None) -> dict:
+    """`threads` for llama.cpp's and torch's forward passes (default torch's): one is faster on a shared
+    machine, where a descheduled worker leaves the others spinning at the barrier."""
     began = time.perf_counter()
-    engine = GenerationEngine(load_backend("smollm2", "llamacpp"), max_batch_size=32)
+    if threads:
+        torch.set_num_threads(threads)
+    engine = GenerationEngine(load_backend("smollm2", "llamacpp", threads=threads), max_batch_size=32)
     tokenizer = engine.backend.tokenizer
     usable = conversations(tokenizer)
     if keys > len(usable) - STUDENT_ANSWERS:
@@ -297,12 +302,13 @@ def main() -> None:
     sized.add_argument("--keys", type=int, default=KEYS, help="independent keys, each a trial per scheme, mode, reader")
     sized.add_argument("--trials", type=int, help="keys enough for at least this many trials in all")
     parser.add_argument("--out", type=Path, default=RESULTS / "prove_null.json")
+    parser.add_argument("--threads", type=int, help="threads for the forward passes (default: torch's)")
     options = parser.parse_args()
     per_key = len(TEMPERATURES) * sum(map(len, READERS.values()))
     keys = math.ceil(options.trials / per_key) if options.trials else options.keys
     if keys < 1:
         sys.exit("--keys and --trials must be at least 1")
-    figures = run(keys, options.out)
+    figures = run(keys, options.out, options.threads)
     print(json.dumps({name: figures[name] for name in ("all", "by_scheme_mode")}, indent=1))
 
 
