@@ -93,11 +93,12 @@ def _cpuinfo(field: str) -> str:
     return ""
 
 
-def write_result(name: str, result: dict, *, update: bool = False, directory: Path = RESULTS) -> Path:
-    """Write `{directory}/{name}.json` (default: results/): the figures, and under `measured` each top-level
-    figure's date and machine. With `update`, only the keys in `result` change (a rerun of some sections); the
-    others keep their own."""
-    directory.mkdir(exist_ok=True)
+def write_result(name: str, result: dict, *, update: bool = False, directory: Path | None = None) -> Path:
+    """Write `results/{name}.json` (or into `directory`, for a trial run): the figures, and under `measured`
+    each top-level figure's date and machine. With `update`, only the keys in `result` change (a rerun of
+    some sections); the others keep their own."""
+    directory = directory or RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
     earlier = json.loads(path.read_text()) if update and path.exists() else {}
     measured = earlier.pop("measured", {})

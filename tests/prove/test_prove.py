@@ -21,6 +21,7 @@ from alambic.distill.run import DistillConfig, distill
 from alambic.harvest.dataset import AnswerRow
 from alambic.models import smollm2_directory, tiny_model
 from alambic.models.tiny import tiny_config
+from alambic.prove.null import copied_predictions, copying_answer
 from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs, suspect_predictions
 from alambic.prove.run import answers_read, prove_weights
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
@@ -118,16 +119,6 @@ def watermarked_walk(seed: int, length: int = 300, candidates: np.ndarray = CAND
     return np.array(text)
 
 
-def copied_predictions(text: np.ndarray) -> np.ndarray:
-    """An induction head with no weights at all: at i, the token that followed the last earlier occurrence of
-    token i - 1 (else token i - 1 again). It never trained on anything, so it cannot be radioactive."""
-    followers, predictions = {}, [0]
-    for i in range(1, len(text)):
-        predictions.append(followers.get(text[i - 1], text[i - 1]))
-        followers[text[i - 1]] = text[i]
-    return np.array(predictions)
-
-
 def test_copying_the_watermarked_input_is_not_taken_for_radioactivity():
     texts = [watermarked_walk(seed) for seed in range(20)]
     predictions = [copied_predictions(text) for text in texts]
@@ -190,19 +181,6 @@ def word_tokens() -> tuple[PreTrainedTokenizerBase, np.ndarray]:
         i for i in range(1000, 20000) if re.fullmatch(r" [a-z]+", text := tokenizer.decode([i])) and encode(text) == [i]
     ]
     return tokenizer, np.array(words[:2000])
-
-
-def copying_answer(passage: np.ndarray, own_words: np.ndarray, seed: int, length: int = 200) -> np.ndarray:
-    """A suspect that never saw the watermark, asked to summarise a watermarked passage: 80% of its steps copy
-    what followed its last word in the passage (any word of the passage if that one is not in it), the rest
-    take a word of its own."""
-    rng = np.random.default_rng(seed)
-    answer = [int(rng.choice(passage))]
-    for _ in range(length - 1):
-        followers = passage[1:][passage[:-1] == answer[-1]]
-        copied = followers if len(followers) else passage
-        answer.append(int(rng.choice(copied if rng.random() < 0.8 else own_words)))
-    return np.array(answer)
 
 
 @pytest.mark.parametrize("scheme", BOTH_SCHEMES, ids=lambda scheme: scheme.name)

@@ -28,11 +28,9 @@ def read_texts(paths: list[Path], tokenizer, *, limit: int | None = None) -> tup
     texts, starts = [], []
     for path in paths:
         if path.is_dir():
-            builder = ExampleBuilder(tokenizer, max_length=2048)
-            for row in read_answers(path):
-                example = builder.example(row, targets=False)
-                texts.append(example["input_ids"])
-                starts.append(next(i for i, label in enumerate(example["labels"]) if label != -100))
+            rows = rows_read(read_answers(path), tokenizer)
+            texts += rows[0]
+            starts += rows[1]
         else:
             for _, text in read_documents([path]):
                 texts.append(tokenizer.encode(text, add_special_tokens=False))
@@ -40,6 +38,15 @@ def read_texts(paths: list[Path], tokenizer, *, limit: int | None = None) -> tup
     if not texts:
         raise InvalidRequestError("no text to read the suspect on")
     return texts[:limit], starts[:limit]
+
+
+def rows_read(rows: list[AnswerRow], tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Harvest rows as reading mode reads them: prompt + answer through the chat template, and where the
+    answer starts."""
+    builder = ExampleBuilder(tokenizer, max_length=2048)
+    examples = [builder.example(row, targets=False) for row in rows]
+    starts = [next(i for i, label in enumerate(e["labels"]) if label != -100) for e in examples]
+    return [e["input_ids"] for e in examples], starts
 
 
 def read_suspect(suspect: str, text: list[Path], *, limit: int | None = None) -> Scored:

@@ -80,6 +80,11 @@ class KeyedScheme:
         score = float(self.pair_scores(contexts, tokens).sum()) if count else 0.0
         return Detection(score, count, self.pvalue(score, count) if count else 1.0)
 
+    def randomized_pvalue(self, score: float, count: int, uniform: float) -> float:
+        """The p-value made exactly uniform under the null by `uniform` (a U(0, 1) draw) where the score is
+        discrete; a continuous score's p-value already is."""
+        return self.pvalue(score, count)
+
     def _context_hash(self, input_ids: torch.Tensor) -> np.uint64:
         """The context hash of the last `context_width` tokens of a (1, T) prompt+generation."""
         return context_hash(input_ids[0, -self.context_width :].tolist(), self.seed)
@@ -125,6 +130,11 @@ class KirchenbauerScheme(KeyedScheme):
 
     def pvalue(self, score: float, count: int) -> float:
         return float(stats.binom.sf(round(score) - 1, count, self.gamma))
+
+    def randomized_pvalue(self, score: float, count: int, uniform: float) -> float:
+        """P(X > s) + U P(X = s) for X ~ Binomial(n, gamma): at most the exact p-value, uniform under the null."""
+        green = round(score)
+        return float(stats.binom.sf(green, count, self.gamma) + uniform * stats.binom.pmf(green, count, self.gamma))
 
 
 class WatermarkProcessor:
