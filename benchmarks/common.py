@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from alambic.models.cpu import cpuinfo_field
 from alambic.serve.server import wait_until_ready
 
 # beside the checkout (/work/main -> /work/shared/data); ALAMBIC_SHARED_DATA for a checkout elsewhere
@@ -66,7 +67,7 @@ def free_port() -> int:
 
 def machine() -> dict:
     return {
-        "cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+        "cpu": cpuinfo_field("model name", CPUINFO) or platform.processor() or platform.machine(),
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -77,20 +78,7 @@ def machine() -> dict:
 
 def cpu_flags() -> list[str]:
     """The CPU's AVX-512 and AMX extensions: what decides bf16's and int8's speed against fp32 here."""
-    return sorted(flag for flag in _cpuinfo("flags").split() if flag.startswith(("avx512", "amx")))
-
-
-def _cpuinfo(field: str) -> str:
-    """The first core's `field` in /proc/cpuinfo; empty where there is none (not Linux)."""
-    try:
-        lines = CPUINFO.read_text().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name.strip() == field:
-            return value.strip()
-    return ""
+    return sorted(flag for flag in cpuinfo_field("flags", CPUINFO).split() if flag.startswith(("avx512", "amx")))
 
 
 def write_result(name: str, result: dict, *, update: bool = False, directory: Path | None = None) -> Path:

@@ -1,7 +1,8 @@
 import pytest
 
 from alambic.errors import InvalidRequestError
-from alambic.models.gguf import AUTO, best_gguf_type, cpu_flags, resolve_gguf_type
+from alambic.models.cpu import bf16_autocast_pays, cpu_flags
+from alambic.models.gguf import AUTO, best_gguf_type, resolve_gguf_type
 
 ZEN3 = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}  # no AVX-512
 ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512_bf16"}
@@ -31,3 +32,9 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
     assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "avx512_bf16"})
     assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_bf16_autocast_only_where_it_is_faster():
+    assert not bf16_autocast_pays("cpu", {"avx2", "avx512f"})  # emulated bf16: 7x slower than fp32 here
+    assert bf16_autocast_pays("cpu", {"avx512f", "avx512_bf16"})
+    assert bf16_autocast_pays("cuda", set())

@@ -20,6 +20,7 @@ from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
 from alambic.harvest.dataset import AnswerRow
 from alambic.models import smollm2_directory, tiny_model
+from alambic.models.cpu import bf16_autocast_pays
 from alambic.models.tiny import tiny_config
 from alambic.prove.null import copied_predictions, copying_answer
 from alambic.prove.radioactivity import Scored, radioactivity, scored_pairs, suspect_predictions
@@ -225,7 +226,7 @@ def test_suspect_predictions_are_the_models_next_token_guesses_from_each_start()
     starts = [10, 0, 5]
     read = suspect_predictions(model, texts, starts, batch_size=2)
     for text, start, guesses in zip(texts, starts, read.tokens, strict=True):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast_pays("cpu")):
             logits = model(input_ids=torch.from_numpy(text)[None]).logits[0]
         expected = logits.argmax(-1).numpy()[:-1]  # [t]: the guess for t + 1
         first = max(start, 1)

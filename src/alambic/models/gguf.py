@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from alambic.errors import AlambicError, InvalidRequestError
+from alambic.models.cpu import BF16_FLAGS, cpu_flags, native_bf16
 from alambic.models.loading import smollm2_gguf_path
 from alambic.paths import cache_dir
 
@@ -25,28 +26,13 @@ from alambic.paths import cache_dir
 GGUF_TYPES = {"bf16": 32, "f16": 1, "q8_0": 7}
 SHIPPED_TYPE = "q4_1"
 AUTO = "auto"  # the encoding that fits the CPU this runs on
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-CPUINFO = Path("/proc/cpuinfo")
 
 logger = logging.getLogger(__name__)
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The first core's flags in /proc/cpuinfo; empty where there is none (not Linux)."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return frozenset()
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
 def best_gguf_type(flags: Iterable[str]) -> str:
     """BF16 where the CPU computes in bf16 natively (AVX512_BF16 or AMX), else F16."""
-    return "bf16" if BF16_FLAGS & set(flags) else "f16"
+    return "bf16" if native_bf16(flags) else "f16"
 
 
 def resolve_gguf_type(encoding: str = AUTO, *, flags: Iterable[str] | None = None) -> str:
