@@ -131,3 +131,9 @@ def test_simulating_into_a_store_imports_every_row(tmp_path):
     assert (report.imported, report.rejected) == (written, [])
     assert [r["id"] for r in v1_rows(store)] == [json.loads(line)["id"] for line in out.read_text().split("\n") if line]
     assert Path(tmp_path / "labels.json").is_file()
+
+
+def test_writing_a_log_reports_every_row_written(tmp_path):
+    heard: list[int] = []
+    written = write_jsonl(Simulation(SMALL), tmp_path / "log.jsonl", on_progress=heard.append)
+    assert written > 0 and sum(heard) == written

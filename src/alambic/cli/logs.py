@@ -144,7 +144,8 @@ def simulate(
     with _progress("simulate") as progress:
         task = progress.add_task("simulate", total=None)
         if out is not None:
-            written, where = write_jsonl(simulation, out, labels), str(out)
+            written = write_jsonl(simulation, out, labels, on_progress=lambda n: progress.advance(task, n))
+            where = str(out)
         elif db is not None:
             from alambic.logs.importer import LogImporter
             from alambic.logs.sources import SourceRow

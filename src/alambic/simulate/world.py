@@ -11,7 +11,7 @@ import heapq
 import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from alambic.simulate.text import TextBank
 
 START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 CHAT_ENDPOINT = "/v1/chat/completions"
+PROGRESS_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,14 @@ def _timeline(index: int, actor: Actor, world: World) -> Iterator[tuple[float, i
         yield request.at, index, order, request
 
 
-def write_jsonl(simulation: Simulation, out: Path, labels: Path | None = None) -> int:
-    """The log to `out` (JSONL, gzipped if it ends in .gz) and the labels beside it; returns the rows written."""
+def write_jsonl(
+    simulation: Simulation,
+    out: Path,
+    labels: Path | None = None,
+    on_progress: Callable[[int], None] = lambda rows: None,
+) -> int:
+    """The log to `out` (JSONL, gzipped if it ends in .gz) and the labels beside it; returns the rows written.
+    `on_progress` hears of the rows written, a page at a time."""
     out.parent.mkdir(parents=True, exist_ok=True)
     written, accounts = 0, set()
     with _text_file(out) as handle:
@@ -119,6 +126,9 @@ def write_jsonl(simulation: Simulation, out: Path, labels: Path | None = None) -
             handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
             accounts.add(row["account"])
             written += 1
+            if written % PROGRESS_ROWS == 0:
+                on_progress(PROGRESS_ROWS)
+    on_progress(written % PROGRESS_ROWS)
     write_labels(simulation, labels or out.parent / "labels.json", accounts)
     return written
 
