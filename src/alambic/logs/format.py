@@ -15,6 +15,8 @@ from typing import Any
 
 import fastjsonschema
 
+from alambic.store.requestlog import MonitorFields
+
 SCHEMA_FILE = "request-log-v1.schema.json"
 
 
@@ -38,7 +40,7 @@ EXTRA_COLUMN = "extra"  # CSV and Parquet: the other fields, as one JSON object
 
 
 @dataclass
-class LogRow:
+class LogRow(MonitorFields):
     """One validated v1 request, times in UTC; `extra` holds the fields v1 does not name, kept as they came."""
 
     id: str
@@ -56,14 +58,6 @@ class LogRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
-    prompt_hash: str | None = None
-    conversation: str | None = None
-    admitted_at: datetime | None = None
-    completed_at: datetime | None = None
-    first_token_ms: float | None = None
-    gateway_instance: str | None = None
-    watermark_key_id: str | None = None
-    watermark_params: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

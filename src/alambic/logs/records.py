@@ -17,7 +17,7 @@ import pyarrow as pa
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String
 
 from alambic.logs.format import BadRow, LogRow
-from alambic.store.requestlog import fit_to_columns
+from alambic.store.requestlog import MONITOR_FIELDS, fit_to_columns
 from alambic.store.schema import RequestLog
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -32,17 +32,7 @@ COLUMN_EXTRAS = {
     "response_texts": "responses",
 }
 COLUMN_DEFAULTS = {"method": "POST", "state": "complete"}  # not written out when a row has these
-# Optional v1 fields with a column of the same name: written out only when set.
-MONITOR_FIELDS = (
-    "prompt_hash",
-    "conversation",
-    "admitted_at",
-    "completed_at",
-    "first_token_ms",
-    "gateway_instance",
-    "watermark_key_id",
-    "watermark_params",
-)
+# MONITOR_FIELDS: optional v1 fields with a column of the same name, written out only when set.
 TIME_FIELDS = ("admitted_at", "completed_at")
 COLUMN_EXTRA_TYPES = {"finish_reasons": list, "response_texts": list}  # the others are text
 # Columns an import does not take from the row: the store numbers rows, names the account and the run, and

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
 from sqlalchemy import String, func, select, text, update
@@ -20,8 +20,25 @@ MAX_LENGTHS = {
 }
 
 
+@dataclass(kw_only=True)
+class MonitorFields:
+    """What the monitor reads beside the request itself: the same fields in the gateway's record and in v1."""
+
+    prompt_hash: str | None = None
+    conversation: str | None = None
+    admitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    first_token_ms: float | None = None
+    gateway_instance: str | None = None
+    watermark_key_id: str | None = None
+    watermark_params: dict | None = None
+
+
+MONITOR_FIELDS = tuple(f.name for f in fields(MonitorFields))
+
+
 @dataclass
-class RequestRecord:
+class RequestRecord(MonitorFields):
     """One request as the gateway saw it; filled in as the request is handled, its row final at the end."""
 
     created_at: datetime
@@ -52,14 +69,6 @@ class RequestRecord:
     completion_tokens: int | None = None
     latency_ms: float | None = None
     watermark_scheme: str | None = None
-    prompt_hash: str | None = None
-    conversation: str | None = None
-    admitted_at: datetime | None = None
-    completed_at: datetime | None = None
-    first_token_ms: float | None = None
-    gateway_instance: str | None = None
-    watermark_key_id: str | None = None
-    watermark_params: dict | None = None
 
 
 @dataclass(frozen=True)
