@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from alambic.models.gguf import cpu_flags, resolve_gguf_type, smollm2_gguf
+from alambic.models.cpu import cpu_flags
+from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
 from alambic.paths import cache_dir
 from alambic.serve.server import wait_until_ready
 from alambic.store import Store, create_account
