@@ -66,7 +66,11 @@ async def load_level(
 ) -> tuple[int, float, int]:
     """`streams` clients ask in a loop until `args.seconds` have passed and `args.min_requests` were sent;
     returns (completion tokens, seconds from the first request to the last answer, requests)."""
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=900)
+    # A new connection per request, for both servers: llama-server closes a kept-alive connection that the
+    # client may have picked for its next request (a "Server disconnected" error, with retries off).
+    client = openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=900, default_headers={"Connection": "close"}
+    )
     deadline, sent, tokens = time.perf_counter() + args.seconds, 0, 0
 
     async def ask(messages) -> int:
