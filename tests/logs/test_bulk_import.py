@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,34 @@ def test_vetting_chunk_after_chunk_keeps_duckdbs_memory_flat():
 
     first = vet_and_measure()
     assert [vet_and_measure() for _ in range(5)][-1] <= first
+
+
+def test_the_next_chunk_is_vetted_while_a_batch_is_written(sqlite_store, tmp_path):
+    """DuckDB vets chunk k+1 while the store takes batch k, so an import costs the slower of the two, not both."""
+    log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1(f"r{i}")) for i in range(9)])
+    started = [threading.Event() for _ in range(3)]
+
+    class Watched(LogImporter):
+        def _vet(self, lines, texts):
+            started[len([e for e in started if e.is_set()])].set()
+            return super()._vet(lines, texts)
+
+        def _write(self, batch, read, path):
+            written = self.report.read // self.batch_rows
+            overlapped.append(written == 2 or started[written + 1].wait(timeout=10))
+            super()._write(batch, read, path)
+
+    overlapped: list[bool] = []
+    report = Watched(sqlite_store, batch_rows=3).import_files([log])
+    assert (report.imported, overlapped) == (9, [True, True, True])
+
+
+@pytest.mark.parametrize("bad_line", [3, 4, 6, 7])  # the last and first lines of chunks of 3
+def test_a_bad_row_at_a_chunk_boundary_is_named_by_its_line(sqlite_store, tmp_path, bad_line):
+    lines = [json.dumps(v1(f"r{i}")) for i in range(1, 10)]
+    lines[bad_line - 1] = json.dumps(v1(f"r{bad_line}", status="200"))
+    log = write_jsonl(tmp_path / "log.jsonl", lines)
+    report = LogImporter(sqlite_store, batch_rows=3).import_files([log])
+    assert (report.imported, [r.line for r in report.rejected]) == (8, [bad_line])
+    again = LogImporter(sqlite_store, batch_rows=3).import_files([log])
+    assert (again.imported, again.already_present, count(sqlite_store)) == (0, 8, 8)

@@ -4,13 +4,15 @@ Rows go in batches, each one transaction and one bulk write: a killed import lea
 running it again adds just what is missing, since a row is known by its `id`. Each bad row is reported with
 its file and line and skipped; the good ones are imported exactly once. A v1 JSONL file is vetted in bulk
 by DuckDB (`vetting`); what DuckDB cannot vouch for, and any other file or mapped export, is checked row by
-row against the JSON Schema. Memory is one batch, whatever the file's length.
+row against the JSON Schema. DuckDB vets the next chunk while a batch is written; memory is two batches,
+whatever the file's length.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -22,7 +24,7 @@ import pyarrow.compute as pc
 from alambic.logs.format import BadRow, LogRow, parse_row
 from alambic.logs.mapping import FieldMap
 from alambic.logs.records import batch_row, batch_schema
-from alambic.logs.sources import SourceRow, is_jsonl, line_chunks, read_rows
+from alambic.logs.sources import LineChunk, SourceRow, is_jsonl, line_chunks, read_rows
 from alambic.logs.vetting import Vetter
 from alambic.store import Store, bulk
 
@@ -82,8 +84,7 @@ class LogImporter:
     def import_files(self, paths: Iterable[Path]) -> ImportReport:
         for path in paths:
             if is_jsonl(path) and self.field_map.is_identity:
-                for chunk in line_chunks(path, self.batch_rows):
-                    vetted, others = self._vet(chunk.numbers, chunk.texts)
+                for chunk, (vetted, others) in self._vetted_chunks(path):
                     checked = self._checked(chunk.rows(others))
                     self._write(pa.concat_tables([vetted, checked]), len(chunk.texts), chunk.path)
             else:
@@ -96,6 +97,21 @@ class LogImporter:
         while chunk := list(islice(rows, self.batch_rows)):
             self._write(self._checked(chunk), len(chunk), chunk[0].path)
         return self.report
+
+    def _vetted_chunks(self, path: Path) -> Iterator[tuple[LineChunk, tuple[pa.Table, list[int]]]]:
+        """The file's chunks, each read and vetted (in another thread) while the batch before it is written:
+        DuckDB and SQLite both leave the GIL while they work, so an import costs the slower of the two."""
+        chunks = line_chunks(path, self.batch_rows)
+
+        def read_and_vet() -> tuple[LineChunk, tuple[pa.Table, list[int]]] | None:
+            chunk = next(chunks, None)
+            return None if chunk is None else (chunk, self._vet(chunk.numbers, chunk.texts))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vet") as vetting:
+            following = vetting.submit(read_and_vet)
+            while (vetted := following.result()) is not None:
+                following = vetting.submit(read_and_vet)  # one chunk ahead: memory stays two chunks
+                yield vetted
 
     def _vet(self, lines: list[int], texts: list[str]) -> tuple[pa.Table, list[int]]:
         if self._vetter is None:
