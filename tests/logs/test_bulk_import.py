@@ -170,10 +170,10 @@ def test_the_next_chunk_is_vetted_while_a_batch_is_written(sqlite_store, tmp_pat
             started[len([e for e in started if e.is_set()])].set()
             return super()._vet(lines, texts)
 
-        def _write(self, batch, read, path):
+        def _write(self, connection, batch, read, path):
             written = self.report.read // self.batch_rows
             overlapped.append(written == 2 or started[written + 1].wait(timeout=10))
-            super()._write(batch, read, path)
+            super()._write(connection, batch, read, path)
 
     overlapped: list[bool] = []
     report = Watched(sqlite_store, batch_rows=3).import_files([log])
@@ -189,3 +189,12 @@ def test_a_bad_row_at_a_chunk_boundary_is_named_by_its_line(sqlite_store, tmp_pa
     assert (report.imported, [r.line for r in report.rejected]) == (8, [bad_line])
     again = LogImporter(sqlite_store, batch_rows=3).import_files([log])
     assert (again.imported, again.already_present, count(sqlite_store)) == (0, 8, 8)
+
+
+def test_an_import_leaves_sqlite_syncing_as_before(sqlite_store, tmp_path):
+    """The import syncs nothing while it runs, for speed; the store's connections must sync again after."""
+    log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1(f"r{i}")) for i in range(5)])
+    LogImporter(sqlite_store, batch_rows=2).import_files([log])
+    with sqlite_store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert count(sqlite_store) == 5

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlalchemy import Connection
 
 from alambic.logs.format import BadRow, LogRow, parse_row
 from alambic.logs.mapping import FieldMap
@@ -82,21 +83,27 @@ class LogImporter:
         self._vetter: Vetter | None = None
 
     def import_files(self, paths: Iterable[Path]) -> ImportReport:
-        for path in paths:
-            if is_jsonl(path) and self.field_map.is_identity:
-                for chunk, (vetted, others) in self._vetted_chunks(path):
-                    checked = self._checked(chunk.rows(others))
-                    self._write(pa.concat_tables([vetted, checked]), len(chunk.texts), chunk.path)
-            else:
-                self.import_rows(read_rows(path))
+        with bulk.import_connection(self.store.engine) as connection:
+            for path in paths:
+                if is_jsonl(path) and self.field_map.is_identity:
+                    for chunk, (vetted, others) in self._vetted_chunks(path):
+                        checked = self._checked(chunk.rows(others))
+                        batch = pa.concat_tables([vetted, checked]).sort_by("line") if others else vetted
+                        self._write(connection, batch, len(chunk.texts), chunk.path)
+                else:
+                    self._import_rows(connection, read_rows(path))
         return self.report
 
     def import_rows(self, rows: Iterable[SourceRow]) -> ImportReport:
         """Rows already read (and decoded), each checked against the schema."""
+        with bulk.import_connection(self.store.engine) as connection:
+            self._import_rows(connection, rows)
+        return self.report
+
+    def _import_rows(self, connection: Connection, rows: Iterable[SourceRow]) -> None:
         rows = iter(rows)
         while chunk := list(islice(rows, self.batch_rows)):
-            self._write(self._checked(chunk), len(chunk), chunk[0].path)
-        return self.report
+            self._write(connection, self._checked(chunk), len(chunk), chunk[0].path)
 
     def _vetted_chunks(self, path: Path) -> Iterator[tuple[LineChunk, tuple[pa.Table, list[int]]]]:
         """The file's chunks, each read and vetted (in another thread) while the batch before it is written:
@@ -147,10 +154,10 @@ class LogImporter:
     def _reject(self, line: int, path: str, reason: str) -> None:
         self._rejected.append(Rejected(path, line, reason))
 
-    def _write(self, batch: pa.Table, read: int, path: str) -> None:
-        """One transaction: rows whose id the store has are skipped (this run's: duplicates in the file)."""
-        batch = batch.sort_by("line")
-        with self.store.engine.begin() as connection:
+    def _write(self, connection: Connection, batch: pa.Table, read: int, path: str) -> None:
+        """One transaction for a batch in line order: rows whose id the store has are skipped (this run's:
+        duplicates in the file)."""
+        with connection.begin():
             ids = batch.column("request_id").to_pylist()
             known = bulk.known_requests(connection, list(set(ids)))
             fresh, seen = [], set()
@@ -162,7 +169,8 @@ class LogImporter:
                     self.report.already_present += 1
                 fresh.append(not earlier and request_id not in known)
                 seen.add(request_id)
-            batch = batch.filter(pa.array(fresh, pa.bool_()))
+            if not all(fresh):
+                batch = batch.filter(pa.array(fresh, pa.bool_()))
             if batch.num_rows:
                 self._add_accounts(connection, batch.column("account"))
                 bulk.insert_requests(connection, self._store_columns(batch))
@@ -171,7 +179,7 @@ class LogImporter:
         self._rejected = []
         self.on_progress(read)
 
-    def _add_accounts(self, connection, names: pa.ChunkedArray) -> None:
+    def _add_accounts(self, connection: Connection, names: pa.ChunkedArray) -> None:
         """Accounts named in the rows, created (without keys) where the store has none."""
         wanted = [name for name in pc.unique(names).to_pylist() if name is not None and name not in self.accounts]
         if wanted:
