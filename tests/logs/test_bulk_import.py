@@ -198,3 +198,9 @@ def test_an_import_leaves_sqlite_syncing_as_before(sqlite_store, tmp_path):
     with sqlite_store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     assert count(sqlite_store) == 5
+
+
+def test_only_json_objects_are_vetted_in_bulk(sqlite_store, tmp_path):
+    lines = [" \t" + json.dumps(v1("spaced")), '"a string"', "5", json.dumps(v1("plain"))]
+    report = LogImporter(sqlite_store).import_files([write_jsonl(tmp_path / "log.jsonl", lines)])
+    assert (report.imported, report.per_row, [r.line for r in report.rejected]) == (2, 2, [2, 3])
