@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import func, select
@@ -17,7 +18,7 @@ from test_import_export import BAD_ROWS, count, v1, write_jsonl
 from alambic.logs.exporter import v1_rows
 from alambic.logs.importer import LogImporter
 from alambic.logs.sources import read_rows
-from alambic.store import Store
+from alambic.store import Store, bulk
 from alambic.store.schema import Account, RequestLog
 
 # Rows that exercise every conversion from v1 to the store's columns.
@@ -191,12 +192,23 @@ def test_a_bad_row_at_a_chunk_boundary_is_named_by_its_line(sqlite_store, tmp_pa
     assert (again.imported, again.already_present, count(sqlite_store)) == (0, 8, 8)
 
 
-def test_an_import_leaves_sqlite_syncing_as_before(sqlite_store, tmp_path):
-    """The import syncs nothing while it runs, for speed; the store's connections must sync again after."""
+def test_an_import_syncs_as_the_store_does_and_leaves_checkpoints_as_they_were(sqlite_store, tmp_path):
+    """The import defers checkpoints, for speed, but never syncing: a crash must not corrupt the store."""
     log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1(f"r{i}")) for i in range(5)])
-    LogImporter(sqlite_store, batch_rows=2).import_files([log])
+    seen = []
+    original = bulk.insert_requests
+
+    def insert(connection, batch):
+        seen.append(
+            tuple(connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("synchronous", "wal_autocheckpoint"))
+        )
+        original(connection, batch)
+
+    with patch.object(bulk, "insert_requests", insert):
+        LogImporter(sqlite_store, batch_rows=2).import_files([log])
+    assert set(seen) == {(1, bulk.IMPORT_CHECKPOINT_PAGES)}  # synchronous NORMAL throughout
     with sqlite_store.engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     assert count(sqlite_store) == 5
 
 
