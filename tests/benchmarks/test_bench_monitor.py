@@ -73,7 +73,7 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     monkeypatch.setitem(bench_monitor.SMOKE, "scale", 0.03)
     monkeypatch.setitem(bench_monitor.SMOKE, "replay_step_hours", 72.0)
     monkeypatch.setitem(bench_monitor.SMOKE, "million_scale", 0.02)
-    monkeypatch.setattr(bench_monitor, "spark_speed", lambda logs: {"stand-in": True})  # Spark: tests/monitor
+    monkeypatch.setattr(bench_monitor, "spark_speed", lambda log: {"rows": 1})  # Spark: tests/monitor
     vectorizer = HashingVectorizer(n_features=64, norm="l2", alternate_sign=False)
     monkeypatch.setattr(
         bench_monitor, "minilm_encoder", lambda: lambda texts: vectorizer.transform(texts).toarray().astype(np.float32)
@@ -88,6 +88,6 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     assert written["replay"]["rows_per_s"] > 0
     scaled = written["at_a_million_rows"]
     assert scaled["feature_pass"]["full"]["rows"] > scaled["feature_pass"]["quarter"]["rows"] > 0
-    assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["spark"] == {"stand-in": True}
+    assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["spark"]["rows"] == 1
     embeddings = scaled["embeddings"]
     assert 0 < embeddings["prompts_embedded"] < embeddings["prompts_asked"] and 0 < embeddings["cached_share"] < 1
