@@ -7,7 +7,7 @@ Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on c
 chosen on seeds 0-2 with the styles not held out; the defaults here are other seeds and every style.
 
     .venv/bin/python benchmarks/bench_monitor.py [--seeds 10 11 12] [--scale 0.5] [--replay-step-hours 6]
-        [--million-scale 2.6] [--visible-only] [--smoke] [--out DIR] [--no-write]
+        [--million-scale 2.6] [--extras-week quarter|full] [--visible-only] [--smoke] [--out DIR] [--no-write]
 
 At scale 0.5 a week holds ~600 accounts (~350 benign): the three seeds pool to ~1,800 (~1,060 benign), so that
 0.1% FPR means one benign account. The replay re-scores the week as known at every step, so it takes most of the
@@ -31,7 +31,7 @@ import numpy as np
 
 import feature_pass
 from alambic.monitor.assess import assess
-from alambic.monitor.baselines import BASELINES, RULES, account_summaries
+from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import sampled_prompts
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
 from alambic.monitor.features import account_features
@@ -103,6 +103,8 @@ def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, d
     sent = dict(
         connection.execute("SELECT account, count(*) FROM log WHERE account IS NOT NULL GROUP BY account").fetchall()
     )
+    benign = [a for a, label in labels.items() if label["kind"] == "benign"]
+    benign_first = Counter(monitor.flags[a].action for a in benign if a in monitor.flags)
     before = campaign_requests_before_flag(monitor, members)
     campaigns = {
         campaign: {
@@ -113,7 +115,14 @@ def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, d
         }
         for campaign, accounts in members.items()
     }
-    return {"campaigns": campaigns, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+    return {
+        "campaigns": campaigns,
+        "benign_flagged": sum(benign_first.values()),  # at some step of the week
+        "benign_first_actions": dict(benign_first),
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+    }
 
 
 def evaluate(log: Path, labels: dict, reference: Reference, tag: str, step: timedelta) -> dict:
@@ -124,6 +133,7 @@ def evaluate(log: Path, labels: dict, reference: Reference, tag: str, step: time
     seconds = time.perf_counter() - started
     summaries = account_summaries(connection)
     replayed = replay_week(log, lambda c: assess(c, reference), step, labels)
+    rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
         "labels": {
             f"{tag}:{a}": {**label, "campaign_id": label["campaign_id"] and f"{tag}:{label['campaign_id']}"}
@@ -137,14 +147,16 @@ def evaluate(log: Path, labels: dict, reference: Reference, tag: str, step: time
         },
         "rules_fired": {f"{tag}:{s.account}": any(rule.fires(s) for rule in RULES) for s in summaries},
         "campaigns": {f"{tag}:{c}": figures for c, figures in replayed.pop("campaigns").items()},
+        "rules_campaigns": {f"{tag}:{c}": figures for c, figures in rules_replayed.pop("campaigns").items()},
         "replay": replayed,
+        "rules_replay": rules_replayed,
         "assess_seconds": seconds,
     }
 
 
 def pooled(runs: list[dict]) -> dict:
     """The seeds' accounts as one population (risk is calibrated, so scores compare across seeds)."""
-    keys = ("labels", "monitor", "actions", "campaign_of", "rules_fired", "campaigns")
+    keys = ("labels", "monitor", "actions", "campaign_of", "rules_fired", "campaigns", "rules_campaigns")
     merged = {key: {a: v for run in runs for a, v in run[key].items()} for key in keys}
     merged["baselines"] = {
         name: {a: s for run in runs for a, s in run["baselines"][name].items()} for name in BASELINES
@@ -158,9 +170,9 @@ def style_table(run: dict) -> dict:
     monitor = score_by_style(run["monitor"], labels)
     baselines = {name: score_by_style(scores, labels) for name, scores in run["baselines"].items()}
     links = linking(run["campaign_of"], labels)
-    campaigns = run["campaigns"]
-    counts = {c: f["requests_before_flag"] for c, f in campaigns.items()}
-    stopped = before_flag_by_style(counts, {c: f["style"] for c, f in campaigns.items()}, TARGET)
+    stopped = _stopped(run["campaigns"])
+    rules_only = {"benign_blocked": _rules_blocked(run, benign)}
+    rules_stopped = _stopped(run["rules_campaigns"])
     table = {}
     for style, figures in monitor.items():
         per_style = [c for c in links.values() if c["style"] == style]
@@ -174,11 +186,20 @@ def style_table(run: dict) -> dict:
             "linking_worst_share": min((c["largest_group_share"] for c in per_style), default=None),
             "linking_benign_in_groups": sum(c["benign_in_group"] for c in per_style) if per_style else None,
             "baselines": {
-                name: {**scores[style], **({"benign_blocked": _rules_blocked(run, benign)} if name == "rules" else {})}
+                name: {
+                    **scores[style],
+                    **({**rules_only, **rules_stopped[style]} if name == "rules" else {}),
+                }
                 for name, scores in baselines.items()
             },
         }
     return table
+
+
+def _stopped(campaigns: dict[str, dict]) -> dict[str, dict]:
+    """Per style: the worst campaign's requests before its first flag in the replay, and those flagged in time."""
+    counts = {c: f["requests_before_flag"] for c, f in campaigns.items()}
+    return before_flag_by_style(counts, {c: f["style"] for c, f in campaigns.items()}, TARGET)
 
 
 def _rules_blocked(run: dict, benign: list[str]) -> int:
@@ -306,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
             replay = runs[-1]["replay"]
             print(
                 f"seed {seed}: {dict(kinds)}, assess {runs[-1]['assess_seconds']:.0f} s, replay {replay['rows']:,} "
-                f"rows in {replay['seconds']:.0f} s",
+                f"rows in {replay['seconds']:.0f} s (benign flagged at some step: {replay['benign_flagged']}), "
+                f"rules replay {runs[-1]['rules_replay']['seconds']:.0f} s",
                 flush=True,
             )
             for style, row in style_table(runs[-1]).items():
@@ -315,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     merged = pooled(runs)
     benign = [a for a, label in merged["labels"].items() if label["kind"] == "benign"]
     table = style_table(merged)
-    replays = [run["replay"] for run in runs]
+    replays = {name: [run[key] for run in runs] for name, key in (("monitor", "replay"), ("rules", "rules_replay"))}
     figures = {
         "settings": {
             "seeds": args.seeds,
@@ -331,8 +353,12 @@ def main(argv: list[str] | None = None) -> None:
         "benign_actions": dict(Counter(merged["actions"][a] for a in benign)),
         "benign_in_linked_groups": sum(merged["campaign_of"][a] is not None for a in benign),
         "replay": {
-            "rows_per_s": sum(r["rows"] for r in replays) / sum(r["seconds"] for r in replays),
-            "by_seed": dict(zip(map(str, args.seeds), replays, strict=True)),
+            name: {
+                "rows_per_s": sum(r["rows"] for r in found) / sum(r["seconds"] for r in found),
+                "benign_flagged": sum(r["benign_flagged"] for r in found),
+                "by_seed": dict(zip(map(str, args.seeds), found, strict=True)),
+            }
+            for name, found in replays.items()
         },
     }
     print(figures, flush=True)
@@ -348,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             "reference_accounts": len(reference),
             "styles": table,
             "campaigns": merged["campaigns"],
+            "rules_campaigns": merged["rules_campaigns"],
             "by_seed": {str(seed): style_table(run) for seed, run in zip(args.seeds, runs, strict=True)},
             "assess_seconds_per_week": [run["assess_seconds"] for run in runs],
             "at_a_million_rows": scaled,

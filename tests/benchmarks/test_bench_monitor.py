@@ -35,7 +35,7 @@ def test_a_replayed_week_counts_each_campaigns_requests_before_its_first_flag(tm
         "c1": {"style": "hydra", "accounts": 2, "requests": 15, "requests_before_flag": 3},
         "c2": {"style": "mimic", "accounts": 1, "requests": 2, "requests_before_flag": None},
     }
-    assert replayed["rows"] == len(traffic()) and replayed["rows_per_s"] > 0
+    assert replayed["benign_flagged"] == 0 and replayed["rows"] == len(traffic()) and replayed["rows_per_s"] > 0
 
 
 def test_the_style_table_reports_the_worst_campaign_and_a_never_flagged_one_as_null():
@@ -46,18 +46,27 @@ def test_the_style_table_reports_the_worst_campaign_and_a_never_flagged_one_as_n
         "monitor": scores,
         "actions": dict.fromkeys(accounts, "none"),
         "campaign_of": dict.fromkeys(accounts),
-        "baselines": {"volume": scores},
+        "baselines": {"volume": scores, "rules": scores},
         "rules_fired": dict.fromkeys(accounts, False),
         "campaigns": {
             "c1": {"style": "hydra", "accounts": 2, "requests": 15, "requests_before_flag": 3},
             "c2": {"style": "mimic", "accounts": 1, "requests": 2, "requests_before_flag": None},
             "c3": {"style": "hydra", "accounts": 4, "requests": 5000, "requests_before_flag": 1200},
         },
+        "rules_campaigns": {
+            "c1": {"style": "hydra", "accounts": 2, "requests": 15, "requests_before_flag": None},
+            "c2": {"style": "mimic", "accounts": 1, "requests": 2, "requests_before_flag": 2},
+            "c3": {"style": "hydra", "accounts": 4, "requests": 5000, "requests_before_flag": 600},
+        },
     }
     table = bench_monitor.style_table(run)
     hydra, mimic = table["hydra"], table["mimic"]
     assert (hydra["requests_before_flag"], hydra["campaigns"], hydra["flagged_before_target"]) == (1200, 2, 1)
     assert (mimic["requests_before_flag"], mimic["campaigns"], mimic["flagged_before_target"]) == (None, 1, 0)
+    rules = hydra["baselines"]["rules"]
+    assert (rules["requests_before_flag"], rules["flagged_before_target"]) == (None, 1)
+    assert table["mimic"]["baselines"]["rules"]["requests_before_flag"] == 2
+    assert "requests_before_flag" not in hydra["baselines"]["volume"]  # a score, with no flag to replay
 
 
 def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss(tmp_path):
@@ -85,7 +94,8 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
         assert {"auc", "tpr_at_0.1pct_fpr", "requests_before_flag", "benign_blocked", "baselines"} <= figures.keys()
     counts = [c["requests_before_flag"] for c in written["campaigns"].values()]
     assert counts and all(count is None or count > 0 for count in counts)
-    assert written["replay"]["rows_per_s"] > 0
+    assert written["replay"]["monitor"]["rows_per_s"] > 0 and written["replay"]["rules"]["rows_per_s"] > 0
+    assert all("requests_before_flag" in f["baselines"]["rules"] for f in written["styles"].values())
     scaled = written["at_a_million_rows"]
     assert scaled["feature_pass"]["full"]["rows"] > scaled["feature_pass"]["quarter"]["rows"] > 0
     assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["spark"]["rows"] == 1
