@@ -10,9 +10,10 @@ chosen on seeds 0-2 with the styles not held out; the defaults here are other se
         [--million-scale 2.6] [--extras-week quarter|full] [--visible-only] [--smoke] [--out DIR] [--no-write]
 
 At scale 0.5 a week holds ~600 accounts (~350 benign): the three seeds pool to ~1,800 (~1,060 benign), so that
-0.1% FPR means one benign account. The replay re-scores the week as known at every step, so it takes most of the
-time (linking, MinHash over every prompt, most of each step). `--smoke` runs every step on tiny weeks and writes
-nothing unless `--out` names a directory: a check that the script runs.
+0.1% FPR means one benign account. The replay re-scores the week as known at every step (28 at 6 h), so it takes
+most of the time: about 14 full-week assessments a seed. Estimated from short runs on two cores: ~6 min a seed at
+scale 0.5 and ~12 min at scale 1.0, so ~28 min and ~47 min in all; a 12 h step halves the replay. `--smoke` runs
+every step on tiny weeks and writes nothing unless `--out` names a directory: a check that the script runs.
 """
 
 from __future__ import annotations
