@@ -79,6 +79,7 @@ def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss(tmp_path):
 
 
 def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_monitor, "REFERENCE_SEEDS", (1000,))
     monkeypatch.setitem(bench_monitor.SMOKE, "scale", 0.03)
     monkeypatch.setitem(bench_monitor.SMOKE, "replay_step_hours", 72.0)
     monkeypatch.setitem(bench_monitor.SMOKE, "million_scale", 0.02)
