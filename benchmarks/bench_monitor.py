@@ -1,35 +1,55 @@
 """The monitor against the baselines on simulated weeks it was not tuned on: per campaign style ROC AUC, TPR at 0.1%
-and 1% benign FPR, benign accounts blocked, linking; and the feature pass's rows/s on all the weeks as one log.
+and 1% benign FPR, benign accounts blocked, linking, and each campaign's requests (all its accounts) before the
+replay first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of
+the rows), the same SQL on Spark, and the embeddings' prompts/s and share served from the cache.
 
 Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels. Every setting was
 chosen on seeds 0-2 with the styles not held out; the defaults here are other seeds and every style.
 
-    .venv/bin/python benchmarks/bench_monitor.py [--seeds 10 11 12] [--scale 0.5] [--visible-only] [--no-write]
+    .venv/bin/python benchmarks/bench_monitor.py [--seeds 10 11 12] [--scale 0.5] [--replay-step-hours 6]
+        [--million-scale 2.6] [--extras-week quarter|full] [--visible-only] [--smoke] [--out DIR] [--no-write]
 
 At scale 0.5 a week holds ~600 accounts (~350 benign): the three seeds pool to ~1,800 (~1,060 benign), so that
-0.1% FPR means one benign account. Linking (MinHash over every prompt) takes most of the time.
+0.1% FPR means one benign account. The replay re-scores the week as known at every step (28 at 6 h), so it takes
+most of the time: about 14 full-week assessments a seed. Estimated from short runs on two cores: ~6 min a seed at
+scale 0.5 and ~12 min at scale 1.0, so ~28 min and ~47 min in all; a 12 h step halves the replay. `--smoke` runs
+every step on tiny weeks and writes nothing unless `--out` names a directory: a check that the script runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
+import warnings
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+
+import feature_pass
 from alambic.monitor.assess import assess
-from alambic.monitor.baselines import BASELINES, RULES, account_summaries
+from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
+from alambic.monitor.content import sampled_prompts
+from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
 from alambic.monitor.features import account_features
+from alambic.monitor.prompts import load_prompts
+from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag
 from alambic.monitor.risk import Reference
-from alambic.monitor.scoring import score_by_style
+from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
 from alambic.simulate import CAMPAIGNS, HELD_OUT, Simulation, SimulationSettings, write_jsonl
 from common import write_result
 
 REFERENCE_SEEDS = (1000, 1001, 1002)  # benign-only weeks that calibrate risk
 DAYS = 7
+TARGET = 1000  # every campaign flagged before this many of its requests
+MILLION_SEED = 1  # the week of a million rows (scale 2.6: ~1.04 million)
+SPARK_WARM_ROWS = 2000
+SMOKE = {"seeds": [10], "scale": 0.05, "replay_step_hours": 24.0, "million_scale": 0.04}
 
 
 def simulate(directory: Path, seed: int, scale: float, campaigns: tuple[str, ...]) -> tuple[Path, dict]:
@@ -68,13 +88,53 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
     return found
 
 
-def evaluate(log: Path, labels: dict, reference: Reference, tag: str) -> dict:
-    """Scores keyed `tag:account`, so that seeds pool; actions; campaigns; seconds per step."""
+def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, dict]) -> dict:
+    """The week fed in time order through the stepped monitor: per campaign its style, accounts, requests and
+    requests (all its accounts) before the first flag of any of them (None: never flagged); the replay's speed."""
+    connection = open_log([log], name="log")
+    rows = connection.execute("SELECT count(*) FROM log").fetchone()[0]
+    started = time.perf_counter()
+    monitor = SteppedMonitor(connection, scoring, step)
+    monitor.advance()
+    seconds = time.perf_counter() - started
+    members: dict[str, list[str]] = {}
+    for account, label in sorted(labels.items()):
+        if label["kind"] == "campaign":
+            members.setdefault(label["campaign_id"], []).append(account)
+    sent = dict(
+        connection.execute("SELECT account, count(*) FROM log WHERE account IS NOT NULL GROUP BY account").fetchall()
+    )
+    benign = [a for a, label in labels.items() if label["kind"] == "benign"]
+    benign_first = Counter(monitor.flags[a].action for a in benign if a in monitor.flags)
+    before = campaign_requests_before_flag(monitor, members)
+    campaigns = {
+        campaign: {
+            "style": labels[accounts[0]]["style"],
+            "accounts": len(accounts),
+            "requests": sum(sent.get(a, 0) for a in accounts),
+            "requests_before_flag": before[campaign],
+        }
+        for campaign, accounts in members.items()
+    }
+    return {
+        "campaigns": campaigns,
+        "benign_flagged": sum(benign_first.values()),  # at some step of the week
+        "benign_first_actions": dict(benign_first),
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+    }
+
+
+def evaluate(log: Path, labels: dict, reference: Reference, tag: str, step: timedelta) -> dict:
+    """Scores keyed `tag:account`, so that seeds pool; actions; campaigns; the replay; seconds per step."""
     connection = open_log([log])
     started = time.perf_counter()
     verdicts = assess(connection, reference)
     seconds = time.perf_counter() - started
     summaries = account_summaries(connection)
+    replayed = replay_week(log, lambda c: assess(c, reference), step, labels)
+    rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
         "labels": {
             f"{tag}:{a}": {**label, "campaign_id": label["campaign_id"] and f"{tag}:{label['campaign_id']}"}
@@ -87,13 +147,17 @@ def evaluate(log: Path, labels: dict, reference: Reference, tag: str) -> dict:
             name: {f"{tag}:{a}": s for a, s in score(summaries).items()} for name, score in BASELINES.items()
         },
         "rules_fired": {f"{tag}:{s.account}": any(rule.fires(s) for rule in RULES) for s in summaries},
+        "campaigns": {f"{tag}:{c}": figures for c, figures in replayed.pop("campaigns").items()},
+        "rules_campaigns": {f"{tag}:{c}": figures for c, figures in rules_replayed.pop("campaigns").items()},
+        "replay": replayed,
+        "rules_replay": rules_replayed,
         "assess_seconds": seconds,
     }
 
 
 def pooled(runs: list[dict]) -> dict:
     """The seeds' accounts as one population (risk is calibrated, so scores compare across seeds)."""
-    keys = ("labels", "monitor", "actions", "campaign_of", "rules_fired")
+    keys = ("labels", "monitor", "actions", "campaign_of", "rules_fired", "campaigns", "rules_campaigns")
     merged = {key: {a: v for run in runs for a, v in run[key].items()} for key in keys}
     merged["baselines"] = {
         name: {a: s for run in runs for a, s in run["baselines"][name].items()} for name in BASELINES
@@ -107,11 +171,15 @@ def style_table(run: dict) -> dict:
     monitor = score_by_style(run["monitor"], labels)
     baselines = {name: score_by_style(scores, labels) for name, scores in run["baselines"].items()}
     links = linking(run["campaign_of"], labels)
+    stopped = _stopped(run["campaigns"])
+    rules_only = {"benign_blocked": _rules_blocked(run, benign)}
+    rules_stopped = _stopped(run["rules_campaigns"])
     table = {}
     for style, figures in monitor.items():
         per_style = [c for c in links.values() if c["style"] == style]
         table[style] = {
             **figures,
+            **stopped[style],
             "benign_blocked": sum(run["actions"][a] == "block" for a in benign),
             "campaign_accounts_blocked": sum(
                 run["actions"][a] == "block" for a, label in labels.items() if label["style"] == style
@@ -119,11 +187,20 @@ def style_table(run: dict) -> dict:
             "linking_worst_share": min((c["largest_group_share"] for c in per_style), default=None),
             "linking_benign_in_groups": sum(c["benign_in_group"] for c in per_style) if per_style else None,
             "baselines": {
-                name: {**scores[style], **({"benign_blocked": _rules_blocked(run, benign)} if name == "rules" else {})}
+                name: {
+                    **scores[style],
+                    **({**rules_only, **rules_stopped[style]} if name == "rules" else {}),
+                }
                 for name, scores in baselines.items()
             },
         }
     return table
+
+
+def _stopped(campaigns: dict[str, dict]) -> dict[str, dict]:
+    """Per style: the worst campaign's requests before its first flag in the replay, and those flagged in time."""
+    counts = {c: f["requests_before_flag"] for c, f in campaigns.items()}
+    return before_flag_by_style(counts, {c: f["style"] for c, f in campaigns.items()}, TARGET)
 
 
 def _rules_blocked(run: dict, benign: list[str]) -> int:
@@ -131,54 +208,165 @@ def _rules_blocked(run: dict, benign: list[str]) -> int:
     return sum(run["rules_fired"][a] for a in benign)
 
 
-def feature_speed(logs: list[Path]) -> dict:
-    """The feature pass over all the weeks as one log, read in place, on one core (DuckDB's threads = 1)."""
-    connection = open_log(logs)
-    connection.execute("SET threads = 1")
-    rows = connection.execute("SELECT count(*) FROM requests").fetchone()[0]
-    started = time.perf_counter()
-    accounts = len(account_features(connection))
-    seconds = time.perf_counter() - started
-    return {"rows": rows, "accounts": accounts, "threads": 1, "seconds": seconds, "rows_per_s": rows / seconds}
+def at_a_million_rows(directory: Path, scale: float, extras: str) -> dict:
+    """A week of ~a million rows (and one of a quarter of them): the feature pass's rows/s on one thread and peak
+    RSS, each in a process of its own; on the `extras` week, the same SQL on Spark and the embeddings."""
+    logs = {}
+    for size, at in (("quarter", scale / 4), ("full", scale)):
+        logs[size] = directory / f"million-{size}" / "log.jsonl"
+        settings = SimulationSettings(seed=MILLION_SEED, days=DAYS, scale=at, campaigns=CAMPAIGNS)
+        write_jsonl(Simulation(settings), logs[size])
+    passes = {size: feature_pass.measure([log]) for size, log in logs.items()}
+    for size, figures in passes.items():
+        print(f"feature pass, {size}: {figures}", flush=True)
+    found = {
+        "scale": scale,
+        "feature_pass": passes,
+        "peak_rss_full_over_quarter": passes["full"]["peak_rss_mib"] / passes["quarter"]["peak_rss_mib"],
+        "spark": {"week": extras, **spark_speed(logs[extras]), "duckdb_rows_per_s": passes[extras]["rows_per_s"]},
+        "embeddings": {"week": extras, **embedding_speed(logs[extras], minilm_encoder())},
+    }
+    print(f"spark: {found['spark']}\nembeddings: {found['embeddings']}", flush=True)
+    return found
 
 
-def main() -> None:
+def spark_speed(log: Path) -> dict:
+    """The feature SQL, transpiled, on PySpark in local mode on one core, after a pass over the log's first rows
+    that warms the JVM; rows/s of reading and the pass together, as DuckDB's are."""
+    from alambic.monitor import spark
+
+    warm = log.with_name("warm.jsonl")
+    with open(log, encoding="utf-8") as rows, open(warm, "w", encoding="utf-8") as out:
+        out.writelines(itertools.islice(rows, SPARK_WARM_ROWS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pyspark's note about pandas 3, which it is not given
+        session = spark.local_session(cores=1)
+    try:
+        for path in (warm, log):
+            started = time.perf_counter()
+            spark.open_log(session, [path])
+            accounts = len(spark.account_features(session))
+            seconds = time.perf_counter() - started
+        rows = session.sql("SELECT count(*) FROM requests").collect()[0][0]
+    finally:
+        session.stop()
+    return {"cores": 1, "rows": rows, "accounts": accounts, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def embedding_speed(log: Path, encoder: Encoder) -> dict:
+    """The prompts the content signals embed (a bounded sample per account) with the log scored as known at the
+    end of each day, one cache throughout: prompts embedded per second of encoding, and the share of the prompts
+    asked for that the cache served (a monitor re-scoring a growing log asks for most of them again)."""
+    timed = _Timed(encoder)
+    cache = EmbeddingCache(timed)
+    connection = open_log([log], name="log")
+    first = connection.execute("SELECT epoch_us(min(t)) FROM log").fetchone()[0]
+    asked = []
+    for day in range(1, DAYS + 1):  # the last step: every row
+        known = f"epoch_us(t) < {first + day * 86_400_000_000}" if day < DAYS else "true"
+        connection.execute(f"CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE {known}")
+        load_prompts(connection)
+        prompts = {prompt_hash: prompt for _, prompt_hash, prompt in sampled_prompts(connection)}
+        cache.embed(prompts)
+        asked.append(len(prompts))
+    return {
+        "steps": DAYS,
+        "prompts_asked": sum(asked),
+        "prompts_embedded": cache.embedded,
+        "encode_seconds": timed.seconds,
+        "prompts_per_s": cache.embedded / timed.seconds if timed.seconds else None,
+        "cached_share": cache.cached_share,
+    }
+
+
+class _Timed:
+    """An encoder that adds up the seconds spent in it."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.seconds = 0.0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.encoder(texts)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
     parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--replay-step-hours", type=float, default=6.0, help="the replay scores the log this often")
+    parser.add_argument("--million-scale", type=float, default=2.6, help="the scale of the million-row week")
+    parser.add_argument(
+        "--extras-week",
+        choices=("quarter", "full"),
+        default="quarter",
+        help="the week Spark and the embeddings run on (on the full one they take minutes each on two cores)",
+    )
     parser.add_argument("--visible-only", action="store_true", help="leave the held-out styles out (development)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny weeks ({SMOKE}); writes only with --out")
+    parser.add_argument("--out", type=Path, help="write monitor.json into this directory, not benchmarks/results")
     parser.add_argument("--no-write", action="store_true", help="print the figures, write no results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
     campaigns = tuple(s for s in CAMPAIGNS if not (args.visible_only and s in HELD_OUT))
+    step = timedelta(hours=args.replay_step_hours)
+    begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as directory:
         directory = Path(directory)
-        started = time.perf_counter()
         reference = benign_reference(directory, args.scale)
-        print(f"reference: {len(reference)} benign accounts, {time.perf_counter() - started:.0f} s", flush=True)
-        runs, logs = [], []
+        print(f"reference: {len(reference)} benign accounts, {time.perf_counter() - begun:.0f} s", flush=True)
+        runs = []
         for seed in args.seeds:
             log, labels = simulate(directory, seed, args.scale, campaigns)
-            runs.append(evaluate(log, labels, reference, str(seed)))
-            logs.append(log)
+            runs.append(evaluate(log, labels, reference, str(seed), step))
             kinds = Counter(label["kind"] for label in labels.values())
-            print(f"seed {seed}: {dict(kinds)}, assess {runs[-1]['assess_seconds']:.0f} s", flush=True)
+            replay = runs[-1]["replay"]
+            print(
+                f"seed {seed}: {dict(kinds)}, assess {runs[-1]['assess_seconds']:.0f} s, replay {replay['rows']:,} "
+                f"rows in {replay['seconds']:.0f} s (benign flagged at some step: {replay['benign_flagged']}), "
+                f"rules replay {runs[-1]['rules_replay']['seconds']:.0f} s",
+                flush=True,
+            )
             for style, row in style_table(runs[-1]).items():
                 print(f"  {style}: {_brief(row)}", flush=True)
-        speed = feature_speed(logs)
+        scaled = at_a_million_rows(directory, args.million_scale, args.extras_week)
     merged = pooled(runs)
     benign = [a for a, label in merged["labels"].items() if label["kind"] == "benign"]
     table = style_table(merged)
+    replays = {name: [run[key] for run in runs] for name, key in (("monitor", "replay"), ("rules", "rules_replay"))}
     figures = {
-        "settings": {"seeds": args.seeds, "scale": args.scale, "days": DAYS, "reference_seeds": REFERENCE_SEEDS},
+        "settings": {
+            "seeds": args.seeds,
+            "scale": args.scale,
+            "days": DAYS,
+            "reference_seeds": REFERENCE_SEEDS,
+            "replay_step_hours": args.replay_step_hours,
+            "requests_before_flag_target": TARGET,
+            "million_rows_scale": args.million_scale,
+            "extras_week": args.extras_week,
+        },
         "accounts": dict(Counter(label["kind"] for label in merged["labels"].values())),
         "benign_actions": dict(Counter(merged["actions"][a] for a in benign)),
         "benign_in_linked_groups": sum(merged["campaign_of"][a] is not None for a in benign),
+        "replay": {
+            name: {
+                "rows_per_s": sum(r["rows"] for r in found) / sum(r["seconds"] for r in found),
+                "benign_flagged": sum(r["benign_flagged"] for r in found),
+                "by_seed": dict(zip(map(str, args.seeds), found, strict=True)),
+            }
+            for name, found in replays.items()
+        },
     }
     print(figures, flush=True)
     for style, row in table.items():
         print(f"all seeds, {style}: {_brief(row)}", flush=True)
-    print("feature pass", speed, flush=True)
-    if args.no_write:
+    print(f"the run took {time.perf_counter() - begun:.0f} s", flush=True)
+    if args.no_write or (args.smoke and args.out is None):
         return
     write_result(
         "monitor",
@@ -186,10 +374,14 @@ def main() -> None:
             **figures,
             "reference_accounts": len(reference),
             "styles": table,
+            "campaigns": merged["campaigns"],
+            "rules_campaigns": merged["rules_campaigns"],
             "by_seed": {str(seed): style_table(run) for seed, run in zip(args.seeds, runs, strict=True)},
             "assess_seconds_per_week": [run["assess_seconds"] for run in runs],
-            "feature_pass": speed,
+            "at_a_million_rows": scaled,
+            "run_seconds": time.perf_counter() - begun,
         },
+        directory=args.out,
     )
 
 
@@ -199,7 +391,8 @@ def _brief(row: dict) -> str:
     )
     return (
         f"auc {row['auc']:.4f} tpr@0.1% {row['tpr_at_0.1pct_fpr']:.3f} tpr@1% {row['tpr_at_1pct_fpr']:.3f} "
-        f"benign blocked {row['benign_blocked']} linked {row['linking_worst_share']} | {base}"
+        f"benign blocked {row['benign_blocked']} linked {row['linking_worst_share']} "
+        f"before flag {row['requests_before_flag']} ({row['flagged_before_target']}/{row['campaigns']}) | {base}"
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from alambic.logs.exporter import export_log
 from alambic.logs.importer import LogImporter
-from alambic.monitor.baselines import BASELINES, account_summaries
+from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.scoring import score_by_style, tpr_at_fpr
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -46,3 +46,15 @@ def test_tpr_at_fpr_lets_through_at_most_that_share_of_benign_accounts():
     assert tpr_at_fpr(benign, [998.5, 999.5, 500], 0.001) == pytest.approx(2 / 3)  # threshold 998: one benign above
     assert tpr_at_fpr(benign, [998.5], 0.0) == 0.0
     assert tpr_at_fpr(benign, [989.5, 5], 0.01) == 0.5
+
+
+def test_rule_verdicts_flag_the_accounts_a_rule_fires_on_and_say_which(simulated):
+    log, labels = simulated
+    connection = open_log([log])
+    summaries = {s.account: s for s in account_summaries(connection)}
+    verdicts = rule_verdicts(connection)
+    assert [v.account for v in verdicts] == sorted(summaries)
+    for verdict in verdicts:
+        fired = [rule.description for rule in RULES if rule.fires(summaries[verdict.account])]
+        assert verdict.reasons == tuple(fired) and verdict.action == ("flag" if fired else "none")
+    assert all(v.action == "flag" for v in verdicts if labels[v.account]["style"] == "bulk")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from alambic.monitor.content import CONTENT_FEATURES, content_features
+from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
 from alambic.monitor.near_duplicates import load_buckets
+from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -90,6 +91,24 @@ def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
     reloaded = EmbeddingCache(CountingEncoder(), path=tmp_path / "embeddings.parquet")
     assert content_features(connection, reloaded, sample=4) == first == again
     assert reloaded.encoder.texts == 0 and reloaded.cached_share == 1
+
+
+def test_what_is_embedded_is_a_bounded_sample_of_each_accounts_distinct_prompts_in_time_order(world):
+    log, labels = world
+    connection = open_log([log])
+    load_prompts(connection)
+    sampled = sampled_prompts(connection, sample=5)
+    by_account: dict[str, list] = {}
+    for account, prompt_hash, prompt in sampled:
+        by_account.setdefault(account, []).append((prompt_hash, prompt))
+    assert set(by_account) == set(labels) and max(map(len, by_account.values())) == 5
+    assert all(len({h for h, _ in picked}) == len(picked) for picked in by_account.values())
+    firsts = connection.execute("SELECT account, prompt_hash, epoch(first_t) FROM account_prompts").fetchall()
+    first = {(a, h): t for a, h, t in firsts}
+    for account, picked in by_account.items():
+        times = [first[account, h] for h, _ in picked]
+        assert times == sorted(times)
+    assert sampled_prompts(connection, sample=5) == sampled  # the same sample each time
 
 
 def test_the_shipped_encoder_loads_offline_and_ranks_paraphrases_closest():

@@ -9,6 +9,7 @@ from monitor_traffic import MINUTE, START, counting, traffic, write
 from alambic.logs.importer import LogImporter
 from alambic.monitor.follow import Follower
 from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag
+from alambic.monitor.scoring import before_flag_by_style
 from alambic.monitor.source import open_log
 
 
@@ -75,3 +76,13 @@ def test_a_campaigns_requests_before_its_first_flag_count_all_its_accounts(tmp_p
     # the pair is first flagged at the 00:20 step (steady's 3rd request), before late starts; late alone at the
     # 01:40 step, after its 3rd request (01:39)
     assert campaign_requests_before_flag(monitor, groups) == {"pair": 3, "alone": 3, "unseen": None}
+
+
+def test_per_style_the_worst_campaign_counts_and_one_never_flagged_fails_the_target():
+    counts = {"a": 12, "b": 900, "c": 1500, "d": None, "e": 40}
+    style_of = {"a": "bulk", "b": "bulk", "c": "hydra", "d": "mimic", "e": "mimic"}
+    assert before_flag_by_style(counts, style_of, target=1000) == {
+        "bulk": {"requests_before_flag": 900, "campaigns": 2, "flagged_before_target": 2},
+        "hydra": {"requests_before_flag": 1500, "campaigns": 1, "flagged_before_target": 0},
+        "mimic": {"requests_before_flag": None, "campaigns": 2, "flagged_before_target": 1},
+    }

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from alambic.monitor.verdict import Verdict
+
 ACCOUNT_SUMMARY = """
 WITH shaped AS (
     SELECT account, t,
@@ -95,6 +97,16 @@ def rule_scores(summaries: list[AccountSummary]) -> dict[str, float]:
     """Rules fired, with volume breaking ties (below one rule's worth)."""
     most = max((a.requests for a in summaries), default=0) + 1
     return {a.account: sum(rule.fires(a) for rule in RULES) + a.requests / most for a in summaries}
+
+
+def rule_verdicts(connection: duckdb.DuckDBPyConnection) -> list[Verdict]:
+    """The rules as a monitor (what `replay.SteppedMonitor` steps): an account is flagged when any rule fires on
+    it, with the rules that fired as its reasons."""
+    verdicts = []
+    for summary in account_summaries(connection):
+        fired = tuple(rule.description for rule in RULES if rule.fires(summary))
+        verdicts.append(Verdict(summary.account, float(bool(fired)), fired, None, "flag" if fired else "none"))
+    return verdicts
 
 
 BASELINES = {"volume": volume_scores, "rules": rule_scores}

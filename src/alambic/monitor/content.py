@@ -56,7 +56,7 @@ def content_features(
     """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`)."""
     load_buckets(connection)
     near = dict(connection.execute(NEAR_DUPLICATE_SHARE).fetchall())
-    rows = connection.execute(SAMPLED, {"sample": sample}).fetchall()
+    rows = sampled_prompts(connection, sample)
     if not rows:
         return {}
     cache = cache if cache is not None else EmbeddingCache()
@@ -77,6 +77,12 @@ def content_features(
             "novelty_share": _novelty(np.stack([vectors[h] for h in hashes])),
         }
     return features
+
+
+def sampled_prompts(connection: duckdb.DuckDBPyConnection, sample: int = SAMPLE) -> list[tuple[str, int, str]]:
+    """The prompts embedded: (account, prompt hash, prompt), up to `sample` distinct ones per account, from the
+    tables `prompts.load_prompts` builds."""
+    return connection.execute(SAMPLED, {"sample": sample}).fetchall()
 
 
 def _topics(vectors: dict[int, np.ndarray]) -> dict[int, int]:

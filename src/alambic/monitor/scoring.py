@@ -1,8 +1,10 @@
-"""How well account scores separate each campaign style from benign accounts: ROC AUC and TPR at a fixed FPR."""
+"""How well the monitor does per campaign style: ROC AUC and TPR at a fixed FPR on account scores, and how many
+requests a style's campaigns sent before the replay first flagged them."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from sklearn.metrics import roc_auc_score
 
@@ -31,3 +33,22 @@ def score_by_style(scores: dict[str, float], labels: dict[str, dict]) -> dict[st
             **{name: tpr_at_fpr(benign, flagged, rate) for name, rate in FALSE_POSITIVE_RATES.items()},
         }
     return results
+
+
+def before_flag_by_style(
+    counts: Mapping[str, int | None], style_of: Mapping[str, str], target: int
+) -> dict[str, dict[str, int | None]]:
+    """Per style, from each campaign's requests before its first flag (`replay.campaign_requests_before_flag`):
+    the worst campaign's count (None when one was never flagged: it was never stopped), the campaigns, and
+    those flagged before `target` of their requests (a campaign never flagged is not)."""
+    styles: dict[str, list[int | None]] = {}
+    for campaign, count in counts.items():
+        styles.setdefault(style_of[campaign], []).append(count)
+    return {
+        style: {
+            "requests_before_flag": None if None in found else max(found),
+            "campaigns": len(found),
+            "flagged_before_target": sum(count is not None and count < target for count in found),
+        }
+        for style, found in sorted(styles.items())
+    }

@@ -1,0 +1,56 @@
+"""The monitor's feature pass over v1 log files in a process of its own, on one DuckDB thread: rows/s and peak RSS.
+
+    python benchmarks/feature_pass.py LOG...            the pass here; prints rows, accounts, seconds as JSON
+    python benchmarks/feature_pass.py --measure LOG...  the same in a child; adds the child's peak RSS (MiB)
+
+Linux keeps a process's peak RSS across exec, so a child started from a large process (a benchmark that has
+loaded torch and simulated weeks) reports that process's peak as its own floor. `measure` therefore starts this
+script, which imports only the standard library, and it starts the pass: the pass's floor is a bare interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def feature_pass(logs: list[Path]) -> dict:
+    """The rows, accounts and seconds of `features.account_features` over `logs`, read in place, on one thread."""
+    from alambic.monitor.features import account_features
+    from alambic.monitor.source import open_log
+
+    connection = open_log(logs)
+    connection.execute("SET threads = 1")
+    rows = connection.execute("SELECT count(*) FROM requests").fetchone()[0]
+    started = time.perf_counter()
+    accounts = len(account_features(connection))
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "accounts": accounts, "threads": 1, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def _in_child(logs: list[str]) -> dict:
+    """`feature_pass` in a child of this (small) process, with the child's peak RSS from `os.wait4`."""
+    process = subprocess.Popen([sys.executable, __file__, *logs], stdout=subprocess.PIPE, text=True)
+    out = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"the feature pass over {logs} failed (status {status})")
+    return {**json.loads(out), "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def measure(logs: list[Path]) -> dict:
+    """`feature_pass` in a child started from a bare interpreter, with its peak RSS in MiB."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", *map(str, logs)], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return json.loads(out)
+
+
+if __name__ == "__main__":
+    measuring = sys.argv[1:2] == ["--measure"]
+    paths = sys.argv[2:] if measuring else sys.argv[1:]
+    print(json.dumps(_in_child(paths) if measuring else feature_pass([Path(p) for p in paths])))
