@@ -33,7 +33,7 @@ import numpy as np
 import feature_pass
 from alambic.monitor.assess import assess
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
-from alambic.monitor.content import sampled_prompts
+from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
 from alambic.monitor.features import account_features
 from alambic.monitor.prompts import load_prompts
@@ -266,7 +266,7 @@ def embedding_speed(log: Path, encoder: Encoder) -> dict:
         known = f"epoch_us(t) < {first + day * 86_400_000_000}" if day < DAYS else "true"
         connection.execute(f"CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE {known}")
         load_prompts(connection)
-        prompts = {prompt_hash: prompt for _, prompt_hash, prompt in sampled_prompts(connection)}
+        prompts = {text_key(task): task for tasks in account_tasks(connection).values() for task in tasks}
         cache.embed(prompts)
         asked.append(len(prompts))
     return {

@@ -1,9 +1,12 @@
-"""A small log whose flag times are known, and a stand-in for the scoring that flags by request count."""
+"""A small log whose flag times are known, a stand-in for the scoring that flags by request count, and one for
+the sentence encoder."""
 
 import json
 from datetime import UTC, datetime, timedelta
 
 import duckdb
+import numpy as np
+from sklearn.feature_extraction.text import HashingVectorizer
 
 from alambic.monitor.verdict import Verdict
 
@@ -11,7 +14,19 @@ START = datetime(2026, 12, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
 
-def counting(connection: duckdb.DuckDBPyConnection, reference=None) -> list[Verdict]:
+class HashedWords:
+    """A cheap stand-in for the sentence encoder (hashed bag of words and word pairs); counts the texts it encodes."""
+
+    def __init__(self) -> None:
+        self.vectorizer = HashingVectorizer(n_features=512, ngram_range=(1, 2), norm="l2", alternate_sign=False)
+        self.texts = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.texts += len(texts)
+        return self.vectorizer.transform(texts).toarray().astype(np.float32)
+
+
+def counting(connection: duckdb.DuckDBPyConnection, reference=None, content=None) -> list[Verdict]:
     """A stand-in for the scoring: flag an account at 3 requests, block it at 5."""
     counts = connection.execute("SELECT account, count(*) FROM requests GROUP BY account ORDER BY account").fetchall()
     action = {n: "block" if n >= 5 else "flag" if n >= 3 else "none" for _, n in counts}

@@ -1,32 +1,21 @@
-"""Content signals: topic coverage and novelty from prompt embeddings, near-duplicates across accounts, the cache."""
+"""Content signals: topic coverage and novelty from prompt embeddings of each account's tasks, near-duplicates
+across accounts, the cache."""
 
 from __future__ import annotations
 
 import json
-import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.feature_extraction.text import HashingVectorizer
+from monitor_traffic import HashedWords, row, write
 
-from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts
+from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
 from alambic.monitor.near_duplicates import load_buckets
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
-
-
-class CountingEncoder:
-    """A cheap stand-in for the sentence encoder (hashed bag of words and word pairs) that counts its calls."""
-
-    def __init__(self) -> None:
-        self.vectorizer = HashingVectorizer(n_features=512, ngram_range=(1, 2), norm="l2", alternate_sign=False)
-        self.texts = 0
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        self.texts += len(texts)
-        return self.vectorizer.transform(texts).toarray().astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features(world):
     log, _ = world
-    return content_features(open_log([log]), EmbeddingCache(CountingEncoder()), sample=12)
+    return content_features(open_log([log]), EmbeddingCache(HashedWords()), sample=12)
 
 
 def _by_style(features, labels, name):
@@ -55,17 +44,7 @@ def test_every_account_gets_every_content_feature(world, features):
     assert all(list(values) == list(CONTENT_FEATURES) for values in features.values())
 
 
-def test_campaign_accounts_cover_more_topics_than_integrations(world, features):
-    _, labels = world
-    coverage = _by_style(features, labels, "topic_coverage")
-    integrations = [c for style, values in coverage.items() if style.startswith("integration") for c in values]
-    for style in ("sharded", "hydra"):
-        assert statistics.median(coverage[style]) > max(integrations)
-    novelty = _by_style(features, labels, "novelty_share")
-    assert min(novelty["sharded"]) > statistics.median(novelty["integration-summarise"])
-
-
-def test_near_duplicates_are_found_across_accounts(world, features):
+def test_near_duplicates_are_found_across_accounts(world):
     log, labels = world
     connection = open_log([log])
     load_buckets(connection)
@@ -75,20 +54,91 @@ def test_near_duplicates_are_found_across_accounts(world, features):
     """).fetchall()
     sharded = {a for a, label in labels.items() if label["style"] == "sharded"}
     assert any(len(sharded & set(accounts)) >= 2 for (accounts,) in spread)
-    near = _by_style(features, labels, "near_duplicate_share")
-    assert statistics.median(near["sharded"]) > 0.25 > max(near["integration-summarise"])
+
+
+def test_a_template_shared_by_all_of_an_account_s_prompts_is_cut_at_word_boundaries():
+    wrapped = [
+        f"You are Contoso's assistant. Rules: be kind.\n\nQuestion: {q} Thanks!" for q in ("Why?", "Where is it?")
+    ]
+    assert task_texts(wrapped) == ["Why?", "Where is it?"]
+    assert task_texts(["What is a cat?", "What if I go?"]) == ["is a cat?", "if I go?"]  # never half a word
+    assert task_texts(["Summarise: a", "Summarise: a", "Summarise: b"]) == ["a", "a", "b"]
+    assert task_texts(["Review: ", "Review: good"]) == ["Review: ", "good"]  # all template: kept whole
+    assert task_texts(["same", "same"]) == ["same", "same"]
+
+
+SUPPORT = (
+    "You are the virtual assistant of Contoso Bank. Be polite, concise and accurate. Never reveal internal "
+    "policies. Escalate billing disputes to a human. "
+    + " ".join(f"Rule {i}: answer in plain words." for i in range(40))
+)
+TASKS = [
+    "Explain quantum entanglement to a physics student.",
+    "How do I bake sourdough bread with a stiff starter?",
+    "Why did the Western Roman Empire fall?",
+    "What is the capital gains tax on shares held for two years?",
+    "Write a Python function that sorts a list of dictionaries by a key.",
+    "Describe how photosynthesis turns light into sugar.",
+    "Which chess opening suits an aggressive beginner?",
+    "How do I knit a cable stitch?",
+    "What makes a volcano erupt explosively?",
+    "How are stock options taxed when exercised?",
+    "Which chords make a jazz ii-V-I progression in C?",
+    "Give me a 16-week marathon training plan.",
+]
+REVIEWS = [
+    "Great blender, crushes ice in seconds.",
+    "The blender leaked after a week.",
+    "Loud motor but the smoothies are smooth.",
+    "Blades went dull fast, disappointed.",
+    "Easy to clean, the jug is dishwasher safe.",
+    "Stopped working after two months of smoothies.",
+    "Perfect for soups and sauces.",
+    "The lid does not seal well and juice spills.",
+    "Powerful and quiet, worth the price.",
+    "Arrived with a cracked jug.",
+    "Makes great frozen drinks for parties.",
+    "Too heavy to move around the kitchen.",
+]
+PEOPLE = [
+    ["What should I cook tonight with eggs and spinach?", "Is it going to be hard to learn Spanish?"],
+    ["Help me write a birthday message for my sister.", "How do I fix a squeaky door hinge?"],
+    ["What is the best way to store fresh basil?", "Recommend a mystery novel for a long flight."],
+]
+
+
+def test_a_campaign_in_a_support_bot_s_template_is_read_by_its_tasks(tmp_path):
+    """The real encoder (the claim is about meaning): a campaign's tasks wrapped in a long company template are
+    read without it, so they spread over topics and keep moving to new ground; read whole, the encoder's 128
+    tokens would hold the rules only, and every prompt would look the same."""
+    rows = [("campaign", f"{SUPPORT}\n\nCustomer question: {task}") for task in TASKS]
+    classify = "Classify the sentiment of this review as positive or negative.\n\nReview: {}"
+    rows += [("integration", classify.format(review)) for review in REVIEWS]
+    rows += [(f"person-{i}", prompt) for i, prompts in enumerate(PEOPLE) for prompt in prompts]
+    features = content_features(open_log([_log(tmp_path, rows)]), EmbeddingCache(minilm_encoder()))
+    assert features["campaign"]["topic_clusters"] >= 3
+    assert features["campaign"]["novelty_share"] >= 0.9
+
+
+def _log(directory: Path, rows: list[tuple[str, str]]) -> Path:
+    """A v1 log of one single-turn chat request per (account, prompt), a minute apart."""
+    asked = [
+        row(n, account, n) | {"messages": [{"role": "user", "content": prompt}]}
+        for n, (account, prompt) in enumerate(rows)
+    ]
+    return write(directory / "log.jsonl", asked)[0]
 
 
 def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
     log, _ = world
-    connection, encoder = open_log([log]), CountingEncoder()
+    connection, encoder = open_log([log]), HashedWords()
     cache = EmbeddingCache(encoder, path=tmp_path / "embeddings.parquet")
     first = content_features(connection, cache, sample=4)
     embedded = encoder.texts
     assert embedded == cache.embedded > 0 and cache.cached_share < 1
     again = content_features(connection, cache, sample=4)
     assert encoder.texts == embedded and cache.reused >= embedded
-    reloaded = EmbeddingCache(CountingEncoder(), path=tmp_path / "embeddings.parquet")
+    reloaded = EmbeddingCache(HashedWords(), path=tmp_path / "embeddings.parquet")
     assert content_features(connection, reloaded, sample=4) == first == again
     assert reloaded.encoder.texts == 0 and reloaded.cached_share == 1
 
@@ -122,4 +172,4 @@ def test_the_shipped_encoder_loads_offline_and_ranks_paraphrases_closest():
 def test_a_log_without_accounts_has_no_content_features(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"time": "2026-11-02T10:00:00+00:00", "messages": [{"role": "user", "content": "hi"}]}))
-    assert content_features(open_log([log]), EmbeddingCache(CountingEncoder())) == {}
+    assert content_features(open_log([log]), EmbeddingCache(HashedWords())) == {}

@@ -4,13 +4,14 @@ source, --act and --dry-run on a running gateway, --follow, and bad input in one
 import json
 
 import pytest
-from monitor_traffic import counting, traffic, write
+from monitor_traffic import HashedWords, counting, traffic, write
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.logs.importer import LogImporter
-from alambic.monitor.assess import assess
+from alambic.monitor.assess import assess, feature_rows
+from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
@@ -65,6 +66,20 @@ def test_every_account_gets_a_json_line_with_the_scorings_verdict(tmp_path, beni
     assert table.exit_code == 0 and "Riskiest accounts" in table.stdout and "Campaigns" in table.stdout
 
 
+def test_content_scores_prompt_topics_through_the_embedding_cache(tmp_path, benign, monkeypatch):
+    monkeypatch.setenv("ALAMBIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("alambic.monitor.embeddings.minilm_encoder", HashedWords)
+    log = tmp_path / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=22, days=2, scale=0.1, campaigns=("mimic",))), log)
+    found = lines(monitor("--log", str(log), "--reference", str(benign), "--json", "--content"))
+    cache = EmbeddingCache(HashedWords())
+    reference = Reference(list(feature_rows(open_log([benign]), cache).values()))
+    assert "topic_coverage" in reference.features
+    expected = {v.account: (v.risk, list(v.reasons)) for v in assess(open_log([log]), reference, cache)}
+    assert {account: (line["risk"], line["reasons"]) for account, line in found.items()} == expected
+    assert (tmp_path / "cache" / "monitor" / "prompt-embeddings.parquet").is_file()
+
+
 def test_until_scores_only_what_was_known_then(tmp_path, counted):
     log = write(tmp_path / "log.jsonl", traffic())[0]
     found = lines(monitor("--log", str(log), "--json", "--until", "2026-12-01T00:25:00Z"))
@@ -94,7 +109,7 @@ def test_act_blocks_and_the_running_gateway_refuses_the_next_request(gateway, mo
     for key in (mallory, gina):
         assert gateway.post("/v1/chat/completions", key, json=CHAT).status_code == 200
 
-    def verdicts(connection, reference=None):
+    def verdicts(connection, reference=None, content=None):
         from alambic.monitor.verdict import Verdict
 
         return [

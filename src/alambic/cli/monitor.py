@@ -49,6 +49,13 @@ def monitor(
     dry_run: Annotated[bool, typer.Option(help="Show what --act would change, and change nothing.")] = False,
     throttle_rpm: Annotated[int, typer.Option(min=1, help="Requests per minute left to a throttled account.")] = 10,
     top: Annotated[int, typer.Option(min=1, help="Rows of the tables (without --json).")] = 20,
+    content: Annotated[
+        bool,
+        typer.Option(
+            help="Score what the prompts ask too (topic coverage from sentence embeddings of up to 16 prompts an "
+            "account, cached by text under the cache directory); the --reference is read the same way."
+        ),
+    ] = False,
 ) -> None:
     """Find extraction campaigns in the request log: each account's risk, reasons, campaign and action."""
     if act and dry_run:
@@ -65,14 +72,15 @@ def monitor(
     if follow and not reference:
         raise InvalidRequestError("--follow needs a benign --reference log: the live log is too young to calibrate on.")
     step_length, known_at = duration("--step", step), moment("--until", until)
-    benign = _reference(reference) if reference else None
+    embeddings = _embeddings() if content else None
+    benign = _reference(reference, embeddings) if reference else None
     store = Store(db) if db is not None else None
     acting = Acting(store, act, throttle_rpm) if act or dry_run else None
     out = Console(soft_wrap=True)
     if follow:
         from alambic.monitor.follow import Follower
 
-        follower = Follower(store, checkpoint, _assess(benign), step_length, duration("--lag", lag))
+        follower = Follower(store, checkpoint, _assess(benign, embeddings), step_length, duration("--lag", lag))
         _follow(follower, poll, once, json_lines, acting)
         return
     with ExitStack() as stack:
@@ -83,11 +91,13 @@ def monitor(
             from alambic.monitor.replay import SteppedMonitor
 
             # Without a benign reference, calibrated on the whole log (the early steps are too few to).
-            stepped = SteppedMonitor(connection, _assess(benign or _calibrated(connection, "the log")), step_length)
+            stepped = SteppedMonitor(
+                connection, _assess(benign or _calibrated(connection, "the log", embeddings), embeddings), step_length
+            )
             stepped.advance()
             verdicts, flags = stepped.verdicts, stepped.flags
         else:
-            verdicts = _assess(benign)(connection)
+            verdicts = _assess(benign, embeddings)(connection)
     verdicts = sorted(verdicts, key=lambda v: (-v.risk, v.account))
     if json_lines:
         for verdict in verdicts:
@@ -118,34 +128,43 @@ def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitSt
     return connection
 
 
-def _assess(reference):
+def _embeddings():
+    """The prompt-embedding cache `--content` reads and grows."""
+    from alambic.monitor.embeddings import EmbeddingCache
+    from alambic.paths import cache_dir
+
+    (cache_dir() / "monitor").mkdir(parents=True, exist_ok=True)
+    return EmbeddingCache(path=cache_dir() / "monitor" / "prompt-embeddings.parquet")
+
+
+def _assess(reference, embeddings):
     """The scoring, against `reference` (None: the log itself); a log too small to calibrate on is bad input."""
     import alambic.monitor.assess as assessing
 
     def assess(connection):
         try:
-            return assessing.assess(connection, reference)
+            return assessing.assess(connection, reference, embeddings)
         except ValueError as error:  # too few accounts to calibrate risk on
             raise InvalidRequestError(f"{error}; give a benign --reference log.") from None
 
     return assess
 
 
-def _reference(files: list[Path]):
+def _reference(files: list[Path], embeddings):
     from alambic.monitor.source import open_log
 
-    return _calibrated(open_log(files), "--reference", compared_with_others=False)
+    return _calibrated(open_log(files), "--reference", embeddings, compared_with_others=False)
 
 
-def _calibrated(connection, what: str, compared_with_others: bool = True):
+def _calibrated(connection, what: str, embeddings, compared_with_others: bool = True):
     """Risk calibrated on the accounts of `connection`'s `requests`; when they are also the accounts scored, each
     is compared with the others only."""
-    from alambic.monitor.features import account_features
+    from alambic.monitor.assess import feature_rows
     from alambic.monitor.risk import Reference
 
-    rows = account_features(connection)
+    rows = feature_rows(connection, embeddings)
     try:
-        return Reference([f.values for f in rows], [f.account for f in rows] if compared_with_others else None)
+        return Reference(list(rows.values()), list(rows) if compared_with_others else None)
     except ValueError as error:
         raise InvalidRequestError(f"{what}: {error}.") from None
 

@@ -1,5 +1,6 @@
 """The monitor's scoring pipeline: features of every account and of every linked campaign taken as one account,
 risk calibrated on benign traffic, reasons in words, an action. `assess` is what the CLI, replay and actions call.
+With an embedding cache, what the prompts ask (`monitor.content`) counts beside how they are sent.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 
 import duckdb
 
+from alambic.monitor.content import CONTENT_FEATURES, content_features
+from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
 from alambic.monitor.risk import Assessment, Reference, action_for
@@ -20,17 +23,32 @@ CAMPAIGN_SCHEMA = "campaign_view"
 CAMPAIGN_ACTION_CAP = "flag"
 
 
-def assess(connection: duckdb.DuckDBPyConnection, reference: Reference | None = None) -> list[Verdict]:
+def assess(
+    connection: duckdb.DuckDBPyConnection, reference: Reference | None = None, content: EmbeddingCache | None = None
+) -> list[Verdict]:
     """A verdict for every account of the `requests` relation (`monitor.source`), in account order.
 
-    `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's features).
-    By default it is fitted on this log's own accounts, taken as mostly benign: risk then says how rare an
-    account is among the log's accounts of its size (rank statistics, so a few campaigns move it little; each
-    account is compared with the others, never with itself).
+    `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's
+    `feature_rows`, taken with content if these are). By default it is fitted on this log's own accounts, taken
+    as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
+    statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
     """
-    rows = {f.account: f.values for f in account_features(connection)}
+    rows = feature_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
-    return verdicts(connection, rows, reference, link_accounts(connection))
+    return verdicts(connection, rows, reference, link_accounts(connection), content)
+
+
+def feature_rows(
+    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
+    account with no prompt text)."""
+    rows = {f.account: f.values for f in account_features(connection)}
+    if content is not None:
+        found = content_features(connection, content)
+        for account, values in rows.items():
+            values.update(found.get(account, dict.fromkeys(CONTENT_FEATURES)))
+    return rows
 
 
 def verdicts(
@@ -38,11 +56,12 @@ def verdicts(
     rows: Mapping[str, dict[str, float | None]],
     reference: Reference,
     linking: Linking,
+    content: EmbeddingCache | None = None,
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
     requests, and a member's risk is the larger of its own and its campaign's (with why they are linked)."""
     campaign_of = linking.campaign_of
-    campaigns = campaign_features(connection, campaign_of)
+    campaigns = campaign_features(connection, campaign_of, content)
     members = Counter(campaign_of.values())
     judged = {c: reference.assess(values) for c, values in campaigns.items()}
     out = []
@@ -64,9 +83,9 @@ def verdicts(
 
 
 def campaign_features(
-    connection: duckdb.DuckDBPyConnection, campaign_of: Mapping[str, str]
+    connection: duckdb.DuckDBPyConnection, campaign_of: Mapping[str, str], content: EmbeddingCache | None = None
 ) -> dict[str, dict[str, float | None]]:
-    """The features of each campaign, its members' requests relabelled as one account's (the same SQL)."""
+    """The features of each campaign, its members' requests relabelled as one account's (the same passes)."""
     if not campaign_of:
         return {}
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
@@ -79,8 +98,8 @@ def campaign_features(
     """)
     connection.execute(f"SET search_path = '{CAMPAIGN_SCHEMA},main'")
     try:
-        grouped = account_features(connection)
+        grouped = feature_rows(connection, content)
     finally:
         connection.execute("RESET search_path")
     ids = set(campaign_of.values())
-    return {f.account: f.values for f in grouped if f.account in ids}
+    return {campaign: values for campaign, values in grouped.items() if campaign in ids}

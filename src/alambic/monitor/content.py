@@ -1,24 +1,30 @@
-"""Content signals per account: how far its prompts spread over the topics of all traffic, how often they move
-to new ground, and how many nearly match other accounts' prompts.
+"""Content signals per account: how far its prompts spread over the topics of all traffic, and how often they
+move to new ground.
 
 An extraction campaign sweeps a topic space systematically; a person or an integration circles its own needs.
-Topics are k-means clusters of sentence embeddings (`monitor.embeddings`) of a bounded sample of each account's
-distinct prompts; near-duplicates come from MinHash LSH (`monitor.near_duplicates`).
+An account's prompts are read without their template first: the text that all its sampled prompts share at
+the start and at the end (a company's rules pasted into the user turn, "Classify this review: ...") is cut
+off, so a campaign dressed as an integration is judged by the tasks it sends, not by their wrapper, and an
+integration by what varies in it. Topics are k-means clusters of sentence embeddings (`monitor.embeddings`) of
+a bounded sample of each account's distinct prompts. Near-duplicate prompts across accounts
+(`monitor.near_duplicates`) serve linking, not these signals: classrooms and evaluation harnesses share
+prompts as much as campaigns do.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from os.path import commonprefix  # character by character, as templates are cut here
 
 import duckdb
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 
 from alambic.monitor.embeddings import EmbeddingCache
-from alambic.monitor.near_duplicates import load_buckets
+from alambic.monitor.prompts import load_prompts
 
 CONTENT_FEATURES = {
-    "near_duplicate_share": "requests whose prompt nearly matches (MinHash LSH) a different prompt of another account",
     "topic_clusters": "topic clusters (k-means of prompt embeddings) its sampled distinct prompts fall in",
     "topic_coverage": "topic clusters covered / those as many prompts drawn at random from all traffic would cover",
     "novelty_share": "sampled prompts, in time order, unlike (cosine < 0.5) every earlier prompt of the account",
@@ -30,23 +36,11 @@ NOVEL_BELOW = 0.5  # cosine similarity to the account's most similar earlier pro
 # Up to `SAMPLE` distinct prompts per account, picked by a hash (a deterministic random sample), in time order.
 SAMPLED = """
 SELECT account, prompt_hash, prompt FROM (
-    SELECT ap.account, ap.prompt_hash, pt.prompt, ap.first_t,
+    SELECT ap.account, pt.prompt, ap.first_t, ap.prompt_hash,
            row_number() OVER (PARTITION BY ap.account ORDER BY hash(ap.prompt_hash, ap.account)) AS pick
     FROM account_prompts ap JOIN prompt_texts pt USING (prompt_hash))
 WHERE pick <= $sample
 ORDER BY account, first_t, prompt_hash
-"""
-
-# Buckets that hold different prompts from different accounts: a prompt in one has a near-duplicate elsewhere.
-NEAR_DUPLICATE_SHARE = """
-WITH spread AS (
-    SELECT b.bucket FROM prompt_buckets b JOIN account_prompts ap USING (prompt_hash)
-    GROUP BY b.bucket HAVING count(DISTINCT ap.account) > 1 AND count(DISTINCT b.prompt_hash) > 1
-),
-near AS (SELECT DISTINCT prompt_hash FROM prompt_buckets JOIN spread USING (bucket))
-SELECT ap.account, sum(CASE WHEN near.prompt_hash IS NULL THEN 0 ELSE ap.requests END) / sum(ap.requests)
-FROM account_prompts ap LEFT JOIN near USING (prompt_hash)
-GROUP BY ap.account
 """
 
 
@@ -54,35 +48,63 @@ def content_features(
     connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
 ) -> dict[str, dict[str, float]]:
     """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`)."""
-    load_buckets(connection)
-    near = dict(connection.execute(NEAR_DUPLICATE_SHARE).fetchall())
-    rows = sampled_prompts(connection, sample)
-    if not rows:
+    load_prompts(connection)
+    tasks = account_tasks(connection, sample)
+    if not tasks:
         return {}
     cache = cache if cache is not None else EmbeddingCache()
-    vectors = cache.embed({prompt_hash: prompt for _, prompt_hash, prompt in rows})
+    vectors = cache.embed({text_key(task): task for asked in tasks.values() for task in asked})
+    keys = {account: [text_key(task) for task in asked] for account, asked in tasks.items()}
     topics = _topics(vectors)
-    by_account: dict[str, list[int]] = defaultdict(list)
-    for account, prompt_hash, _ in rows:
-        by_account[account].append(prompt_hash)
-    share = np.bincount([topics[h] for _, h, _ in rows], minlength=max(topics.values()) + 1) / len(rows)
+    sampled = [topics[key] for asked in keys.values() for key in asked]
+    share = np.bincount(sampled, minlength=max(topics.values()) + 1) / len(sampled)
     features = {}
-    for account, hashes in by_account.items():
-        covered = len({topics[h] for h in hashes})
-        expected = float(np.sum(1 - (1 - share) ** len(hashes)))  # clusters n random prompts would cover
+    for account, asked in keys.items():
+        covered = len({topics[key] for key in asked})
+        expected = float(np.sum(1 - (1 - share) ** len(asked)))  # clusters as many random prompts would cover
         features[account] = {
-            "near_duplicate_share": float(near.get(account, 0.0)),
             "topic_clusters": float(covered),
             "topic_coverage": covered / expected,
-            "novelty_share": _novelty(np.stack([vectors[h] for h in hashes])),
+            "novelty_share": _novelty(np.stack([vectors[key] for key in asked])),
         }
     return features
 
 
 def sampled_prompts(connection: duckdb.DuckDBPyConnection, sample: int = SAMPLE) -> list[tuple[str, int, str]]:
-    """The prompts embedded: (account, prompt hash, prompt), up to `sample` distinct ones per account, from the
-    tables `prompts.load_prompts` builds."""
+    """(account, prompt hash, prompt): up to `sample` distinct prompts per account, from the tables
+    `prompts.load_prompts` builds."""
     return connection.execute(SAMPLED, {"sample": sample}).fetchall()
+
+
+def account_tasks(connection: duckdb.DuckDBPyConnection, sample: int = SAMPLE) -> dict[str, list[str]]:
+    """What is embedded: each account's `sampled_prompts` without the template they share (`task_texts`)."""
+    prompts: dict[str, list[str]] = defaultdict(list)
+    for account, _, prompt in sampled_prompts(connection, sample):
+        prompts[account].append(prompt)
+    return {account: task_texts(asked) for account, asked in prompts.items()}
+
+
+def task_texts(prompts: list[str]) -> list[str]:
+    """The prompts without the template they share: their common start and end, cut at whitespace so that no
+    word is split. A prompt that is all template stays whole; one prompt, or copies of one, has no template."""
+    if len(set(prompts)) < 2:
+        return list(prompts)
+    head = _to_word_boundary(commonprefix(prompts))  # noqa: RUF071
+    rests = [prompt[len(head) :] for prompt in prompts]
+    tail = _to_word_boundary(commonprefix([rest[::-1] for rest in rests]))[::-1]  # noqa: RUF071
+    tasks = [rest[: len(rest) - len(tail)].strip() for rest in rests]
+    return [task or prompt for task, prompt in zip(tasks, prompts, strict=True)]
+
+
+def _to_word_boundary(shared: str) -> str:
+    """`shared` up to and including its last whitespace character ('' if it has none)."""
+    cut = max((shared.rfind(space) for space in (" ", "\n", "\t")), default=-1)
+    return shared[: cut + 1]
+
+
+def text_key(text: str) -> int:
+    """A stable 64-bit key for a text, for the embedding cache (which keeps vectors between runs)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _topics(vectors: dict[int, np.ndarray]) -> dict[int, int]:

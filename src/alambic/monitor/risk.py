@@ -32,6 +32,7 @@ HIGH = (
     "distinct_addresses",
     "distinct_user_agents",
     "newest_model_share",
+    "topic_coverage",  # with an embedding cache (monitor.content)
 )
 LOW = ("templated_share", "hours_to_newest_model")
 # Compared with every benign account; the others only with benign accounts of about the same size.
