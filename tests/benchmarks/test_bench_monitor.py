@@ -79,6 +79,7 @@ def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss(tmp_path):
 
 
 def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALAMBIC_CACHE_DIR", str(tmp_path / "cache"))  # the stand-in encoder's vectors stay here
     monkeypatch.setattr(bench_monitor, "REFERENCE_SEEDS", (1000,))
     monkeypatch.setitem(bench_monitor.SMOKE, "scale", 0.03)
     monkeypatch.setitem(bench_monitor.SMOKE, "replay_step_hours", 72.0)
@@ -90,7 +91,8 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     )
     bench_monitor.main(["--smoke", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "monitor.json").read_text())
-    assert written["settings"]["replay_step_hours"] == 72.0
+    assert written["settings"]["replay_step_hours"] == 72.0 and written["settings"]["content"]
+    assert list((tmp_path / "cache" / "benchmarks").glob("monitor-embeddings-*.parquet"))  # content was scored
     for figures in written["styles"].values():
         assert {"auc", "tpr_at_0.1pct_fpr", "requests_before_flag", "benign_blocked", "baselines"} <= figures.keys()
     counts = [c["requests_before_flag"] for c in written["campaigns"].values()]
