@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
@@ -70,3 +71,38 @@ def test_linking_reads_the_relation_as_it_is_now(tmp_path):
     link_accounts(connection)
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
     assert link_accounts(connection).campaign_of == link_accounts(open_log([out])).campaign_of
+
+
+def _public_bank(directory):
+    """A data directory laid out as `../shared/data` whose prompts behave as real ones do: a public bank of
+    thousands of distinct questions (no two near-duplicates) that campaigns, classrooms and eval harnesses all
+    draw from, and chats that people and a hydra's cover traffic share."""
+    rng = random.Random(0)
+    words = [f"{rng.choice('bcdfgklmnprstvz')}{rng.choice('aeiou')}{rng.choice('lmnrst')}{i}" for i in range(3000)]
+
+    def question() -> str:
+        return " ".join(rng.choices(words, k=rng.randint(18, 40))) + "?"
+
+    files = {
+        "gsm8k/train.jsonl": [{"question": question()} for _ in range(3000)],
+        "sharegpt/conversations.jsonl": [
+            {"id": str(i), "turns": [question() for _ in range(rng.randint(1, 4))]} for i in range(600)
+        ],
+    }
+    for name, rows in files.items():
+        (directory / name).parent.mkdir(parents=True)
+        (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
+def test_prompts_from_one_public_bank_put_no_benign_account_in_a_campaign(tmp_path):
+    """Campaigns, classrooms, eval harnesses and people drawing from one bank share prompts by chance: the same
+    text, or a few matches with an account that covers a third of the bank, are no common operator."""
+    out = tmp_path / "log.jsonl"
+    bank = _public_bank(tmp_path / "data")
+    write_jsonl(Simulation(SimulationSettings(seed=0, days=2, scale=0.2, campaigns=VISIBLE, data=bank)), out)
+    labels = json.loads((out.parent / "labels.json").read_text())
+    linking = link_accounts(open_log([out]))
+    for group in linking.groups.values():
+        kinds = Counter(labels[a]["style"] for a in group.members)
+        assert len({labels[a]["kind"] for a in group.members}) == 1, kinds

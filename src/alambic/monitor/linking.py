@@ -1,11 +1,16 @@
 """Linked accounts: a graph over accounts from prompts that benign users rarely share, whose connected groups are
 campaigns scored as one, each with its evidence by kind and in words.
 
-An edge joins two accounts that sent prompts of one rare family: the same text or a near-duplicate (MinHash
-LSH, `monitor.near_duplicates`), held by few accounts and each text sent about once. Popular prompts ("hello",
-a product-description template that a thousand calls repeat) and everything that crowds share by accident
-(VPN and NAT exits, SDK user agents) make no edge; they are reported per group, weighted by how many accounts
-outside the group share them, so that an organisation's keys or a platform's customers read as what they are.
+An edge joins two accounts that sent different texts of one rare family (near-duplicates, MinHash LSH,
+`monitor.near_duplicates`), held by few accounts and each text sent about once: one prompt set split between
+them. The same text sent by both is no such evidence: a split set is disjoint, while popular prompts and
+public banks (a benchmark, a data set everyone draws from) are what accounts share by chance. Nor is a match
+with an account that holds much of every family: one that covers a third of a public bank matches a third of
+anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times what the other's coverage gives by
+chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and everything
+that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per group,
+weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
+customers read as what they are.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from alambic.monitor.prompts import LAST_USER_TURN
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
 FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
+COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
 
 # Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
 RARE_FAMILIES = f"""
@@ -39,17 +45,23 @@ rare AS (SELECT family FROM held GROUP BY family
 SELECT DISTINCT family, account, prompt_hash FROM held JOIN rare USING (family);
 """
 
-# Two accounts whose shared rare families hold `EDGE_SHARE_MIN` of either one's distinct prompts.
+# Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
+# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance.
 EDGES = f"""
 WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
+coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
+             FROM rare_holdings GROUP BY account),
 matched AS (
     SELECT x.account AS a, y.account AS b, count(DISTINCT x.prompt_hash) AS in_a, count(DISTINCT y.prompt_hash) AS in_b
-    FROM rare_holdings x JOIN rare_holdings y ON x.family = y.family AND x.account < y.account
+    FROM rare_holdings x JOIN rare_holdings y
+      ON x.family = y.family AND x.account < y.account AND x.prompt_hash <> y.prompt_hash
     GROUP BY ALL
 )
 SELECT a, b FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
-WHERE in_a >= {EDGE_SHARE_MIN} * pa.prompts OR in_b >= {EDGE_SHARE_MIN} * pb.prompts
+JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
+WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
+   OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
 """
 
 # Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
