@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from alambic.monitor.linking import EVIDENCE, Linking, link_accounts
+from alambic.monitor.linking import EVIDENCE, Linking, communities, link_accounts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -106,3 +106,13 @@ def test_prompts_from_one_public_bank_put_no_benign_account_in_a_campaign(tmp_pa
     for group in linking.groups.values():
         kinds = Counter(labels[a]["style"] for a in group.members)
         assert len({labels[a]["kind"] for a in group.members}) == 1, kinds
+
+
+def test_one_bridging_edge_does_not_merge_two_groups():
+    """A class of students who share homework and a campaign that splits one prompt set, joined by one chance match
+    between a student and a campaign account: two groups, as a connected-components pass would not give."""
+    campaign = [f"c{i}" for i in range(5)]
+    students = [f"s{i}" for i in range(6)]
+    edges = [(a, b, 1.0) for group in (campaign, students) for a in group for b in group if a < b]
+    edges.append(("c0", "s0", 0.1))
+    assert communities(edges) == [sorted(students), sorted(campaign)]

@@ -1,5 +1,5 @@
-"""Linked accounts: a graph over accounts from prompts that benign users rarely share, whose connected groups are
-campaigns scored as one, each with its evidence by kind and in words.
+"""Linked accounts: a graph over accounts from prompts that benign users rarely share, whose communities (Louvain,
+Blondel et al. 2008) are campaigns scored as one, each with its evidence by kind and in words.
 
 An edge joins two accounts that sent different texts of one rare family (near-duplicates, MinHash LSH,
 `monitor.near_duplicates`), held by few accounts and each text sent about once: one prompt set split between
@@ -10,7 +10,8 @@ anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times wha
 chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and everything
 that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per group,
 weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
-customers read as what they are.
+customers read as what they are. Communities, not connected components: one chance match between a member
+of one group and a member of another does not merge them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ SELECT DISTINCT family, account, prompt_hash FROM held JOIN rare USING (family);
 """
 
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
-# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance.
+# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance;
+# weighted by the larger share.
 EDGES = f"""
 WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
 coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
@@ -57,11 +59,12 @@ matched AS (
       ON x.family = y.family AND x.account < y.account AND x.prompt_hash <> y.prompt_hash
     GROUP BY ALL
 )
-SELECT a, b FROM matched
+SELECT a, b, greatest(in_a / pa.prompts, in_b / pb.prompts) AS weight FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
 WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
    OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
+ORDER BY a, b  -- Louvain visits nodes in the order they were added: the same log, the same groups
 """
 
 # Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
@@ -147,10 +150,8 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first."""
     load_buckets(connection)
     connection.execute(RARE_FAMILIES)
-    graph = nx.Graph()
-    graph.add_edges_from(connection.execute(EDGES).fetchall())
-    components = sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: (-len(c), c[0]))
-    campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(components) for account in members}
+    found = communities(connection.execute(EDGES).fetchall())
+    campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}
     if not campaign_of:
         return Linking({}, {})
     membership = pa.table({"account": list(campaign_of), "grp": list(campaign_of.values())})
@@ -161,10 +162,18 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     connection.unregister("membership")
     groups = {
         f"group-{n + 1}": Group(f"group-{n + 1}", tuple(members), e, _reasons(e))
-        for n, members in enumerate(components)
+        for n, members in enumerate(found)
         for e in [evidence[f"group-{n + 1}"]]
     }
     return Linking(groups, campaign_of)
+
+
+def communities(edges: list[tuple[str, str, float]]) -> list[list[str]]:
+    """Groups of two or more accounts from weighted edges (a, b, weight): Louvain communities, largest first."""
+    graph = nx.Graph()
+    graph.add_weighted_edges_from(edges)
+    found = nx.community.louvain_communities(graph, weight="weight", seed=0)
+    return sorted((sorted(c) for c in found if len(c) > 1), key=lambda c: (-len(c), c[0]))
 
 
 def _reasons(e: dict[str, float]) -> tuple[str, ...]:
