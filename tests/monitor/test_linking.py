@@ -116,3 +116,28 @@ def test_one_bridging_edge_does_not_merge_two_groups():
     edges = [(a, b, 1.0) for group in (campaign, students) for a in group for b in group if a < b]
     edges.append(("c0", "s0", 0.1))
     assert communities(edges) == [sorted(students), sorted(campaign)]
+
+
+def _log(path, prompts: dict[str, list[str]]):
+    """A v1 log of chat requests, one per prompt, without addresses or user agents (optional in v1)."""
+    rows = [
+        {"time": f"2026-11-02T10:{n % 60:02d}:00+00:00", "account": a, "messages": [{"role": "user", "content": p}]}
+        for n, (a, texts) in enumerate(prompts.items())
+        for p in texts
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [path]
+
+
+def _split_sets(pairs: int) -> dict[str, list[str]]:
+    """Pairs of accounts that split a prompt set between them: variants of one task each."""
+    tasks = {p: [" ".join(f"w{p}.{k}.{j}" for j in range(6)) for k in range(5)] for p in range(pairs)}
+    sides = {"x": "", "y": " more"}
+    return {f"p{p}{side}": [task + tail for task in tasks[p]] for p in range(pairs) for side, tail in sides.items()}
+
+
+def test_a_log_without_addresses_links_with_no_address_evidence(tmp_path):
+    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", _split_sets(12))))
+    assert len(linking.groups) == 12
+    for group in linking.groups.values():
+        assert group.evidence["address_shared_share"] == group.evidence["address_exclusivity"] == 0.0

@@ -102,8 +102,8 @@ SELECT r.grp,
        avg(CASE WHEN x.prompt_hash IS NULL THEN 0.0 ELSE 1.0 END) AS same_text_share,
        count(*) / count(DISTINCT r.prompt_hash) AS requests_per_prompt,
        coalesce(any_value(sy.uses), 0) / count(*) AS system_prompt_share,
-       any_value(ad.shared) AS address_shared_share,
-       any_value(ad.exclusive) AS address_exclusivity,
+       coalesce(any_value(ad.shared), 0.0) AS address_shared_share,  -- no address logged: no such evidence
+       coalesce(any_value(ad.exclusive), 0.0) AS address_exclusivity,
        any_value(ag.agents) / count(DISTINCT r.account) AS agents_per_account,
        (SELECT (epoch(quantile_cont(first_t, 0.9)) - epoch(quantile_cont(first_t, 0.1))) / 3600
         FROM firsts f WHERE f.grp = r.grp) AS first_activity_spread_hours
