@@ -141,3 +141,13 @@ def test_a_log_without_addresses_links_with_no_address_evidence(tmp_path):
     assert len(linking.groups) == 12
     for group in linking.groups.values():
         assert group.evidence["address_shared_share"] == group.evidence["address_exclusivity"] == 0.0
+
+
+def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
+    """ "hello" and "Hello" are one popular prompt, not two texts of a split set."""
+    prompts = _split_sets(12)
+    prompts["a"] = [f"Tell me a joke about {k}a {k}b {k}c, please" for k in "VWXYZ"]
+    prompts["b"] = [f"tell me a  joke about {k}A {k}B {k}C, Please " for k in "vwxyz"]
+    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", prompts)))
+    assert "a" not in linking.campaign_of and "b" not in linking.campaign_of
+    assert len(linking.groups) == 12

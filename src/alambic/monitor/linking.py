@@ -1,17 +1,17 @@
 """Linked accounts: a graph over accounts from prompts that benign users rarely share, whose communities (Louvain,
 Blondel et al. 2008) are campaigns scored as one, each with its evidence by kind and in words.
 
-An edge joins two accounts that sent different texts of one rare family (near-duplicates, MinHash LSH,
-`monitor.near_duplicates`), held by few accounts and each text sent about once: one prompt set split between
-them. The same text sent by both is no such evidence: a split set is disjoint, while popular prompts and
-public banks (a benchmark, a data set everyone draws from) are what accounts share by chance. Nor is a match
-with an account that holds much of every family: one that covers a third of a public bank matches a third of
-anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times what the other's coverage gives by
-chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and everything
-that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per group,
-weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
-customers read as what they are. Communities, not connected components: one chance match between a member
-of one group and a member of another does not merge them.
+An edge joins two accounts that sent different texts (not only in case or spacing) of one rare family
+(near-duplicates, MinHash LSH, `monitor.near_duplicates`), held by few accounts and each text sent about once: one
+prompt set split between them. The same text sent by both is no such evidence: a split set is disjoint, while
+popular prompts and public banks (a benchmark, a data set everyone draws from) are what accounts share by chance.
+Nor is a match with an account that holds much of every family: one that covers a third of a public bank matches a
+third of anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times what the other's coverage
+gives by chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and
+everything that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per
+group, weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
+customers read as what they are. Communities, not connected components: one chance match between a member of one
+group and a member of another does not merge them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ WITH held AS (SELECT f.family, ap.account, ap.prompt_hash, ap.requests
 rare AS (SELECT family FROM held GROUP BY family
          HAVING count(DISTINCT account) BETWEEN 2 AND {FAMILY_ACCOUNTS_MAX}
             AND sum(requests) / count(DISTINCT prompt_hash) <= {FAMILY_REUSE_MAX})
-SELECT DISTINCT family, account, prompt_hash FROM held JOIN rare USING (family);
+SELECT DISTINCT family, account, prompt_hash,
+       hash(regexp_replace(lower(trim(prompt)), '\\s+', ' ', 'g')) AS wording  -- "Hello" and "hello " are one text
+FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
@@ -56,7 +58,7 @@ coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT fam
 matched AS (
     SELECT x.account AS a, y.account AS b, count(DISTINCT x.prompt_hash) AS in_a, count(DISTINCT y.prompt_hash) AS in_b
     FROM rare_holdings x JOIN rare_holdings y
-      ON x.family = y.family AND x.account < y.account AND x.prompt_hash <> y.prompt_hash
+      ON x.family = y.family AND x.account < y.account AND x.wording <> y.wording
     GROUP BY ALL
 )
 SELECT a, b, greatest(in_a / pa.prompts, in_b / pb.prompts) AS weight FROM matched
