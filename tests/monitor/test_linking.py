@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from alambic.monitor.linking import EVIDENCE, Linking, communities, link_accounts
+from alambic.monitor.linking import EVIDENCE, Linking, link_accounts, linked_groups
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -110,12 +110,16 @@ def test_prompts_from_one_public_bank_put_no_benign_account_in_a_campaign(tmp_pa
 
 def test_one_bridging_edge_does_not_merge_two_groups():
     """A class of students who share homework and a campaign that splits one prompt set, joined by one chance match
-    between a student and a campaign account: two groups, as a connected-components pass would not give."""
+    between a student and a campaign account: two groups, as a connected-components pass would not give. An account
+    or a pair linked to a group by one edge still joins it."""
     campaign = [f"c{i}" for i in range(5)]
     students = [f"s{i}" for i in range(6)]
-    edges = [(a, b, 1.0) for group in (campaign, students) for a in group for b in group if a < b]
-    edges.append(("c0", "s0", 0.1))
-    assert communities(edges) == [sorted(students), sorted(campaign)]
+    edges = [(a, b) for group in (campaign, students) for a in group for b in group if a < b]
+    assert linked_groups([*edges, ("c0", "s0")]) == [students, campaign]
+    assert linked_groups([*edges, ("c0", "lone"), ("s0", "pair"), ("pair", "mate")]) == [
+        sorted([*students, "mate", "pair"]),
+        [*campaign, "lone"],
+    ]
 
 
 def _log(path, prompts: dict[str, list[str]]):

@@ -1,5 +1,5 @@
-"""Linked accounts: a graph over accounts from prompts that benign users rarely share, whose communities (Louvain,
-Blondel et al. 2008) are campaigns scored as one, each with its evidence by kind and in words.
+"""Linked accounts: a graph over accounts from prompts that benign users rarely share, whose connected groups are
+campaigns scored as one, each with its evidence by kind and in words.
 
 An edge joins two accounts that sent different texts (not only in case or spacing) of one rare family
 (near-duplicates, MinHash LSH, `monitor.near_duplicates`), held by few accounts and each text sent about once: one
@@ -10,8 +10,8 @@ third of anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` 
 gives by chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and
 everything that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per
 group, weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
-customers read as what they are. Communities, not connected components: one chance match between a member of one
-group and a member of another does not merge them.
+customers read as what they are. One chance match between two groups does not merge them: a bridge (an edge whose
+removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` accounts or more.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, n
 FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
 COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
+BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smaller side is an account joining
 
 # Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
 RARE_FAMILIES = f"""
@@ -49,8 +50,7 @@ FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
-# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance;
-# weighted by the larger share.
+# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance.
 EDGES = f"""
 WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
 coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
@@ -61,12 +61,11 @@ matched AS (
       ON x.family = y.family AND x.account < y.account AND x.wording <> y.wording
     GROUP BY ALL
 )
-SELECT a, b, greatest(in_a / pa.prompts, in_b / pb.prompts) AS weight FROM matched
+SELECT a, b FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
 WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
    OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
-ORDER BY a, b  -- Louvain visits nodes in the order they were added: the same log, the same groups
 """
 
 # Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
@@ -152,7 +151,7 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first."""
     load_buckets(connection)
     connection.execute(RARE_FAMILIES)
-    found = communities(connection.execute(EDGES).fetchall())
+    found = linked_groups(connection.execute(EDGES).fetchall())
     campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}
     if not campaign_of:
         return Linking({}, {})
@@ -170,12 +169,21 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     return Linking(groups, campaign_of)
 
 
-def communities(edges: list[tuple[str, str, float]]) -> list[list[str]]:
-    """Groups of two or more accounts from weighted edges (a, b, weight): Louvain communities, largest first."""
-    graph = nx.Graph()
-    graph.add_weighted_edges_from(edges)
-    found = nx.community.louvain_communities(graph, weight="weight", seed=0)
-    return sorted((sorted(c) for c in found if len(c) > 1), key=lambda c: (-len(c), c[0]))
+def linked_groups(edges: list[tuple[str, str]]) -> list[list[str]]:
+    """Connected groups of accounts, largest first, once each bridge between two sides of `BRIDGED_GROUP_MIN` or
+    more accounts is cut (bridges found in linear time, Tarjan 1974; a side is measured without its bridge)."""
+    graph = nx.Graph(edges)
+    cut = []
+    for a, b in nx.bridges(graph):
+        if min(graph.degree(a), graph.degree(b)) == 1:  # one account joining a group: a side of one
+            continue
+        graph.remove_edge(a, b)
+        sides = len(nx.node_connected_component(graph, a)), len(nx.node_connected_component(graph, b))
+        graph.add_edge(a, b)
+        if min(sides) >= BRIDGED_GROUP_MIN:
+            cut.append((a, b))
+    graph.remove_edges_from(cut)
+    return sorted((sorted(c) for c in nx.connected_components(graph) if len(c) > 1), key=lambda c: (-len(c), c[0]))
 
 
 def _reasons(e: dict[str, float]) -> tuple[str, ...]:
