@@ -174,7 +174,7 @@ def linked_groups(edges: list[tuple[str, str]]) -> list[list[str]]:
     more accounts is cut (bridges found in linear time, Tarjan 1974; a side is measured without its bridge)."""
     graph = nx.Graph(edges)
     cut = []
-    for a, b in nx.bridges(graph):
+    for a, b in list(nx.bridges(graph)):  # listed first: the loop takes each one out and puts it back
         if min(graph.degree(a), graph.degree(b)) == 1:  # one account joining a group: a side of one
             continue
         graph.remove_edge(a, b)
