@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
 
-from alambic.monitor.linking import EVIDENCE, Linking, link_accounts
+from alambic.monitor.linking import EVIDENCE, Linking, link_accounts, linked_groups
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -70,3 +71,87 @@ def test_linking_reads_the_relation_as_it_is_now(tmp_path):
     link_accounts(connection)
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
     assert link_accounts(connection).campaign_of == link_accounts(open_log([out])).campaign_of
+
+
+def _public_bank(directory):
+    """A data directory laid out as `../shared/data` whose prompts behave as real ones do: a public bank of
+    thousands of distinct questions (no two near-duplicates) that campaigns, classrooms and eval harnesses all
+    draw from, and chats that people and a hydra's cover traffic share."""
+    rng = random.Random(0)
+    words = [f"{rng.choice('bcdfgklmnprstvz')}{rng.choice('aeiou')}{rng.choice('lmnrst')}{i}" for i in range(3000)]
+
+    def question() -> str:
+        return " ".join(rng.choices(words, k=rng.randint(18, 40))) + "?"
+
+    files = {
+        "gsm8k/train.jsonl": [{"question": question()} for _ in range(3000)],
+        "sharegpt/conversations.jsonl": [
+            {"id": str(i), "turns": [question() for _ in range(rng.randint(1, 4))]} for i in range(600)
+        ],
+    }
+    for name, rows in files.items():
+        (directory / name).parent.mkdir(parents=True)
+        (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
+def test_prompts_from_one_public_bank_put_no_benign_account_in_a_campaign(tmp_path):
+    """Campaigns, classrooms, eval harnesses and people drawing from one bank share prompts by chance: the same
+    text, or a few matches with an account that covers a third of the bank, are no common operator."""
+    out = tmp_path / "log.jsonl"
+    bank = _public_bank(tmp_path / "data")
+    write_jsonl(Simulation(SimulationSettings(seed=0, days=2, scale=0.2, campaigns=VISIBLE, data=bank)), out)
+    labels = json.loads((out.parent / "labels.json").read_text())
+    linking = link_accounts(open_log([out]))
+    for group in linking.groups.values():
+        kinds = Counter(labels[a]["style"] for a in group.members)
+        assert len({labels[a]["kind"] for a in group.members}) == 1, kinds
+
+
+def test_one_bridging_edge_does_not_merge_two_groups():
+    """A class of students who share homework and a campaign that splits one prompt set, joined by one chance match
+    between a student and a campaign account: two groups, as a connected-components pass would not give. An account
+    or a pair linked to a group by one edge still joins it."""
+    campaign = [f"c{i}" for i in range(5)]
+    students = [f"s{i}" for i in range(6)]
+    edges = [(a, b) for group in (campaign, students) for a in group for b in group if a < b]
+    assert linked_groups([*edges, ("c0", "s0")]) == [students, campaign]
+    assert linked_groups([*edges, ("c0", "lone"), ("s0", "pair"), ("pair", "mate")]) == [
+        sorted([*students, "mate", "pair"]),
+        [*campaign, "lone"],
+    ]
+
+
+def _log(path, prompts: dict[str, list[str]]):
+    """A v1 log of chat requests, one per prompt, without addresses or user agents (optional in v1)."""
+    rows = [
+        {"time": f"2026-11-02T10:{n % 60:02d}:00+00:00", "account": a, "messages": [{"role": "user", "content": p}]}
+        for n, (a, texts) in enumerate(prompts.items())
+        for p in texts
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [path]
+
+
+def _split_sets(pairs: int) -> dict[str, list[str]]:
+    """Pairs of accounts that split a prompt set between them: variants of one task each."""
+    tasks = {p: [" ".join(f"w{p}.{k}.{j}" for j in range(6)) for k in range(5)] for p in range(pairs)}
+    sides = {"x": "", "y": " more"}
+    return {f"p{p}{side}": [task + tail for task in tasks[p]] for p in range(pairs) for side, tail in sides.items()}
+
+
+def test_a_log_without_addresses_links_with_no_address_evidence(tmp_path):
+    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", _split_sets(12))))
+    assert len(linking.groups) == 12
+    for group in linking.groups.values():
+        assert group.evidence["address_shared_share"] == group.evidence["address_exclusivity"] == 0.0
+
+
+def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
+    """ "hello" and "Hello" are one popular prompt, not two texts of a split set."""
+    prompts = _split_sets(12)
+    prompts["a"] = [f"Tell me a joke about {k}a {k}b {k}c, please" for k in "VWXYZ"]
+    prompts["b"] = [f"tell me a  joke about {k}A {k}B {k}C, Please " for k in "vwxyz"]
+    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", prompts)))
+    assert "a" not in linking.campaign_of and "b" not in linking.campaign_of
+    assert len(linking.groups) == 12

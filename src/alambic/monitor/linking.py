@@ -1,11 +1,17 @@
 """Linked accounts: a graph over accounts from prompts that benign users rarely share, whose connected groups are
 campaigns scored as one, each with its evidence by kind and in words.
 
-An edge joins two accounts that sent prompts of one rare family: the same text or a near-duplicate (MinHash
-LSH, `monitor.near_duplicates`), held by few accounts and each text sent about once. Popular prompts ("hello",
-a product-description template that a thousand calls repeat) and everything that crowds share by accident
-(VPN and NAT exits, SDK user agents) make no edge; they are reported per group, weighted by how many accounts
-outside the group share them, so that an organisation's keys or a platform's customers read as what they are.
+An edge joins two accounts that sent different texts (not only in case or spacing) of one rare family
+(near-duplicates, MinHash LSH, `monitor.near_duplicates`), held by few accounts and each text sent about once: one
+prompt set split between them. The same text sent by both is no such evidence: a split set is disjoint, while
+popular prompts and public banks (a benchmark, a data set everyone draws from) are what accounts share by chance.
+Nor is a match with an account that holds much of every family: one that covers a third of a public bank matches a
+third of anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times what the other's coverage
+gives by chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and
+everything that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per
+group, weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
+customers read as what they are. One chance match between two groups does not merge them: a bridge (an edge whose
+removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` accounts or more.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from alambic.monitor.prompts import LAST_USER_TURN
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
 FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
+COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
+BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smaller side is an account joining
 
 # Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
 RARE_FAMILIES = f"""
@@ -36,20 +44,28 @@ WITH held AS (SELECT f.family, ap.account, ap.prompt_hash, ap.requests
 rare AS (SELECT family FROM held GROUP BY family
          HAVING count(DISTINCT account) BETWEEN 2 AND {FAMILY_ACCOUNTS_MAX}
             AND sum(requests) / count(DISTINCT prompt_hash) <= {FAMILY_REUSE_MAX})
-SELECT DISTINCT family, account, prompt_hash FROM held JOIN rare USING (family);
+SELECT DISTINCT family, account, prompt_hash,
+       hash(regexp_replace(lower(trim(prompt)), '\\s+', ' ', 'g')) AS wording  -- "Hello" and "hello " are one text
+FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 
-# Two accounts whose shared rare families hold `EDGE_SHARE_MIN` of either one's distinct prompts.
+# Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
+# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance.
 EDGES = f"""
 WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
+coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
+             FROM rare_holdings GROUP BY account),
 matched AS (
     SELECT x.account AS a, y.account AS b, count(DISTINCT x.prompt_hash) AS in_a, count(DISTINCT y.prompt_hash) AS in_b
-    FROM rare_holdings x JOIN rare_holdings y ON x.family = y.family AND x.account < y.account
+    FROM rare_holdings x JOIN rare_holdings y
+      ON x.family = y.family AND x.account < y.account AND x.wording <> y.wording
     GROUP BY ALL
 )
 SELECT a, b FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
-WHERE in_a >= {EDGE_SHARE_MIN} * pa.prompts OR in_b >= {EDGE_SHARE_MIN} * pb.prompts
+JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
+WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
+   OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
 """
 
 # Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
@@ -87,8 +103,8 @@ SELECT r.grp,
        avg(CASE WHEN x.prompt_hash IS NULL THEN 0.0 ELSE 1.0 END) AS same_text_share,
        count(*) / count(DISTINCT r.prompt_hash) AS requests_per_prompt,
        coalesce(any_value(sy.uses), 0) / count(*) AS system_prompt_share,
-       any_value(ad.shared) AS address_shared_share,
-       any_value(ad.exclusive) AS address_exclusivity,
+       coalesce(any_value(ad.shared), 0.0) AS address_shared_share,  -- no address logged: no such evidence
+       coalesce(any_value(ad.exclusive), 0.0) AS address_exclusivity,
        any_value(ag.agents) / count(DISTINCT r.account) AS agents_per_account,
        (SELECT (epoch(quantile_cont(first_t, 0.9)) - epoch(quantile_cont(first_t, 0.1))) / 3600
         FROM firsts f WHERE f.grp = r.grp) AS first_activity_spread_hours
@@ -135,10 +151,8 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first."""
     load_buckets(connection)
     connection.execute(RARE_FAMILIES)
-    graph = nx.Graph()
-    graph.add_edges_from(connection.execute(EDGES).fetchall())
-    components = sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: (-len(c), c[0]))
-    campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(components) for account in members}
+    found = linked_groups(connection.execute(EDGES).fetchall())
+    campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}
     if not campaign_of:
         return Linking({}, {})
     membership = pa.table({"account": list(campaign_of), "grp": list(campaign_of.values())})
@@ -149,10 +163,27 @@ def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
     connection.unregister("membership")
     groups = {
         f"group-{n + 1}": Group(f"group-{n + 1}", tuple(members), e, _reasons(e))
-        for n, members in enumerate(components)
+        for n, members in enumerate(found)
         for e in [evidence[f"group-{n + 1}"]]
     }
     return Linking(groups, campaign_of)
+
+
+def linked_groups(edges: list[tuple[str, str]]) -> list[list[str]]:
+    """Connected groups of accounts, largest first, once each bridge between two sides of `BRIDGED_GROUP_MIN` or
+    more accounts is cut (bridges found in linear time, Tarjan 1974; a side is measured without its bridge)."""
+    graph = nx.Graph(edges)
+    cut = []
+    for a, b in list(nx.bridges(graph)):  # listed first: the loop takes each one out and puts it back
+        if min(graph.degree(a), graph.degree(b)) == 1:  # one account joining a group: a side of one
+            continue
+        graph.remove_edge(a, b)
+        sides = len(nx.node_connected_component(graph, a)), len(nx.node_connected_component(graph, b))
+        graph.add_edge(a, b)
+        if min(sides) >= BRIDGED_GROUP_MIN:
+            cut.append((a, b))
+    graph.remove_edges_from(cut)
+    return sorted((sorted(c) for c in nx.connected_components(graph) if len(c) > 1), key=lambda c: (-len(c), c[0]))
 
 
 def _reasons(e: dict[str, float]) -> tuple[str, ...]:
