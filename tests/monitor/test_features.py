@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import sqlglot
+from sqlglot import exp
 
-from alambic.monitor.features import FEATURES, account_features
+from alambic.monitor.features import ACCOUNT_FEATURES, FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -47,3 +49,32 @@ def test_features_describe_what_each_campaign_does(features_by_style):
         assert pivot["newest_model_share"] == 1 and pivot["hours_to_newest_model"] < 6
     classify = features_by_style["integration-classify"]
     assert all(v["templated_share"] > 0.9 for v in classify if v["requests"] >= 20)
+
+
+def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(tmp_path):
+    """The CTEs DuckDB materialises live for the whole pass: their rows must be fixed-width (prompts, addresses
+    and user agents digested), so that memory per row stays small; only the account and the model stay text."""
+    out = tmp_path / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=3, days=1, scale=0.02, campaigns=("bulk",))), out)
+    connection = open_log([out])
+    query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
+    ctes = {cte.alias for cte in query.args["with_"].expressions}
+    plan = json.loads(connection.execute(f"EXPLAIN (FORMAT json) {ACCOUNT_FEATURES}").fetchall()[0][1])
+    kept = {name for name in _materialised(plan) if name in ctes}
+    assert kept
+    for name in kept:
+        probe = exp.select("*").from_(name)
+        probe.set("with_", query.args["with_"].copy())
+        columns = connection.execute(f"DESCRIBE {probe.sql('duckdb')}").fetchall()
+        text = {column for column, kind, *_ in columns if kind == "VARCHAR" or "[]" in kind or "(" in kind}
+        assert text <= {"account", "model"}, (name, text)
+
+
+def _materialised(plan: list[dict]) -> list[str]:
+    """The names of the CTEs in a DuckDB plan (EXPLAIN's JSON)."""
+    names = []
+    for node in plan:
+        if node.get("name") == "CTE":
+            names.append(node["extra_info"]["CTE Name"])
+        names += _materialised(node.get("children", []))
+    return names

@@ -40,9 +40,15 @@ REASONING_CUES = (
 )
 
 ACCOUNT_FEATURES = f"""
-WITH base AS (
-    SELECT account, t, epoch(t) AS ts, client_ip, user_agent, model,
-           coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt,
+WITH shaped AS (
+    -- one row per request, read by every part below (so DuckDB keeps it for the whole pass): its text is read
+    -- or digested here (md5, 128 bits; only equality is compared), so that a row costs a few fixed-width values
+    SELECT account, t, epoch(t) AS ts, model,
+           md5_number(client_ip) AS client_ip,
+           md5_number(user_agent) AS user_agent,
+           md5_number(last_prompt) AS last_prompt,
+           md5_number(left(last_prompt, 48)) AS prefix,
+           regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue,
            coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
            coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
            coalesce(prompt_tokens, 0) AS prompt_tokens,
@@ -52,13 +58,9 @@ WITH base AS (
            coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS temperature,
            coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) AS n,
            coalesce(params->>'logprobs' = 'true', false) AS logprobs
-    FROM requests
-    WHERE account IS NOT NULL
-),
-shaped AS (
-    SELECT *, left(last_prompt, 48) AS prefix,
-           regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue
-    FROM base
+    FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
+          FROM requests
+          WHERE account IS NOT NULL) AS request
 ),
 timing AS (
     SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap

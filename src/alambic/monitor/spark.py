@@ -2,7 +2,7 @@
 
 `features.ACCOUNT_FEATURES` is written once, in the subset of DuckDB's SQL that SQLGlot carries over to Spark;
 only reading the files differs. Two time functions are spelled out here because SQLGlot's defaults round
-them to whole seconds on Spark.
+them to whole seconds on Spark, and `md5_number`, which Spark lacks.
 """
 
 from __future__ import annotations
@@ -34,7 +34,20 @@ class MonitorSpark(Spark):
             **Spark.Generator.TRANSFORMS,
             exp.TimeToUnix: lambda self, e: f"(UNIX_MICROS({self.sql(e, 'this')}) / 1e6)",
             exp.UnixToTime: lambda self, e: f"TIMESTAMP_MICROS(CAST({self.sql(e, 'this')} * 1e6 AS BIGINT))",
+            exp.Anonymous: lambda self, e: _digest(self, e),
         }
+
+
+def _digest(generator: Spark.Generator, call: exp.Anonymous) -> str:
+    """DuckDB's `md5_number` (a digest compared only for equality) as Spark's `xxhash64`, NULL kept NULL.
+
+    Spark's `md5` is hex text and its `hash` has 32 bits, too few for a million prompts.
+    """
+    if call.name.lower() != "md5_number":
+        return generator.anonymous_sql(call)
+    (text,) = call.expressions
+    xxhash = exp.Anonymous(this="XXHASH64", expressions=[text.copy()])
+    return generator.sql(exp.Case().when(text.is_(exp.null()), exp.null()).else_(xxhash))
 
 
 def to_spark(sql: str) -> str:
