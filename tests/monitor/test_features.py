@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import pytest
 import sqlglot
 from sqlglot import exp
@@ -51,16 +52,20 @@ def test_features_describe_what_each_campaign_does(features_by_style):
     assert all(v["templated_share"] > 0.9 for v in classify if v["requests"] >= 20)
 
 
-def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(tmp_path):
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=3, days=1, scale=0.02, campaigns=("bulk",))), out)
+    return out
+
+
+def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(small_log):
     """The CTEs DuckDB materialises live for the whole pass: their rows must be fixed-width (prompts, addresses
     and user agents digested), so that memory per row stays small; only the account and the model stay text."""
-    out = tmp_path / "log.jsonl"
-    write_jsonl(Simulation(SimulationSettings(seed=3, days=1, scale=0.02, campaigns=("bulk",))), out)
-    connection = open_log([out])
+    connection = open_log([small_log])
     query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
     ctes = {cte.alias for cte in query.args["with_"].expressions}
-    plan = json.loads(connection.execute(f"EXPLAIN (FORMAT json) {ACCOUNT_FEATURES}").fetchall()[0][1])
-    kept = {name for name in _materialised(plan) if name in ctes}
+    kept = {node["extra_info"]["CTE Name"] for node in _plan_nodes(connection, "CTE")} & ctes
     assert kept
     for name in kept:
         probe = exp.select("*").from_(name)
@@ -70,11 +75,18 @@ def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(tmp_path):
         assert text <= {"account", "model"}, (name, text)
 
 
-def _materialised(plan: list[dict]) -> list[str]:
-    """The names of the CTEs in a DuckDB plan (EXPLAIN's JSON)."""
-    names = []
-    for node in plan:
-        if node.get("name") == "CTE":
-            names.append(node["extra_info"]["CTE Name"])
-        names += _materialised(node.get("children", []))
-    return names
+def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
+    """A window holds every column it is given until it has read all rows: given the account and time only."""
+    (window,) = _plan_nodes(open_log([small_log]), "WINDOW")
+    (given,) = window["children"]
+    assert given["name"] == "PROJECTION" and given["extra_info"]["Projections"] == ["account", "ts"]
+
+
+def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
+    """The operators called `name` in DuckDB's plan of the feature pass (EXPLAIN's JSON)."""
+    found, nodes = [], json.loads(connection.execute(f"EXPLAIN (FORMAT json) {ACCOUNT_FEATURES}").fetchall()[0][1])
+    while nodes:
+        node = nodes.pop()
+        found += [node] if node.get("name") == name else []
+        nodes += node.get("children", [])
+    return found

@@ -35,8 +35,8 @@ FEATURES = {
     "hours_to_newest_model": "hours from that model's first request (anyone's) to the account's first",
 }
 
-REASONING_CUES = (
-    "step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
+REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the prompt first, on DuckDB and Spark
+    "(?i)step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
 )
 
 ACCOUNT_FEATURES = f"""
@@ -48,7 +48,7 @@ WITH shaped AS (
            md5_number(user_agent) AS user_agent,
            md5_number(last_prompt) AS last_prompt,
            md5_number(left(last_prompt, 48)) AS prefix,
-           regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue,
+           regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
            coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
            coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
            coalesce(prompt_tokens, 0) AS prompt_tokens,
@@ -64,7 +64,9 @@ WITH shaped AS (
 ),
 timing AS (
     SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
-    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap FROM shaped) AS gaps
+    -- only the columns it orders: the window keeps every column it is given for the whole pass
+    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap
+          FROM (SELECT account, ts FROM shaped) AS times) AS gaps
     WHERE gap IS NOT NULL
     GROUP BY account
 ),
