@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import pytest
-import sqlglot
-from sqlglot import exp
 
-from alambic.monitor.features import ACCOUNT_FEATURES, FEATURES, account_features
+from alambic.monitor.features import FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -50,43 +47,3 @@ def test_features_describe_what_each_campaign_does(features_by_style):
         assert pivot["newest_model_share"] == 1 and pivot["hours_to_newest_model"] < 6
     classify = features_by_style["integration-classify"]
     assert all(v["templated_share"] > 0.9 for v in classify if v["requests"] >= 20)
-
-
-@pytest.fixture(scope="module")
-def small_log(tmp_path_factory):
-    out = tmp_path_factory.mktemp("small") / "log.jsonl"
-    write_jsonl(Simulation(SimulationSettings(seed=3, days=1, scale=0.02, campaigns=("bulk",))), out)
-    return out
-
-
-def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(small_log):
-    """The CTEs DuckDB materialises live for the whole pass: their rows must be fixed-width (prompts, addresses
-    and user agents digested), so that memory per row stays small; only the account and the model stay text."""
-    connection = open_log([small_log])
-    query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
-    ctes = {cte.alias for cte in query.args["with_"].expressions}
-    kept = {node["extra_info"]["CTE Name"] for node in _plan_nodes(connection, "CTE")} & ctes
-    assert kept
-    for name in kept:
-        probe = exp.select("*").from_(name)
-        probe.set("with_", query.args["with_"].copy())
-        columns = connection.execute(f"DESCRIBE {probe.sql('duckdb')}").fetchall()
-        text = {column for column, kind, *_ in columns if kind == "VARCHAR" or "[]" in kind or "(" in kind}
-        assert text <= {"account", "model"}, (name, text)
-
-
-def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
-    """A window holds every column it is given until it has read all rows: given the account and time only."""
-    (window,) = _plan_nodes(open_log([small_log]), "WINDOW")
-    (given,) = window["children"]
-    assert given["name"] == "PROJECTION" and given["extra_info"]["Projections"] == ["account", "ts"]
-
-
-def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
-    """The operators called `name` in DuckDB's plan of the feature pass (EXPLAIN's JSON)."""
-    found, nodes = [], json.loads(connection.execute(f"EXPLAIN (FORMAT json) {ACCOUNT_FEATURES}").fetchall()[0][1])
-    while nodes:
-        node = nodes.pop()
-        found += [node] if node.get("name") == name else []
-        nodes += node.get("children", [])
-    return found

@@ -27,7 +27,7 @@ TURNS = "ARRAY<STRUCT<role: STRING, content: STRING>>"
 
 
 class MonitorSpark(Spark):
-    """Spark SQL with epoch times to the microsecond, as DuckDB has them."""
+    """Spark SQL with epoch times to the microsecond, as DuckDB has them, and its `md5_number` as a 64-bit hash."""
 
     class Generator(Spark.Generator):
         TRANSFORMS: ClassVar[dict] = {
