@@ -42,12 +42,13 @@ REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the p
 ACCOUNT_FEATURES = f"""
 WITH shaped AS (
     -- one row per request, read by every part below (so DuckDB keeps it for the whole pass): its text is read
-    -- or digested here (md5, 128 bits; only equality is compared), so that a row costs a few fixed-width values
+    -- or digested here, so that a row costs a few fixed-width values. A digest is md5 folded to 64 bits (DuckDB's
+    -- own hash of text collides on templated prompts); only equality is compared
     SELECT account, t, epoch(t) AS ts, model,
-           md5_number(client_ip) AS client_ip,
-           md5_number(user_agent) AS user_agent,
-           md5_number(last_prompt) AS last_prompt,
-           md5_number(left(last_prompt, 48)) AS prefix,
+           CASE WHEN client_ip IS NOT NULL THEN hash(md5_number(client_ip)) END AS client_ip,
+           CASE WHEN user_agent IS NOT NULL THEN hash(md5_number(user_agent)) END AS user_agent,
+           hash(md5_number(last_prompt)) AS last_prompt,
+           hash(md5_number(left(last_prompt, 48))) AS prefix,
            regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
            coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
            coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,

@@ -2,7 +2,7 @@
 
 `features.ACCOUNT_FEATURES` is written once, in the subset of DuckDB's SQL that SQLGlot carries over to Spark;
 only reading the files differs. Two time functions are spelled out here because SQLGlot's defaults round
-them to whole seconds on Spark, and `md5_number`, which Spark lacks.
+them to whole seconds on Spark, and the digest of text, `hash(md5_number(...))`, which Spark lacks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TURNS = "ARRAY<STRUCT<role: STRING, content: STRING>>"
 
 
 class MonitorSpark(Spark):
-    """Spark SQL with epoch times to the microsecond, as DuckDB has them, and its `md5_number` as a 64-bit hash."""
+    """Spark SQL with epoch times to the microsecond, as DuckDB has them, and its 64-bit digest of text."""
 
     class Generator(Spark.Generator):
         TRANSFORMS: ClassVar[dict] = {
@@ -39,15 +39,12 @@ class MonitorSpark(Spark):
 
 
 def _digest(generator: Spark.Generator, call: exp.Anonymous) -> str:
-    """DuckDB's `md5_number` (a digest compared only for equality) as Spark's `xxhash64`, NULL kept NULL.
-
-    Spark's `md5` is hex text and its `hash` has 32 bits, too few for a million prompts.
-    """
-    if call.name.lower() != "md5_number":
-        return generator.anonymous_sql(call)
-    (text,) = call.expressions
-    xxhash = exp.Anonymous(this="XXHASH64", expressions=[text.copy()])
-    return generator.sql(exp.Case().when(text.is_(exp.null()), exp.null()).else_(xxhash))
+    """The pass's 64-bit digest of text, DuckDB's `hash(md5_number(text))`, as Spark's `xxhash64(text)`: Spark
+    has no `md5_number`, and its `hash` (32 bits) collides among a million prompts. Only equality is compared."""
+    digested = call.expressions[0] if call.name.lower() == "hash" and len(call.expressions) == 1 else None
+    if isinstance(digested, exp.Anonymous) and digested.name.lower() == "md5_number":
+        return generator.func("XXHASH64", *digested.expressions)
+    return generator.anonymous_sql(call)
 
 
 def to_spark(sql: str) -> str:
