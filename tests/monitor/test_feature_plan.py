@@ -8,9 +8,10 @@ import json
 import duckdb
 import pytest
 import sqlglot
+from monitor_traffic import row, write
 from sqlglot import exp
 
-from alambic.monitor.features import ACCOUNT_FEATURES
+from alambic.monitor.features import ACCOUNT_FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -45,6 +46,14 @@ def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
     (window,) = _plan_nodes(open_log([small_log]), "WINDOW")
     (given,) = window["children"]
     assert given["name"] == "PROJECTION" and given["extra_info"]["Projections"] == ["account", "ts"]
+
+
+def test_digests_leave_a_missing_address_or_user_agent_uncounted(tmp_path):
+    """DuckDB's hash of NULL is a number: the pass digests only what is there, as COUNT(DISTINCT text) counted."""
+    rows = [row(n, "a", n) for n in range(3)]
+    rows[1] |= {"client_ip": "10.0.0.1", "user_agent": "curl/8"}
+    (features,) = account_features(open_log(write(tmp_path / "log.jsonl", rows)))
+    assert features.values["distinct_addresses"] == 1 and features.values["distinct_user_agents"] == 1
 
 
 def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
