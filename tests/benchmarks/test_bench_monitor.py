@@ -69,13 +69,14 @@ def test_the_style_table_reports_the_worst_campaign_and_a_never_flagged_one_as_n
     assert "requests_before_flag" not in hydra["baselines"]["volume"]  # a score, with no flag to replay
 
 
-def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss(tmp_path):
+def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss_and_cpu_time(tmp_path):
     log = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=2, days=1, scale=0.02, campaigns=("bulk",))), log)
     figures = feature_pass.measure([log])
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert figures["rows"] == len(log.read_text().splitlines()) and figures["accounts"] == len(labels)
     assert figures["threads"] == 1 and figures["peak_rss_mib"] > 0 and figures["rows_per_s"] > 0
+    assert figures["cpu_seconds"] > 0 and figures["rows_per_cpu_s"] == figures["rows"] / figures["cpu_seconds"]
 
 
 def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):

@@ -47,3 +47,12 @@ def test_spark_refuses_what_it_cannot_read(tmp_path, session):
 
 def test_times_keep_their_fraction_of_a_second():
     assert "UNIX_MICROS" in spark.to_spark("SELECT epoch(t) FROM requests")
+
+
+def test_digests_of_text_are_64_bit_hashes_on_spark(session):
+    """The pass compares text by DuckDB's `hash(md5_number(...))`; Spark has no md5_number, its `hash` 32 bits."""
+    a, b = "hash(md5_number('a'))", "hash(md5_number('b'))"
+    digests = f"SELECT {a} = {a} AS same, {a} <> {b} AS differ"
+    assert "XXHASH64('a')" in spark.to_spark(digests)
+    (row,) = session.sql(spark.to_spark(digests)).collect()
+    assert row.same and row.differ

@@ -35,14 +35,21 @@ FEATURES = {
     "hours_to_newest_model": "hours from that model's first request (anyone's) to the account's first",
 }
 
-REASONING_CUES = (
-    "step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
+REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the prompt first, on DuckDB and Spark
+    "(?i)step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
 )
 
 ACCOUNT_FEATURES = f"""
-WITH base AS (
-    SELECT account, t, epoch(t) AS ts, client_ip, user_agent, model,
-           coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt,
+WITH shaped AS (
+    -- one row per request, read by every part below (so DuckDB keeps it for the whole pass): its text is read
+    -- or digested here, so that a row costs a few fixed-width values. A digest is md5 folded to 64 bits (DuckDB's
+    -- own hash of text collides on templated prompts); only equality is compared
+    SELECT account, t, epoch(t) AS ts, model,
+           CASE WHEN client_ip IS NOT NULL THEN hash(md5_number(client_ip)) END AS client_ip,
+           CASE WHEN user_agent IS NOT NULL THEN hash(md5_number(user_agent)) END AS user_agent,
+           hash(md5_number(last_prompt)) AS last_prompt,
+           hash(md5_number(left(last_prompt, 48))) AS prefix,
+           regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
            coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
            coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
            coalesce(prompt_tokens, 0) AS prompt_tokens,
@@ -52,17 +59,15 @@ WITH base AS (
            coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS temperature,
            coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) AS n,
            coalesce(params->>'logprobs' = 'true', false) AS logprobs
-    FROM requests
-    WHERE account IS NOT NULL
-),
-shaped AS (
-    SELECT *, left(last_prompt, 48) AS prefix,
-           regexp_matches(lower(last_prompt), '{REASONING_CUES}') AS reasoning_cue
-    FROM base
+    FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
+          FROM requests
+          WHERE account IS NOT NULL) AS request
 ),
 timing AS (
     SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
-    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap FROM shaped) AS gaps
+    -- only the columns it orders: the window keeps every column it is given for the whole pass
+    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap
+          FROM (SELECT account, ts FROM shaped) AS times) AS gaps
     WHERE gap IS NOT NULL
     GROUP BY account
 ),

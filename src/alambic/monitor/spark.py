@@ -2,7 +2,7 @@
 
 `features.ACCOUNT_FEATURES` is written once, in the subset of DuckDB's SQL that SQLGlot carries over to Spark;
 only reading the files differs. Two time functions are spelled out here because SQLGlot's defaults round
-them to whole seconds on Spark.
+them to whole seconds on Spark, and the digest of text, `hash(md5_number(...))`, which Spark lacks.
 """
 
 from __future__ import annotations
@@ -27,14 +27,24 @@ TURNS = "ARRAY<STRUCT<role: STRING, content: STRING>>"
 
 
 class MonitorSpark(Spark):
-    """Spark SQL with epoch times to the microsecond, as DuckDB has them."""
+    """Spark SQL with epoch times to the microsecond, as DuckDB has them, and its 64-bit digest of text."""
 
     class Generator(Spark.Generator):
         TRANSFORMS: ClassVar[dict] = {
             **Spark.Generator.TRANSFORMS,
             exp.TimeToUnix: lambda self, e: f"(UNIX_MICROS({self.sql(e, 'this')}) / 1e6)",
             exp.UnixToTime: lambda self, e: f"TIMESTAMP_MICROS(CAST({self.sql(e, 'this')} * 1e6 AS BIGINT))",
+            exp.Anonymous: lambda self, e: _digest(self, e),
         }
+
+
+def _digest(generator: Spark.Generator, call: exp.Anonymous) -> str:
+    """The pass's 64-bit digest of text, DuckDB's `hash(md5_number(text))`, as Spark's `xxhash64(text)`: Spark
+    has no `md5_number`, and its `hash` (32 bits) collides among a million prompts. Only equality is compared."""
+    digested = call.expressions[0] if call.name.lower() == "hash" and len(call.expressions) == 1 else None
+    if isinstance(digested, exp.Anonymous) and digested.name.lower() == "md5_number":
+        return generator.func("XXHASH64", *digested.expressions)
+    return generator.anonymous_sql(call)
 
 
 def to_spark(sql: str) -> str:

@@ -1,0 +1,66 @@
+"""How DuckDB runs the feature pass: what it keeps for the whole pass is fixed-width and narrow, so that memory
+per row of the log stays small (the pass's figures: benchmarks/feature_pass.py)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+import sqlglot
+from monitor_traffic import row, write
+from sqlglot import exp
+
+from alambic.monitor.features import ACCOUNT_FEATURES, account_features
+from alambic.monitor.source import open_log
+from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+
+EIGHT_BYTES_AT_MOST = {"BOOLEAN", "INTEGER", "BIGINT", "UBIGINT", "DOUBLE", "TIMESTAMP WITH TIME ZONE"}
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=3, days=1, scale=0.02, campaigns=("bulk",))), out)
+    return out
+
+
+def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(small_log):
+    """The CTEs DuckDB materialises live for the whole pass: their rows must be fixed-width and narrow (prompts,
+    addresses and user agents digested to 64 bits), so memory per row stays small; the account and model stay text."""
+    connection = open_log([small_log])
+    query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
+    ctes = {cte.alias for cte in query.args["with_"].expressions}
+    kept = {node["extra_info"]["CTE Name"] for node in _plan_nodes(connection, "CTE")} & ctes
+    assert kept
+    for name in kept:
+        probe = exp.select("*").from_(name)
+        probe.set("with_", query.args["with_"].copy())
+        columns = connection.execute(f"DESCRIBE {probe.sql('duckdb')}").fetchall()
+        wide = {column for column, kind, *_ in columns if kind not in EIGHT_BYTES_AT_MOST}
+        assert wide <= {"account", "model"}, (name, wide)
+
+
+def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
+    """A window holds every column it is given until it has read all rows: given the account and time only."""
+    (window,) = _plan_nodes(open_log([small_log]), "WINDOW")
+    (given,) = window["children"]
+    assert given["name"] == "PROJECTION" and given["extra_info"]["Projections"] == ["account", "ts"]
+
+
+def test_digests_leave_a_missing_address_or_user_agent_uncounted(tmp_path):
+    """DuckDB's hash of NULL is a number: the pass digests only what is there, as COUNT(DISTINCT text) counted."""
+    rows = [row(n, "a", n) for n in range(3)]
+    rows[1] |= {"client_ip": "10.0.0.1", "user_agent": "curl/8"}
+    (features,) = account_features(open_log(write(tmp_path / "log.jsonl", rows)))
+    assert features.values["distinct_addresses"] == 1 and features.values["distinct_user_agents"] == 1
+
+
+def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
+    """The operators called `name` in DuckDB's plan of the feature pass (EXPLAIN's JSON)."""
+    found, nodes = [], json.loads(connection.execute(f"EXPLAIN (FORMAT json) {ACCOUNT_FEATURES}").fetchall()[0][1])
+    while nodes:
+        node = nodes.pop()
+        found += [node] if node.get("name") == name else []
+        nodes += node.get("children", [])
+    return found
