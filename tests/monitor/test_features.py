@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from monitor_traffic import MINUTE, row, write
 
 from alambic.monitor.features import FEATURES, account_features
 from alambic.monitor.source import open_log
@@ -47,3 +49,23 @@ def test_features_describe_what_each_campaign_does(features_by_style):
         assert pivot["newest_model_share"] == 1 and pivot["hours_to_newest_model"] < 6
     classify = features_by_style["integration-classify"]
     assert all(v["templated_share"] > 0.9 for v in classify if v["requests"] >= 20)
+
+
+def _two_models(tmp_path, second_model_after: timedelta) -> dict[str, dict]:
+    """Six accounts an hour apart from START on model `a`; three more on `b` from `second_model_after` on."""
+    rows = [row(n, f"old-{n}", 60 * n) | {"model": "a"} for n in range(6)]
+    late = second_model_after / MINUTE
+    rows += [row(10 + n, f"new-{n}", late + 30 * n) | {"model": "b"} for n in range(3)]
+    return {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
+
+
+def test_a_model_first_seen_at_the_log_s_start_is_no_release(tmp_path):
+    # A log known for hours only: every model in use appears in its first minutes, the last of them by chance.
+    for values in _two_models(tmp_path, timedelta(minutes=10)).values():
+        assert values["newest_model_share"] is None and values["hours_to_newest_model"] is None
+
+
+def test_a_model_first_seen_a_day_into_the_log_is_a_release(tmp_path):
+    found = _two_models(tmp_path, timedelta(days=1, hours=1))
+    assert found["new-2"]["newest_model_share"] == 1 and found["new-2"]["hours_to_newest_model"] == 1
+    assert found["old-0"]["newest_model_share"] == 0 and found["old-0"]["hours_to_newest_model"] is None

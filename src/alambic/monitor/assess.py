@@ -21,6 +21,9 @@ CAMPAIGN_SCHEMA = "campaign_view"
 # A campaign's risk is calibrated against single benign accounts, not against benign groups (an organisation's
 # keys, a classroom): alone it flags the members for review; throttling or blocking needs the account's own risk.
 CAMPAIGN_ACTION_CAP = "flag"
+# Over a group these count its members (each brings its own devices and exits: two benign keys have two user
+# agents), not what it does; a campaign is judged without them, and each member by its own.
+MEMBER_COUNTS = ("distinct_addresses", "distinct_user_agents")
 
 
 def assess(
@@ -85,7 +88,8 @@ def verdicts(
 def campaign_features(
     connection: duckdb.DuckDBPyConnection, campaign_of: Mapping[str, str], content: EmbeddingCache | None = None
 ) -> dict[str, dict[str, float | None]]:
-    """The features of each campaign, its members' requests relabelled as one account's (the same passes)."""
+    """The features of each campaign, its members' requests relabelled as one account's (the same passes), less
+    those that count its members (`MEMBER_COUNTS`: None, no evidence)."""
     if not campaign_of:
         return {}
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
@@ -102,4 +106,4 @@ def campaign_features(
     finally:
         connection.execute("RESET search_path")
     ids = set(campaign_of.values())
-    return {campaign: values for campaign, values in grouped.items() if campaign in ids}
+    return {c: {**values, **dict.fromkeys(MEMBER_COUNTS)} for c, values in grouped.items() if c in ids}

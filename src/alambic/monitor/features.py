@@ -31,9 +31,12 @@ FEATURES = {
     "answer_prompt_ratio": "completion tokens per prompt token",
     "distinct_addresses": "client addresses used",
     "distinct_user_agents": "user agents used",
-    "newest_model_share": "requests to the model that appeared last in the log",
+    "newest_model_share": "requests to the newest model (released, not first seen, while the log was kept)",
     "hours_to_newest_model": "hours from that model's first request (anyone's) to the account's first",
 }
+# A model counts as released while the log was kept when its first request comes this long after the log's first:
+# in a log known for hours, every model in use appears in its first minutes, and the last of them by chance.
+RELEASED_AFTER_HOURS = 24
 
 REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the prompt first, on DuckDB and Spark
     "(?i)step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
@@ -82,8 +85,10 @@ prefixes AS (SELECT account, prefix, count(*) AS uses FROM shaped GROUP BY accou
 templated AS (
     SELECT account, sum(CASE WHEN uses >= 5 THEN uses ELSE 0 END) AS templated FROM prefixes GROUP BY account
 ),
-newest AS (
-    SELECT model, min(t) AS released FROM shaped GROUP BY model ORDER BY released DESC, model LIMIT 1
+newest AS (  -- a model launched while the log was kept; none (NULL features) in a log younger than that
+    SELECT model, min(t) AS released FROM shaped GROUP BY model
+    HAVING epoch(min(t)) >= (SELECT epoch(min(t)) FROM shaped) + {RELEASED_AFTER_HOURS * 3600}
+    ORDER BY released DESC, model LIMIT 1
 ),
 per_account AS (
     SELECT s.account,
@@ -101,12 +106,13 @@ per_account AS (
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
            count(DISTINCT s.client_ip) AS distinct_addresses,
            count(DISTINCT s.user_agent) AS distinct_user_agents,
-           avg(CASE WHEN s.model = newest.model THEN 1 ELSE 0 END) AS newest_model_share,
+           avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
+               AS newest_model_share,
            (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
                AS hours_to_newest_model
     FROM shaped s
     JOIN senders USING (last_prompt)
-    CROSS JOIN newest
+    LEFT JOIN newest ON true
     GROUP BY s.account
 )
 SELECT p.account,
