@@ -48,6 +48,25 @@ def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
     assert given["name"] == "PROJECTION" and given["extra_info"]["Projections"] == ["account", "ts"]
 
 
+def test_no_join_reads_the_log_row_by_row(small_log):
+    """A hash join holds one side and runs the other through it: both sides must be groups (accounts, prompts, an
+    account's prompts), never the log's rows, so that prompts shared between accounts are counted per pair."""
+    shaped = _shaped_index(small_log)
+    joins = _plan_nodes(open_log([small_log]), "HASH_JOIN")
+    assert joins
+    for join in joins:
+        assert not any(_reads_rows(side, shaped) for side in join["children"]), join["extra_info"]
+
+
+def test_only_the_shaped_rows_are_kept_whole(small_log):
+    """DuckDB keeps a CTE's rows until its last reader ends, and keeps the input of DISTINCT aggregates as a CTE of
+    its own: every kept relation but `shaped` must hold groups, not a second copy of the rows."""
+    shaped = _shaped_index(small_log)
+    kept = [cte for cte in _plan_nodes(open_log([small_log]), "CTE") if cte["extra_info"]["Table Index"] != shaped]
+    for cte in kept:
+        assert not _reads_rows(cte["children"][0], shaped), cte["extra_info"]["CTE Name"]
+
+
 def test_digests_leave_a_missing_address_or_user_agent_uncounted(tmp_path):
     """DuckDB's hash of NULL is a number: the pass digests only what is there, as COUNT(DISTINCT text) counted."""
     rows = [row(n, "a", n) for n in range(3)]
@@ -64,3 +83,18 @@ def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
         found += [node] if node.get("name") == name else []
         nodes += node.get("children", [])
     return found
+
+
+def _shaped_index(log) -> str:
+    """The table index of the `shaped` CTE in DuckDB's plan, which its scans name."""
+    (shaped,) = [c for c in _plan_nodes(open_log([log]), "CTE") if c["extra_info"]["CTE Name"] == "shaped"]
+    return shaped["extra_info"]["Table Index"]
+
+
+def _reads_rows(node: dict, shaped: str) -> bool:
+    """Whether `node` gives out rows of `shaped` one by one: a scan of it reached without grouping on the way."""
+    if node["name"] == "CTE_SCAN":
+        return node["extra_info"]["CTE Index"] == shaped
+    return node["name"] not in ("HASH_GROUP_BY", "UNGROUPED_AGGREGATE") and any(
+        _reads_rows(child, shaped) for child in node.get("children", [])
+    )

@@ -69,3 +69,13 @@ def test_a_model_first_seen_a_day_into_the_log_is_a_release(tmp_path):
     found = _two_models(tmp_path, timedelta(days=1, hours=1))
     assert found["new-2"]["newest_model_share"] == 1 and found["new-2"]["hours_to_newest_model"] == 1
     assert found["old-0"]["newest_model_share"] == 0 and found["old-0"]["hours_to_newest_model"] is None
+
+
+def test_a_prompt_counts_as_shared_when_another_account_sent_it(tmp_path):
+    """Per account: the share of its requests whose prompt another account also sent (repeats by itself alone do
+    not count), and its distinct prompts per request."""
+    sent = [("a", "x"), ("a", "x"), ("a", "y"), ("a", "w"), ("a", "w"), ("b", "x"), ("c", "y"), ("c", "z"), ("c", "z")]
+    rows = [row(n, account, n) | {"messages": [{"role": "user", "content": p}]} for n, (account, p) in enumerate(sent)]
+    found = {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
+    assert {a: v["shared_prompt_share"] for a, v in found.items()} == {"a": 3 / 5, "b": 1, "c": 1 / 3}
+    assert {a: v["prompt_diversity"] for a, v in found.items()} == {"a": 3 / 5, "b": 1, "c": 2 / 3}

@@ -74,13 +74,28 @@ timing AS (
     WHERE gap IS NOT NULL
     GROUP BY account
 ),
+-- Each DISTINCT count reads groups (an account's hours, prompts, clients): DuckDB keeps the input of DISTINCT
+-- aggregates whole, and over the rows that would be a second copy of the log
 hourly AS (
-    SELECT account, max(per_hour) AS peak_per_hour, count(DISTINCT hour_of_day) AS hours_of_day
-    FROM (SELECT account, hour(t) AS hour_of_day, count(*) AS per_hour FROM shaped
-          GROUP BY account, date_trunc('hour', t), hour(t)) AS hours
+    SELECT account, max(per_hour) AS peak_per_hour, count(DISTINCT hour_of_day) AS hours_of_day,
+           count(DISTINCT day) AS active_days
+    FROM (SELECT account, hour(t) AS hour_of_day, date_trunc('day', t) AS day, count(*) AS per_hour FROM shaped
+          GROUP BY account, date_trunc('hour', t), hour(t), date_trunc('day', t)) AS hours
     GROUP BY account
 ),
-senders AS (SELECT last_prompt, count(DISTINCT account) AS accounts FROM shaped GROUP BY last_prompt),
+pairs AS (SELECT account, last_prompt, count(*) AS uses FROM shaped GROUP BY account, last_prompt),
+shared AS (SELECT last_prompt FROM pairs GROUP BY last_prompt HAVING count(*) > 1),  -- sent by 2+ accounts
+prompts AS (  -- joined per (account, prompt) pair, never per row
+    SELECT pairs.account, count(*) AS distinct_prompts,
+           sum(CASE WHEN shared.last_prompt IS NULL THEN 0 ELSE pairs.uses END) AS shared_requests
+    FROM pairs LEFT JOIN shared ON shared.last_prompt = pairs.last_prompt
+    GROUP BY pairs.account
+),
+clients AS (
+    SELECT account, count(DISTINCT client_ip) AS distinct_addresses, count(DISTINCT user_agent) AS distinct_user_agents
+    FROM (SELECT account, client_ip, user_agent FROM shaped GROUP BY account, client_ip, user_agent) AS used
+    GROUP BY account
+),
 prefixes AS (SELECT account, prefix, count(*) AS uses FROM shaped GROUP BY account, prefix),
 templated AS (
     SELECT account, sum(CASE WHEN uses >= 5 THEN uses ELSE 0 END) AS templated FROM prefixes GROUP BY account
@@ -93,43 +108,41 @@ newest AS (  -- a model launched while the log was kept; none (NULL features) in
 per_account AS (
     SELECT s.account,
            count(*) AS requests,
-           count(DISTINCT date_trunc('day', s.t)) AS active_days,
            avg(CASE WHEN s.user_turns <= 1 THEN 1 ELSE 0 END) AS single_turn_share,
            avg(CASE WHEN s.has_system THEN 1 ELSE 0 END) AS system_prompt_share,
-           count(DISTINCT s.last_prompt) / count(*) AS prompt_diversity,
-           avg(CASE WHEN senders.accounts > 1 THEN 1 ELSE 0 END) AS shared_prompt_share,
            avg(CASE WHEN s.reasoning_cue THEN 1 ELSE 0 END) AS reasoning_cue_share,
            avg(CASE WHEN coalesce(s.max_tokens, 1000000) >= 1000 THEN 1 ELSE 0 END) AS long_answer_share,
            avg(CASE WHEN s.logprobs THEN 1 ELSE 0 END) AS logprobs_share,
            avg(CASE WHEN s.n > 1 THEN 1 ELSE 0 END) AS multi_sample_share,
            avg(s.temperature) AS mean_temperature,
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
-           count(DISTINCT s.client_ip) AS distinct_addresses,
-           count(DISTINCT s.user_agent) AS distinct_user_agents,
            avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
                AS newest_model_share,
            (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
                AS hours_to_newest_model
     FROM shaped s
-    JOIN senders USING (last_prompt)
     LEFT JOIN newest ON true
     GROUP BY s.account
 )
 SELECT p.account,
        p.requests,
-       p.active_days,
-       p.requests / p.active_days AS requests_per_active_day,
+       hourly.active_days,
+       p.requests / hourly.active_days AS requests_per_active_day,
        hourly.peak_per_hour,
        hourly.hours_of_day,
        coalesce(timing.sd_gap / nullif(timing.mean_gap, 0), 0) AS gap_cv,
        coalesce((timing.sd_gap - timing.mean_gap) / nullif(timing.sd_gap + timing.mean_gap, 0), 0) AS burstiness,
-       p.single_turn_share, p.system_prompt_share, p.prompt_diversity,
+       p.single_turn_share, p.system_prompt_share,
+       prompts.distinct_prompts / p.requests AS prompt_diversity,
        coalesce(templated.templated, 0) / p.requests AS templated_share,
-       p.shared_prompt_share, p.reasoning_cue_share, p.long_answer_share, p.logprobs_share,
+       prompts.shared_requests / p.requests AS shared_prompt_share,
+       p.reasoning_cue_share, p.long_answer_share, p.logprobs_share,
        p.multi_sample_share, p.mean_temperature, p.answer_prompt_ratio,
-       p.distinct_addresses, p.distinct_user_agents, p.newest_model_share, p.hours_to_newest_model
+       clients.distinct_addresses, clients.distinct_user_agents, p.newest_model_share, p.hours_to_newest_model
 FROM per_account p
 JOIN hourly USING (account)
+JOIN prompts USING (account)
+JOIN clients USING (account)
 LEFT JOIN timing USING (account)
 LEFT JOIN templated USING (account)
 ORDER BY p.account
