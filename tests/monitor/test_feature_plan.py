@@ -15,7 +15,8 @@ from alambic.monitor.features import ACCOUNT_FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
-EIGHT_BYTES_AT_MOST = {"BOOLEAN", "INTEGER", "BIGINT", "UBIGINT", "DOUBLE", "TIMESTAMP WITH TIME ZONE"}
+BYTES = {"BOOLEAN": 1, "INTEGER": 4, "BIGINT": 8, "UBIGINT": 8, "DOUBLE": 8, "TIMESTAMP WITH TIME ZONE": 8}
+VARCHAR_BYTES = 16  # DuckDB's string header, which holds up to 12 characters itself (account names, models)
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +30,19 @@ def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(small_log):
     """The CTEs DuckDB materialises live for the whole pass: their rows must be fixed-width and narrow (prompts,
     addresses and user agents digested to 64 bits), so memory per row stays small; the account and model stay text."""
     connection = open_log([small_log])
-    query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
-    ctes = {cte.alias for cte in query.args["with_"].expressions}
+    ctes = {cte.alias for cte in sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb").args["with_"].expressions}
     kept = {node["extra_info"]["CTE Name"] for node in _plan_nodes(connection, "CTE")} & ctes
     assert kept
     for name in kept:
-        probe = exp.select("*").from_(name)
-        probe.set("with_", query.args["with_"].copy())
-        columns = connection.execute(f"DESCRIBE {probe.sql('duckdb')}").fetchall()
-        wide = {column for column, kind, *_ in columns if kind not in EIGHT_BYTES_AT_MOST}
+        wide = {column for column, kind in _columns(connection, name).items() if kind not in BYTES}
         assert wide <= {"account", "model"}, (name, wide)
+
+
+def test_a_kept_row_holds_each_fact_once_and_flags_as_booleans(small_log):
+    """The pass's peak memory grows by the width of `shaped`'s rows: the time kept once (not also as epoch
+    seconds), and what a feature only tests (one user turn, a long answer, n > 1) as a boolean, not the number."""
+    columns = _columns(open_log([small_log]), "shaped")
+    assert sum(BYTES.get(kind, VARCHAR_BYTES) for kind in columns.values()) <= 104, columns
 
 
 def test_the_window_over_each_account_s_times_holds_those_alone(small_log):
@@ -83,6 +87,14 @@ def _plan_nodes(connection: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
         found += [node] if node.get("name") == name else []
         nodes += node.get("children", [])
     return found
+
+
+def _columns(connection: duckdb.DuckDBPyConnection, cte: str) -> dict[str, str]:
+    """The columns of one of the pass's CTEs and their DuckDB types."""
+    query = sqlglot.parse_one(ACCOUNT_FEATURES, read="duckdb")
+    probe = exp.select("*").from_(cte)
+    probe.set("with_", query.args["with_"].copy())
+    return {column: kind for column, kind, *_ in connection.execute(f"DESCRIBE {probe.sql('duckdb')}").fetchall()}
 
 
 def _shaped_index(log) -> str:

@@ -45,22 +45,23 @@ REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the p
 ACCOUNT_FEATURES = f"""
 WITH shaped AS (
     -- one row per request, read by every part below (so DuckDB keeps it for the whole pass): its text is read
-    -- or digested here, so that a row costs a few fixed-width values. A digest is md5 folded to 64 bits (DuckDB's
-    -- own hash of text collides on templated prompts); only equality is compared
-    SELECT account, t, epoch(t) AS ts, model,
+    -- or digested here, so that a row costs a few fixed-width values, and what a feature only tests is a boolean.
+    -- A digest is md5 folded to 64 bits (DuckDB's own hash of text collides on templated prompts); only equality
+    -- is compared
+    SELECT account, t, model,
            CASE WHEN client_ip IS NOT NULL THEN hash(md5_number(client_ip)) END AS client_ip,
            CASE WHEN user_agent IS NOT NULL THEN hash(md5_number(user_agent)) END AS user_agent,
            hash(md5_number(last_prompt)) AS last_prompt,
            hash(md5_number(left(last_prompt, 48))) AS prefix,
            regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
-           coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) AS user_turns,
+           coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) <= 1 AS single_turn,
            coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
            coalesce(prompt_tokens, 0) AS prompt_tokens,
            coalesce(completion_tokens, 0) AS completion_tokens,
-           coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT))
-               AS max_tokens,
+           coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
+                    1000000) >= 1000 AS long_answer,
            coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS temperature,
-           coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) AS n,
+           coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
            coalesce(params->>'logprobs' = 'true', false) AS logprobs
     FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
           FROM requests
@@ -70,7 +71,7 @@ timing AS (
     SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
     -- only the columns it orders: the window keeps every column it is given for the whole pass
     FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap
-          FROM (SELECT account, ts FROM shaped) AS times) AS gaps
+          FROM (SELECT account, epoch(t) AS ts FROM shaped) AS times) AS gaps
     WHERE gap IS NOT NULL
     GROUP BY account
 ),
@@ -108,12 +109,12 @@ newest AS (  -- a model launched while the log was kept; none (NULL features) in
 per_account AS (
     SELECT s.account,
            count(*) AS requests,
-           avg(CASE WHEN s.user_turns <= 1 THEN 1 ELSE 0 END) AS single_turn_share,
+           avg(CASE WHEN s.single_turn THEN 1 ELSE 0 END) AS single_turn_share,
            avg(CASE WHEN s.has_system THEN 1 ELSE 0 END) AS system_prompt_share,
            avg(CASE WHEN s.reasoning_cue THEN 1 ELSE 0 END) AS reasoning_cue_share,
-           avg(CASE WHEN coalesce(s.max_tokens, 1000000) >= 1000 THEN 1 ELSE 0 END) AS long_answer_share,
+           avg(CASE WHEN s.long_answer THEN 1 ELSE 0 END) AS long_answer_share,
            avg(CASE WHEN s.logprobs THEN 1 ELSE 0 END) AS logprobs_share,
-           avg(CASE WHEN s.n > 1 THEN 1 ELSE 0 END) AS multi_sample_share,
+           avg(CASE WHEN s.multi_sample THEN 1 ELSE 0 END) AS multi_sample_share,
            avg(s.temperature) AS mean_temperature,
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
            avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
