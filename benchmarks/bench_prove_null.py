@@ -52,7 +52,7 @@ from alambic.prove.radioactivity import Scored, radioactivity, suspect_predictio
 from alambic.prove.run import answers_read, rows_read
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.schemes import KeyedScheme
-from common import RESULTS, SHARED_DATA, SOURCES, fingerprint, library_versions, write_result
+from common import RESULTS, SHARED_DATA, SOURCES, fingerprint, library_versions, source_of, write_result
 
 KEYS = 200
 ANSWER_TOKENS = 64
@@ -69,7 +69,14 @@ STUDENT = dict(student_layers=6, loss=Loss.SFT, epochs=2, batch_size=8, learning
 WORK = cache_dir() / "benchmarks" / "prove-null"
 HARVEST_CODE = [SOURCES / part for part in ("generation", "watermark", "models")]
 STUDENT_CODE = [*HARVEST_CODE, SOURCES / "distill", SOURCES / "harvest" / "dataset.py"]
-TRIALS_CODE = [SOURCES / part for part in ("prove", "models", "watermark", "distill/data.py")] + [Path(__file__)]
+# what a trial runs, and nothing else (the verdict's wording, this file's summary): a change elsewhere reuses
+# every trial read so far
+TRIALS_CODE = [
+    *(SOURCES / "prove" / name for name in ("__init__.py", "null.py", "radioactivity.py", "run.py")),
+    *(SOURCES / "models" / name for name in ("cpu.py", "forward.py", "loading.py", "student.py")),
+    SOURCES / "watermark",
+    SOURCES / "distill" / "data.py",
+]
 TARGETS = {"smallest_pvalue": ">= 1e-4 over >= 1,000 trials", "ks_pvalue": "> 0.01"}
 
 
@@ -229,6 +236,14 @@ def chunks(indices: list[int]) -> Iterator[list[int]]:
         yield indices[start : start + CHUNK]
 
 
+def trials_directory(harvested: Path, student: Path, settings: dict) -> Path:
+    """Where the trials read from this harvest by this student are kept: named by them, the settings, and the
+    code a trial runs (this file's part of it, and TRIALS_CODE)."""
+    reading = source_of(key_trials, _rows, _tokens, _copier_row, answer_row)
+    made_by = {"harvest": harvested.name, "student": student.name, **settings, "readers": READERS, "code": reading}
+    return WORK / f"trials-{fingerprint(made_by, *TRIALS_CODE)}"
+
+
 def run(keys: int, out: Path, threads: int | None = None) -> dict:
     """`threads` for llama.cpp's and torch's forward passes (default torch's): one is faster on a shared
     machine, where a descheduled worker leaves the others spinning at the barrier."""
@@ -243,10 +258,10 @@ def run(keys: int, out: Path, threads: int | None = None) -> dict:
     settings = {"answer_tokens": ANSWER_TOKENS, "temperatures": TEMPERATURES, "api": API_TEMPERATURE}
     asked = {"summarise": SUMMARISE, "rows": ROWS, "api_rows": API_ROWS, "turn_tokens": MAX_TURN_TOKENS}
     versions = library_versions("torch", "transformers", "llama_cpp_python")
-    harvested = WORK / f"harvest-{fingerprint({**settings, **asked, **versions}, *HARVEST_CODE)}"
+    harvesting = source_of(conversations, schemes, messages, generate, harvest, _row)
+    harvested = WORK / f"harvest-{fingerprint({**settings, **asked, **versions, 'code': harvesting}, *HARVEST_CODE)}"
     student = plain_student(engine, usable[-STUDENT_ANSWERS:], ANSWER_TOKENS)
-    made_by = {"harvest": harvested.name, "student": student.name, **settings}
-    tried = WORK / f"trials-{fingerprint(made_by, *TRIALS_CODE)}"
+    tried = trials_directory(harvested, student, settings)
     harvested.mkdir(parents=True, exist_ok=True)
     tried.mkdir(parents=True, exist_ok=True)
     missing = [index for index in range(keys) if not (tried / f"key-{index:05d}.json").exists()]

@@ -2,8 +2,10 @@
 
 2,050 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
 --backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
-plain, once with the KGW watermark under a fixed benchmark key. A rerun resumes whatever is missing.
-Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw]`.
+plain, once with the KGW watermark under a fixed benchmark key (logprobs served `plain`, the gateway's
+default), and with logprobs served `marked`; `answers` also harvests the first prompts alone. A rerun
+resumes whatever is missing.
+Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw] [kgw-marked-logprobs]`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,20 @@ from common import SHARED_DATA, GatewayProcess, sharegpt_first_turns
 PROMPTS = 2050
 WORK = cache_dir() / "benchmarks"
 WATERMARK_KEY = "alambic-benchmark-watermark-key"  # a benchmark's key, public on purpose
-WATERMARKS = {"plain": (), "kgw": ("--watermark", "kgw")}
+WATERMARKS = {
+    "plain": (),
+    "kgw": ("--watermark", "kgw"),
+    "kgw-marked-logprobs": ("--watermark", "kgw", "--watermark-logprobs", "marked"),
+}
 
 
-def prompts_file() -> Path:
+def prompts_file(count: int = PROMPTS) -> Path:
+    """The prompts, or the first `count` of them (GSM8K and ShareGPT still alternating)."""
+    if count < PROMPTS:
+        path = WORK / f"prompts-{count}.jsonl"
+        if not path.exists():
+            path.write_text("".join(prompts_file().read_text().splitlines(keepends=True)[:count]))
+        return path
     path = WORK / "prompts.jsonl"
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
@@ -43,10 +55,12 @@ def prompts_file() -> Path:
     return path
 
 
-def answers(watermark: str) -> Path:
-    """The directory of the teacher's answers, plain or watermarked, harvesting what is missing."""
-    out = WORK / f"answers-{watermark}"
-    if len(read_rows(out)) >= len(load_prompts(prompts_file())):  # repeated prompts are asked once
+def answers(watermark: str, count: int = PROMPTS) -> Path:
+    """The directory of the teacher's answers, plain or watermarked, to the first `count` prompts, harvesting
+    what is missing."""
+    prompts = prompts_file(count)
+    out = WORK / (f"answers-{watermark}" if count == PROMPTS else f"answers-{watermark}-{count}")
+    if len(read_rows(out)) >= len(load_prompts(prompts)):  # repeated prompts are asked once
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
     store = Store(db)
@@ -58,7 +72,7 @@ def answers(watermark: str) -> Path:
     gateway = GatewayProcess("--backend", "llamacpp", "--max-batch-size", "32", *WATERMARKS[watermark], db=db)
     try:
         command = [sys.executable, "-m", "alambic", "harvest", "--endpoint", f"{gateway.url}/v1"]
-        command += ["--model", "smollm2", "--prompts", str(prompts_file()), "--out", str(out)]
+        command += ["--model", "smollm2", "--prompts", str(prompts), "--out", str(out)]
         command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
         command += ["--endpoint-moved"]  # a resumed harvest: the same teacher, its gateway on a new free port
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)

@@ -36,3 +36,12 @@ def test_each_key_gives_a_trial_per_scheme_mode_and_reader_from_its_own_watermar
     assert again == trials  # each trial's randomisation is seeded by the trial
     summary = summarise([Trial(t["pvalue"], t["uniform_pvalue"], t["tokens_scored"]) for t in trials[3]])
     assert summary["trials"] == 8 and np.isfinite(summary["ks_pvalue"])
+
+
+def test_the_trials_are_kept_under_the_code_a_trial_runs_and_no_other(monkeypatch):
+    where = bench.trials_directory(Path("harvest-1"), Path("student-1"), {"answer_tokens": 64})
+    assert bench.trials_directory(Path("harvest-1"), Path("student-1"), {"answer_tokens": 64}) == where
+    monkeypatch.setattr(bench, "summary", lambda trials: {})  # reporting: not part of a trial
+    assert bench.trials_directory(Path("harvest-1"), Path("student-1"), {"answer_tokens": 64}) == where
+    monkeypatch.setattr(bench, "_copier_row", lambda *args: None)  # a trial's own code
+    assert bench.trials_directory(Path("harvest-1"), Path("student-1"), {"answer_tokens": 64}) != where
