@@ -35,7 +35,7 @@ from alambic.models import load_model, smollm2_directory
 from alambic.models.cpu import native_bf16
 from alambic.models.student import parameter_count, student_from_teacher
 from common import write_result
-from teacher_answers import WORK, answers
+from teacher_answers import PROMPTS, WORK, answers
 
 QUICK = "--quick" in sys.argv
 THROUGHPUT_ONLY = "--throughput" in sys.argv
@@ -43,6 +43,7 @@ LAYERS = 6
 HELDOUT_SCORED = 8 if QUICK else 150
 SUBSET = 16 if QUICK else 500  # training answers per loss in the comparison
 THROUGHPUT_EXAMPLES = 16 if QUICK else 160
+THROUGHPUT_PROMPTS = 200  # enough for THROUGHPUT_EXAMPLES training answers
 THROUGHPUT_ROUNDS = 1 if QUICK else 3  # after one warm-up round
 ALL = 32 if QUICK else None
 TRAINING = dict(
@@ -122,7 +123,8 @@ def throughput(data: Path, teacher, split: TeacherAnswers, builder: ExampleBuild
 
 
 def main() -> None:
-    data = WORK / "answers-plain" if QUICK else answers("plain")  # quick: whatever is harvested so far
+    # quick: whatever is harvested so far; throughput: the first prompts' answers are enough
+    data = WORK / "answers-plain" if QUICK else answers("plain", THROUGHPUT_PROMPTS if THROUGHPUT_ONLY else PROMPTS)
     teacher = load_model("smollm2")
     split = TeacherAnswers.load(data)
     builder = ExampleBuilder(teacher.tokenizer, max_length=TRAINING["max_length"])

@@ -62,7 +62,7 @@ from common import (
     sharegpt_first_turns,
     write_result,
 )
-from teacher_answers import WATERMARK_KEY, WORK, answers
+from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
@@ -261,7 +261,7 @@ def radioactivity_of_sparse_targets() -> dict:
     scheme = KirchenbauerScheme(WATERMARK_KEY)
     figures = {}
     for logprobs, harvest in (("plain", "kgw"), ("marked", "kgw-marked-logprobs")):
-        data = answers(harvest, SPARSE_TARGET_ANSWERS)
+        data = first_answers(harvest, SPARSE_TARGET_ANSWERS)
         suspect = student(data, f"sparse-{logprobs}", loss=Loss.FORWARD_KL, targets="sparse", top_k=20)
         figures[logprobs] = {"answers": len(read_rows(data)), **prove(reading(suspect, data), scheme)}
         print("sparse targets,", logprobs, "logprobs:", figures[logprobs]["pvalue"], flush=True)

@@ -3,8 +3,8 @@
 2,050 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
 --backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
 plain, once with the KGW watermark under a fixed benchmark key (logprobs served `plain`, the gateway's
-default), and with logprobs served `marked`; `answers` also harvests the first prompts alone. A rerun
-resumes whatever is missing.
+default), and with logprobs served `marked`; the first prompts can be harvested alone. A rerun resumes
+whatever is missing.
 Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw] [kgw-marked-logprobs]`.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from transformers import AutoTokenizer
 
 from alambic.errors import ConflictError
 from alambic.harvest import load_prompts
-from alambic.harvest.dataset import read_rows
+from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models.loading import smollm2_directory
 from alambic.paths import cache_dir
 from alambic.store import Store, create_account, issue_key
@@ -56,11 +57,11 @@ def prompts_file(count: int = PROMPTS) -> Path:
 
 
 def answers(watermark: str, count: int = PROMPTS) -> Path:
-    """The directory of the teacher's answers, plain or watermarked, to the first `count` prompts, harvesting
-    what is missing."""
+    """The directory of the teacher's answers, plain or watermarked, harvesting what is missing of the first
+    `count` prompts' (it may hold more: `first_answers` takes theirs alone)."""
     prompts = prompts_file(count)
-    out = WORK / (f"answers-{watermark}" if count == PROMPTS else f"answers-{watermark}-{count}")
-    if len(read_rows(out)) >= len(load_prompts(prompts)):  # repeated prompts are asked once
+    out = WORK / f"answers-{watermark}"
+    if {p.prompt_id for p in load_prompts(prompts)} <= {row.prompt_id for row in read_rows(out)}:
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
     store = Store(db)
@@ -78,6 +79,19 @@ def answers(watermark: str, count: int = PROMPTS) -> Path:
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
     finally:
         gateway.close()
+    return out
+
+
+def first_answers(watermark: str, count: int) -> Path:
+    """A harvest directory of the answers to the first `count` prompts alone, harvesting what is missing."""
+    wanted = {p.prompt_id for p in load_prompts(prompts_file(count))}
+    rows = [row for row in read_rows(answers(watermark, count)) if row.prompt_id in wanted]
+    out = WORK / f"first-answers-{watermark}-{count}"
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    for row in rows:
+        dataset.write(row)
+    dataset.close()
     return out
 
 
