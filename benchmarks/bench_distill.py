@@ -6,8 +6,9 @@
   first 500 training answers with the same steps; the share of the teacher's self-agreement (1.0) reached,
   and of the agreement gap and KL closed.
 - Throughput: alambic's trainer against a plain `transformers.Trainer` on the same examples, in fp32 and in
-  bf16 autocast (as the runs above train), each precision against the Trainer in the same precision: all four
-  warmed up once, then measured in interleaved rounds, the median of each reported.
+  bf16 autocast (the runs above train in bf16 where the CPU has bf16 instructions), each precision against
+  the Trainer in the same precision: all four warmed up once, then measured in interleaved rounds, the
+  median of each reported.
 - Memory: bytes a token of stored top-20 targets takes against dense fp32 logits over the 49k vocabulary.
 - Student against teacher: parameters, weights on disk, generation tokens/s on this machine.
 Run: `.venv/bin/python benchmarks/bench_distill.py` (harvests the teacher's answers first if they are missing;
@@ -31,9 +32,10 @@ from alambic.distill.run import DistillConfig, DistillResult, distill
 from alambic.evaluate.fidelity import fidelities
 from alambic.evaluate.run import generation_speed
 from alambic.models import load_model, smollm2_directory
+from alambic.models.cpu import native_bf16
 from alambic.models.student import parameter_count, student_from_teacher
 from common import write_result
-from teacher_answers import WORK, answers
+from teacher_answers import PROMPTS, WORK, answers
 
 QUICK = "--quick" in sys.argv
 THROUGHPUT_ONLY = "--throughput" in sys.argv
@@ -41,9 +43,12 @@ LAYERS = 6
 HELDOUT_SCORED = 8 if QUICK else 150
 SUBSET = 16 if QUICK else 500  # training answers per loss in the comparison
 THROUGHPUT_EXAMPLES = 16 if QUICK else 160
+THROUGHPUT_PROMPTS = 200  # enough for THROUGHPUT_EXAMPLES training answers
 THROUGHPUT_ROUNDS = 1 if QUICK else 3  # after one warm-up round
 ALL = 32 if QUICK else None
-TRAINING = dict(student_layers=LAYERS, batch_size=8, learning_rate=2e-4, max_length=384, bf16=True, save_steps=1000)
+TRAINING = dict(
+    student_layers=LAYERS, batch_size=8, learning_rate=2e-4, max_length=384, bf16=native_bf16(), save_steps=1000
+)  # bf16 autocast only where the CPU has bf16 instructions: elsewhere it is emulated, and slower
 
 
 def run(data: Path, name: str, **settings) -> tuple[DistillResult, Path]:
@@ -118,7 +123,8 @@ def throughput(data: Path, teacher, split: TeacherAnswers, builder: ExampleBuild
 
 
 def main() -> None:
-    data = WORK / "answers-plain" if QUICK else answers("plain")  # quick: whatever is harvested so far
+    # quick: whatever is harvested so far; throughput: the first prompts' answers are enough
+    data = WORK / "answers-plain" if QUICK else answers("plain", THROUGHPUT_PROMPTS if THROUGHPUT_ONLY else PROMPTS)
     teacher = load_model("smollm2")
     split = TeacherAnswers.load(data)
     builder = ExampleBuilder(teacher.tokenizer, max_length=TRAINING["max_length"])

@@ -27,7 +27,7 @@ import torch
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams, TokenEvent
 from alambic.generation.backends import load_backend
 from alambic.models import load_model
-from alambic.models.gguf import smollm2_gguf
+from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
 from alambic.watermark import KirchenbauerScheme
 from common import sharegpt_first_turns, write_result
 
@@ -37,7 +37,8 @@ LENGTH_PAIRS = 3
 NEVER_MATCHING_STOP = ("\n\nUser:",)  # checked at every token; an answer that held it would end early
 STREAMS = (1, 4, 16, 32)
 WATERMARK_STREAMS = {1: 5, 16: 3}  # KGW off/on pairs at 1 and 16 streams, same run
-GGUF_TYPE = "bf16"
+GGUF_TYPE = resolve_gguf_type()  # the encoding `alambic serve` picks for this CPU
+LLAMACPP_PEAK = "bf16" if GGUF_TYPE == "bf16" else "fp32"  # the peak its arithmetic is held against
 
 
 def measure_engine(
@@ -287,11 +288,11 @@ def main() -> None:
         record("transformers.generate", streams, measure_hf_generate(loaded.model, tokenizer, prompts, streams), "fp32")
 
     children = {}
-    for backend, peak in (("transformers", "fp32"), ("llamacpp", "bf16")):
+    for backend, peak in (("transformers", "fp32"), ("llamacpp", LLAMACPP_PEAK)):
         children[backend] = engine_figures(backend)
         for streams, figures in children[backend]["streams"].items():
             record(f"alambic-{backend}", int(streams), figures, peak)
-    record("llama-cpp-python", 1, children["llamacpp"]["llama-cpp-python"], "bf16")
+    record("llama-cpp-python", 1, children["llamacpp"]["llama-cpp-python"], LLAMACPP_PEAK)
     if children["transformers"]["dtype"] != generate_dtype:  # the comparison holds only in the same dtype
         raise RuntimeError(f"the transformers backend ran in {children['transformers']['dtype']}, not {generate_dtype}")
 

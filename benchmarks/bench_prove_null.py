@@ -8,8 +8,10 @@ conversation) and a summary of the first (a prompt that contains watermarked tex
 - Reading mode: the three rows, read as `alambic prove --text` reads a harvest, by the unwatermarked teacher,
   its undistilled 6-layer cut, that cut distilled (SFT) on the teacher's plain answers to other
   conversations, and the copier (`alambic.prove.null`).
-- API mode: the unwatermarked teacher (temperature 1, as `prove_api` samples) and the API copier answer the
-  two prompts that hold the key's watermarked text; contexts found in the prompt are not scored.
+- API mode: the same four answer the two prompts that hold the key's watermarked text (temperature 1, as
+  `prove_api` samples): the teacher on llama.cpp in the harvest, the layer cut and the plain student each on
+  the transformers backend, every key of a chunk batched, seeded by the trial; the API copier copies from the
+  passage in the prompt. Contexts found in the prompt are not scored.
 Each (key, scheme, mode, reader) is one trial: `radioactivity` under that key, every context scored
 (`min_context_texts=1`: a trial reads three texts), no other keys. Reported over all trials, per scheme and
 mode, and per reader: the KS p-value of the p-values against uniform (KGW's randomised in their atom), the
@@ -36,15 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
 
 from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
 from alambic.generation import GenerationEngine
-from alambic.generation.backends import load_backend
+from alambic.generation.backends import TransformersBackend, load_backend
 from alambic.generation.params import GenerationRequest, SamplingParams
 from alambic.harvest.dataset import AnswerRow, HarvestDataset
-from alambic.models import load_model
+from alambic.models import LoadedModel, load_model
 from alambic.models.student import student_from_teacher
 from alambic.paths import cache_dir
 from alambic.prove.null import Trial, copied_predictions, copying_answer, summarise, trial
@@ -52,7 +53,7 @@ from alambic.prove.radioactivity import Scored, radioactivity, suspect_predictio
 from alambic.prove.run import answers_read, rows_read
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.schemes import KeyedScheme
-from common import RESULTS, SHARED_DATA, SOURCES, fingerprint, library_versions, write_result
+from common import RESULTS, SHARED_DATA, SOURCES, fingerprint, library_versions, source_of, write_result
 
 KEYS = 200
 ANSWER_TOKENS = 64
@@ -62,14 +63,25 @@ API_TEMPERATURE = 1.0
 SUMMARISE = "Summarise this:\n\n"
 ROWS = ("single", "two_turn", "summary")  # the watermarked harvest of one key, in reading order
 API_ROWS = ("two_turn", "summary")  # the prompts with watermarked text in them, as an API suspect is sent them
-READERS = {"reading": ("teacher", "layer_cut", "plain_student", "copier"), "api": ("teacher", "copier")}
+READERS = {
+    "reading": ("teacher", "layer_cut", "plain_student", "copier"),
+    "api": ("teacher", "layer_cut", "plain_student", "copier"),
+}
 CHUNK = 16  # keys harvested and read together
 STUDENT_ANSWERS = 128
 STUDENT = dict(student_layers=6, loss=Loss.SFT, epochs=2, batch_size=8, learning_rate=2e-4, max_length=256)
 WORK = cache_dir() / "benchmarks" / "prove-null"
 HARVEST_CODE = [SOURCES / part for part in ("generation", "watermark", "models")]
 STUDENT_CODE = [*HARVEST_CODE, SOURCES / "distill", SOURCES / "harvest" / "dataset.py"]
-TRIALS_CODE = [SOURCES / part for part in ("prove", "models", "watermark", "distill/data.py")] + [Path(__file__)]
+# what a trial runs, and nothing else (the verdict's wording, this file's summary): a change elsewhere reuses
+# every trial read so far
+TRIALS_CODE = [
+    SOURCES / "generation",  # the readers' own API answers
+    *(SOURCES / "prove" / name for name in ("__init__.py", "null.py", "radioactivity.py", "run.py")),
+    *(SOURCES / "models" / name for name in ("cpu.py", "forward.py", "loading.py", "student.py")),
+    SOURCES / "watermark",
+    SOURCES / "distill" / "data.py",
+]
 TARGETS = {"smallest_pvalue": ">= 1e-4 over >= 1,000 trials", "ks_pvalue": "> 0.01"}
 
 
@@ -161,16 +173,25 @@ def answer_row(row: dict, prompt_id: str = "null") -> AnswerRow:
 
 
 def key_trials(
-    harvests: dict[int, dict], tokenizer, models: dict[str, PreTrainedModel], answer_tokens: int
+    harvests: dict[int, dict], tokenizer, models: dict[str, LoadedModel], answer_tokens: int
 ) -> dict[int, list[dict]]:
     """Every trial of these keys: each scheme's harvest read by each reader, in reading and in API mode. A
-    model reads every key's rows in one batch; each trial's randomisation is seeded by the trial."""
+    model reads every key's rows in one batch, and (but the teacher, whose API answers are the harvest's)
+    answers every key's API prompts in one batch; each trial's randomisation and answers are seeded by the
+    trial."""
     cases = [(index, scheme) for index in harvests for scheme in schemes(index)]
     rows = [answer_row(row) for index, scheme in cases for row in harvests[index][scheme.name]["rows"]]
     texts, starts = rows_read(rows, tokenizer)
     arrays = [np.asarray(text, dtype=np.int64) for text in texts]
-    readings = {name: suspect_predictions(model, texts, starts) for name, model in models.items()}
+    readings = {name: suspect_predictions(loaded.model, texts, starts) for name, loaded in models.items()}
     readings["copier"] = Scored(arrays, [copied_predictions(t) for t in arrays], starts, fresh_contexts_only=True)
+    prompts = [(index, scheme.name, row) for index, scheme in cases for row in API_ROWS]
+    chats = [row["messages"] for index, scheme in cases for row in harvests[index][scheme.name]["api"]]
+    answering = [name for name in models if name != "teacher"]
+    own = {}
+    for name in answering:
+        asks = [(chat, answer_seed(*prompt, name)) for chat, prompt in zip(chats, prompts, strict=True)]
+        own[name] = iter(own_answers(models[name], asks, answer_tokens))
     trials: dict[int, list[dict]] = {index: [] for index in harvests}
     for case, (index, scheme) in enumerate(cases):
         found = {("reading", name): _rows(read, len(ROWS) * case) for name, read in readings.items()}
@@ -179,6 +200,9 @@ def key_trials(
         passage = _tokens(tokenizer, written["rows"][0]["answer"])
         copies = [_copier_row(row, passage, tokenizer, answer_tokens, index) for row in api]
         found["api", "teacher"] = answers_read(api, tokenizer)
+        for name in answering:
+            answered = [answer_row(_row(row.messages, *next(own[name]))) for row in api]
+            found["api", name] = answers_read(answered, tokenizer)
         found["api", "copier"] = answers_read(copies, tokenizer)
         for number, ((mode, reader), scored) in enumerate(found.items()):
             result = radioactivity(scheme, scored, mode=mode, null_keys=0, min_context_texts=1)
@@ -186,6 +210,29 @@ def key_trials(
             measured = trial(scheme, result, rng)
             trials[index].append({"scheme": scheme.name, "mode": mode, "reader": reader, **asdict(measured)})
     return trials
+
+
+def own_answers(loaded: LoadedModel, asks: list[tuple[list[dict], int]], tokens: int) -> list[tuple[str, str]]:
+    """Each (messages, seed) answered once by this model on the transformers backend at API_TEMPERATURE, all
+    batched together: (text, finish reason)."""
+    engine = GenerationEngine(TransformersBackend(loaded), max_batch_size=CHUNK * len(TEMPERATURES) * len(API_ROWS))
+    requests = [
+        GenerationRequest(
+            loaded.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False),
+            SamplingParams(max_tokens=tokens, temperature=API_TEMPERATURE, seed=seed),
+        )
+        for chat, seed in asks
+    ]
+    try:
+        return [(done[0].text, done[0].finish_reason) for done in engine.generate(requests)]
+    finally:
+        engine.close()
+
+
+def answer_seed(index: int, scheme: str, row: str, reader: str) -> int:
+    """The seed of `reader`'s API answer to key `index`'s `row` prompt under `scheme`: one per trial and prompt."""
+    entropy = [index, list(TEMPERATURES).index(scheme), API_ROWS.index(row), *reader.encode()]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _rows(scored: Scored, first: int) -> Scored:
@@ -229,6 +276,14 @@ def chunks(indices: list[int]) -> Iterator[list[int]]:
         yield indices[start : start + CHUNK]
 
 
+def trials_directory(harvested: Path, student: Path, settings: dict) -> Path:
+    """Where the trials read from this harvest by this student are kept: named by them, the settings, and the
+    code a trial runs (this file's part of it, and TRIALS_CODE)."""
+    reading = source_of(key_trials, own_answers, answer_seed, _rows, _tokens, _copier_row, answer_row, _row)
+    made_by = {"harvest": harvested.name, "student": student.name, **settings, "readers": READERS, "code": reading}
+    return WORK / f"trials-{fingerprint(made_by, *TRIALS_CODE)}"
+
+
 def run(keys: int, out: Path, threads: int | None = None) -> dict:
     """`threads` for llama.cpp's and torch's forward passes (default torch's): one is faster on a shared
     machine, where a descheduled worker leaves the others spinning at the barrier."""
@@ -243,20 +298,20 @@ def run(keys: int, out: Path, threads: int | None = None) -> dict:
     settings = {"answer_tokens": ANSWER_TOKENS, "temperatures": TEMPERATURES, "api": API_TEMPERATURE}
     asked = {"summarise": SUMMARISE, "rows": ROWS, "api_rows": API_ROWS, "turn_tokens": MAX_TURN_TOKENS}
     versions = library_versions("torch", "transformers", "llama_cpp_python")
-    harvested = WORK / f"harvest-{fingerprint({**settings, **asked, **versions}, *HARVEST_CODE)}"
+    harvesting = source_of(conversations, schemes, messages, generate, harvest, _row)
+    harvested = WORK / f"harvest-{fingerprint({**settings, **asked, **versions, 'code': harvesting}, *HARVEST_CODE)}"
     student = plain_student(engine, usable[-STUDENT_ANSWERS:], ANSWER_TOKENS)
-    made_by = {"harvest": harvested.name, "student": student.name, **settings}
-    tried = WORK / f"trials-{fingerprint(made_by, *TRIALS_CODE)}"
+    tried = trials_directory(harvested, student, settings)
     harvested.mkdir(parents=True, exist_ok=True)
     tried.mkdir(parents=True, exist_ok=True)
     missing = [index for index in range(keys) if not (tried / f"key-{index:05d}.json").exists()]
-    models: dict[str, PreTrainedModel] = {}
+    models: dict[str, LoadedModel] = {}
     if missing:
         teacher = load_model("smollm2")
         models = {
-            "teacher": teacher.model,
-            "layer_cut": student_from_teacher(teacher, STUDENT["student_layers"]).model,
-            "plain_student": load_model(str(student)).model,
+            "teacher": teacher,
+            "layer_cut": student_from_teacher(teacher, STUDENT["student_layers"]),
+            "plain_student": load_model(str(student)),
         }
     for chunk in chunks(missing):
         todo = {i: usable[i] for i in chunk if not (harvested / f"key-{i:05d}.json").exists()}

@@ -14,9 +14,14 @@
   reading mode on the watermarked answers the provider served: p-value and distinct tokens scored at `prove`'s
   default context filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at
   other filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
-Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [teacher]`
-(all by default; the sections named replace theirs in the results; the radioactivity section harvests the
-plain and watermarked answers first if they are missing: 35 to 45 minutes each).
+- Sparse targets: what logprobs served with marked text pass on (`--watermark-logprobs`). Students distilled
+  with forward KL on the top-20 logprobs alone of the first 600 watermarked answers, harvested twice: with
+  logprobs served `plain` (the model's own) and `marked` (the distribution sampled from); each read on the
+  answers it was trained on.
+Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [sparse]
+[teacher]`
+(all by default; the sections named replace theirs in the results; the radioactivity sections harvest the
+answers they train on first if they are missing: 35 to 45 minutes each, 10 to 15 for the 600).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from common import (
     sharegpt_first_turns,
     write_result,
 )
-from teacher_answers import WATERMARK_KEY, WORK, answers
+from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
@@ -65,6 +70,7 @@ DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
 MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
+SPARSE_TARGET_ANSWERS = 600
 MASK64, MASK32 = 2**64 - 1, 2**32 - 1
 
 
@@ -167,15 +173,15 @@ def quality_cost() -> list[dict]:
     return [vars(row) for row in rows]
 
 
-def student(data: Path, fraction: float) -> Path:
-    """The student distilled on this mixture; one that an earlier run finished from the same rows, settings,
-    code and libraries is reused (its directory is named by their fingerprint)."""
-    settings = {**TRAINING, "loss": Loss.SFT, "epochs": STUDENT_EPOCHS}
+def student(data: Path, name: str, **losses) -> Path:
+    """The student distilled on these rows (SFT unless `losses` say otherwise); one that an earlier run finished
+    from the same rows, settings, code and libraries is reused (its directory is named by their fingerprint)."""
+    settings = {**TRAINING, "loss": Loss.SFT, "epochs": STUDENT_EPOCHS, **losses}
     key = fingerprint(
         {**settings, "data": harvest_digest(data), **library_versions("torch", "transformers", "trl", "accelerate")},
         *(SOURCES / part for part in ("distill", "models", "harvest/dataset.py")),
     )
-    out = WORK / "distill" / f"radioactive-{fraction}-{key}"
+    out = WORK / "distill" / f"radioactive-{name}-{key}"
     if (out / "distill.json").exists():
         return out
     return run(data, out.name, **settings)[1]
@@ -234,7 +240,7 @@ def radioactivity_by_fraction() -> dict:
     for fraction in FRACTIONS:
         data, used = mixture(plain, marked, fraction)
         text = served_text(marked, used)  # the control (none used) is read on all the served answers
-        found = prove(reading(student(data, fraction), text), scheme)
+        found = prove(reading(student(data, str(fraction)), text), scheme)
         by_fraction[fraction] = {"watermarked_answers": len(used), **found}
         print(fraction, found["pvalue"], found["tokens_scored"], flush=True)
         if 1.0 in by_fraction:
@@ -246,6 +252,20 @@ def radioactivity_by_fraction() -> dict:
             figures["control_pvalue"] = by_fraction[0.0]["pvalue"]
         write_result("radioactivity", {**figures, "targets": TARGETS}, update=True)
     return figures
+
+
+def radioactivity_of_sparse_targets() -> dict:
+    """Students distilled with forward KL on the harvest's top-20 logprobs alone, of the same watermarked
+    answers served with logprobs `plain` and `marked` (`--watermark-logprobs`), each read on the answers it
+    was trained on: how much of the key each kind of logprobs passes on."""
+    scheme = KirchenbauerScheme(WATERMARK_KEY)
+    figures = {}
+    for logprobs, harvest in (("plain", "kgw"), ("marked", "kgw-marked-logprobs")):
+        data = first_answers(harvest, SPARSE_TARGET_ANSWERS)
+        suspect = student(data, f"sparse-{logprobs}", loss=Loss.FORWARD_KL, targets="sparse", top_k=20)
+        figures[logprobs] = {"answers": len(read_rows(data)), **prove(reading(suspect, data), scheme)}
+        print("sparse targets,", logprobs, "logprobs:", figures[logprobs]["pvalue"], flush=True)
+    return {"sparse_targets": figures}
 
 
 def teacher_control() -> dict:
@@ -262,6 +282,7 @@ SECTIONS = {
     "overhead": lambda: {"generation_overhead": generation_overhead()},
     "quality": lambda: {"quality_cost": quality_cost()},
     "radioactivity": radioactivity_by_fraction,
+    "sparse": radioactivity_of_sparse_targets,
     "teacher": teacher_control,
 }
 TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}

@@ -4,12 +4,14 @@ when each figure was measured, and the fingerprints that key cached intermediate
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -109,6 +111,11 @@ def fingerprint(settings: dict, *paths: Path) -> str:
             if file.is_file() and "__pycache__" not in file.parts:
                 digest.update(str(file.relative_to(path.parent)).encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def source_of(*functions: Callable) -> str:
+    """The source of these functions: the part of a benchmark's own file that a cached result depends on."""
+    return "\n".join(inspect.getsource(function) for function in functions)
 
 
 def harvest_digest(directory: Path) -> str:

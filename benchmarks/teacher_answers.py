@@ -2,14 +2,17 @@
 
 2,050 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
 --backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
-plain, once with the KGW watermark under a fixed benchmark key. A rerun resumes whatever is missing.
-Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw]`.
+plain, once with the KGW watermark under a fixed benchmark key (logprobs served `plain`, the gateway's
+default), and with logprobs served `marked`; the first prompts can be harvested alone. A rerun resumes
+whatever is missing.
+Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw] [kgw-marked-logprobs]`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +21,7 @@ from transformers import AutoTokenizer
 
 from alambic.errors import ConflictError
 from alambic.harvest import load_prompts
-from alambic.harvest.dataset import read_rows
+from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models.loading import smollm2_directory
 from alambic.paths import cache_dir
 from alambic.store import Store, create_account, issue_key
@@ -27,10 +30,20 @@ from common import SHARED_DATA, GatewayProcess, sharegpt_first_turns
 PROMPTS = 2050
 WORK = cache_dir() / "benchmarks"
 WATERMARK_KEY = "alambic-benchmark-watermark-key"  # a benchmark's key, public on purpose
-WATERMARKS = {"plain": (), "kgw": ("--watermark", "kgw")}
+WATERMARKS = {
+    "plain": (),
+    "kgw": ("--watermark", "kgw"),
+    "kgw-marked-logprobs": ("--watermark", "kgw", "--watermark-logprobs", "marked"),
+}
 
 
-def prompts_file() -> Path:
+def prompts_file(count: int = PROMPTS) -> Path:
+    """The prompts, or the first `count` of them (GSM8K and ShareGPT still alternating)."""
+    if count < PROMPTS:
+        path = WORK / f"prompts-{count}.jsonl"
+        if not path.exists():
+            path.write_text("".join(prompts_file().read_text().splitlines(keepends=True)[:count]))
+        return path
     path = WORK / "prompts.jsonl"
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
@@ -43,10 +56,12 @@ def prompts_file() -> Path:
     return path
 
 
-def answers(watermark: str) -> Path:
-    """The directory of the teacher's answers, plain or watermarked, harvesting what is missing."""
+def answers(watermark: str, count: int = PROMPTS) -> Path:
+    """The directory of the teacher's answers, plain or watermarked, harvesting what is missing of the first
+    `count` prompts' (it may hold more: `first_answers` takes theirs alone)."""
+    prompts = prompts_file(count)
     out = WORK / f"answers-{watermark}"
-    if len(read_rows(out)) >= len(load_prompts(prompts_file())):  # repeated prompts are asked once
+    if {p.prompt_id for p in load_prompts(prompts)} <= {row.prompt_id for row in read_rows(out)}:
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
     store = Store(db)
@@ -58,12 +73,25 @@ def answers(watermark: str) -> Path:
     gateway = GatewayProcess("--backend", "llamacpp", "--max-batch-size", "32", *WATERMARKS[watermark], db=db)
     try:
         command = [sys.executable, "-m", "alambic", "harvest", "--endpoint", f"{gateway.url}/v1"]
-        command += ["--model", "smollm2", "--prompts", str(prompts_file()), "--out", str(out)]
+        command += ["--model", "smollm2", "--prompts", str(prompts), "--out", str(out)]
         command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
         command += ["--endpoint-moved"]  # a resumed harvest: the same teacher, its gateway on a new free port
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
     finally:
         gateway.close()
+    return out
+
+
+def first_answers(watermark: str, count: int) -> Path:
+    """A harvest directory of the answers to the first `count` prompts alone, harvesting what is missing."""
+    wanted = {p.prompt_id for p in load_prompts(prompts_file(count))}
+    rows = [row for row in read_rows(answers(watermark, count)) if row.prompt_id in wanted]
+    out = WORK / f"first-answers-{watermark}-{count}"
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    for row in rows:
+        dataset.write(row)
+    dataset.close()
     return out
 
 
