@@ -14,6 +14,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from itertools import chain, islice
+from operator import attrgetter
 from typing import IO
 
 from alambic.simulate.population import Request
@@ -21,7 +22,7 @@ from alambic.simulate.population import Request
 INLINE = 16  # a day of at most this many requests stays in memory
 FILE_BYTES = 64 << 20  # start a new file past this, so that files read to the end can go
 WRITE_BYTES = 1 << 20  # write in pieces of about this
-_FIELDS = [f.name for f in fields(Request)]  # marshalled as a tuple of these, in order
+_FIELDS = attrgetter(*(f.name for f in fields(Request)))  # a request as a tuple, marshalled
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Spool:
             pending = bytearray()
             for request in chain(head, requests):
                 times.append(request.at)
-                pending += marshal.dumps(tuple(getattr(request, name) for name in _FIELDS))
+                pending += marshal.dumps(_FIELDS(request))
                 offsets.append(file.end + len(pending))
                 if len(pending) >= WRITE_BYTES:
                     file.end += self._write(file, pending)
@@ -79,14 +80,16 @@ class Spool:
         if self._current is None or self._current.end >= FILE_BYTES:
             if self._current is not None and not self._current.readers:
                 self._close(self._current)
-            self._current = _File(tempfile.TemporaryFile())  # noqa: SIM115 (closed on release or exit)
+            self._current = _File(tempfile.TemporaryFile(buffering=0))  # noqa: SIM115 (closed on release or exit)
             self._open.append(self._current)
         return self._current
 
     @staticmethod
     def _write(file: _File, data: bytearray) -> int:
         file.handle.seek(file.end)
-        file.handle.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may take only part
+            view = view[file.handle.write(view) :]
         return len(data)
 
     def _release(self, file: _File) -> None:
