@@ -77,9 +77,7 @@ class Spool:
             self._release(file)
 
     def _writable(self) -> _File:
-        if self._current is None or self._current.end >= FILE_BYTES:
-            if self._current is not None and not self._current.readers:
-                self._close(self._current)
+        if self._current is None or self._current.end >= FILE_BYTES:  # the full one goes with its last reader
             self._current = _File(tempfile.TemporaryFile(buffering=0))  # noqa: SIM115 (closed on release or exit)
             self._open.append(self._current)
         return self._current
