@@ -6,6 +6,7 @@ import gc
 import random
 import tracemalloc
 
+from alambic.simulate import spool as spool_module
 from alambic.simulate.population import Request, chat
 from alambic.simulate.spool import INLINE, Spool
 
@@ -56,3 +57,16 @@ def test_leaving_the_spool_before_a_day_is_read_is_harmless():
         parked = spool.in_time_order(_day(100))
         next(parked)
     parked.close()
+
+
+def test_days_parked_over_several_files_read_back_interleaved_and_the_read_files_go(monkeypatch):
+    monkeypatch.setattr(spool_module, "FILE_BYTES", 50_000)
+    days = [_day(200, seed=s) for s in range(6)]
+    with Spool() as spool:
+        parked = [spool.in_time_order(day) for day in days]
+        firsts = [next(p) for p in parked]  # every day drawn before any is read through: several files
+        opened = len(spool._open)
+        rests = [list(p) for p in parked]
+        assert opened > 2 and len(spool._open) == 1
+    back = [[first, *rest] for first, rest in zip(firsts, rests, strict=True)]
+    assert back == [sorted(day, key=lambda r: r.at) for day in days]
