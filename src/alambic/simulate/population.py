@@ -1,14 +1,15 @@
 """Who calls a simulated API: benign integrations, people and organisations, and extraction campaigns.
 
 Each style is one function registered in `BENIGN` or `CAMPAIGNS`: it makes the style's actors, and each
-actor's `days` yields its requests day by day, in time order, from its own random stream.
+actor's `days` yields its requests day by day, in time order, from its own random stream. A day's requests
+are drawn in the stream's order (a list, or lazily), so the whole day is drawn before it is put in order.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,15 +64,16 @@ class Actor:
     campaign_id: str | None
     user_agent: str
     addresses: list[str]
-    behave: Callable[[Actor, World, random.Random, int], list[Request]]  # (actor, world, rng, day) -> requests
+    behave: Callable[[Actor, World, random.Random, int], Iterable[Request]]  # (actor, world, rng, day) -> requests
     seed: int = 0
     tz_hours: int = 0
     state: dict[str, Any] = field(default_factory=dict)
 
-    def days(self, world: World) -> Iterator[Request]:
+    def days(self, world: World, in_time_order: Callable[[Iterable[Request]], Iterable[Request]]) -> Iterator[Request]:
+        """Each day's requests, drawn in turn and put in time order by `in_time_order` (stable on ties)."""
         rng = random.Random(self.seed)
         for day in range(world.days):
-            yield from sorted(self.behave(self, world, rng, day), key=lambda r: r.at)
+            yield from in_time_order(self.behave(self, world, rng, day))
 
 
 @dataclass
@@ -157,9 +159,9 @@ def _integration(
 ):
     """A program calling at a steady daily volume: one prompt builder, fixed parameters."""
 
-    def behave(actor: Actor, world: World, rng: random.Random, day: int) -> list[Request]:
+    def behave(actor: Actor, world: World, rng: random.Random, day: int) -> Iterator[Request]:
         volume, adopts = actor.state["volume"], actor.state["adopts"]
-        return [
+        return (  # drawn lazily: the heavy integration's day is the longest of all
             Request(
                 t,
                 messages=prompt(actor, world, rng),
@@ -169,7 +171,7 @@ def _integration(
                 status=_status(rng),
             )
             for t in world.times(rng, day, volume, hours or actor.state["hours"], actor.tz_hours)
-        ]
+        )
 
     return behave
 

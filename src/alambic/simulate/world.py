@@ -1,7 +1,8 @@
 """`alambic simulate`: a week of an API's traffic as request log v1 rows, with campaign labels on the side.
 
 Deterministic for a seed: every actor draws from its own random stream, and the actors' time-ordered
-streams are merged by (time, actor, order), so the same settings give the same bytes.
+streams are merged by (time, actor, order), so the same settings give the same bytes. Actors' days wait in a
+`Spool` on disk while they are merged, so memory does not grow with the requests a day.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from alambic.errors import InvalidRequestError
 from alambic.simulate.campaigns import CAMPAIGNS
 from alambic.simulate.population import BENIGN, DAY, Actor, Request, World, make_pools
+from alambic.simulate.spool import Spool
 from alambic.simulate.text import TextBank
 
 START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
@@ -78,9 +80,12 @@ class Simulation:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """v1 rows in time order."""
-        streams = [_timeline(index, actor, self.world) for index, actor in enumerate(self.actors)]
-        for number, (at, index, _order, request) in enumerate(heapq.merge(*streams, key=lambda e: e[:3])):
-            yield self._row(number, at, self.actors[index], request)
+        with Spool() as spool:
+            streams = [
+                _timeline(index, actor.days(self.world, spool.in_time_order)) for index, actor in enumerate(self.actors)
+            ]
+            for number, (at, index, _order, request) in enumerate(heapq.merge(*streams, key=lambda e: e[:3])):
+                yield self._row(number, at, self.actors[index], request)
 
     def _row(self, number: int, at: float, actor: Actor, request: Request) -> dict[str, Any]:
         rng = random.Random((self.settings.seed << 32) ^ number)  # per row, so rows do not depend on each other
@@ -106,8 +111,8 @@ class Simulation:
         }
 
 
-def _timeline(index: int, actor: Actor, world: World) -> Iterator[tuple[float, int, int, Request]]:
-    for order, request in enumerate(actor.days(world)):
+def _timeline(index: int, requests: Iterator[Request]) -> Iterator[tuple[float, int, int, Request]]:
+    for order, request in enumerate(requests):
         yield request.at, index, order, request
 
 
