@@ -333,3 +333,43 @@ def test_a_resume_counts_samples_without_their_own_token_count_at_max_tokens(tmp
         harvest(fake_job(url, out, questions(3), **settings))
         again = harvest(fake_job(url, out, questions(6), **settings))
     assert len(requests) == 3 and again.status == "budget_exhausted"  # 3 x (10 + 2 x 4) = 54 held
+
+
+def test_a_teacher_slower_than_the_concurrency_assumes_is_answered_at_a_lower_limit(tmp_path):
+    """The teacher answers at once while at most 3 requests are in flight; beyond that it is too slow, as a CPU
+    shared by too many sequences is, and drops the work when the client gives up (the gateway's 499). Sent 16
+    at a time, most requests would time out on every retry; the harvest must bring its concurrency down and
+    answer every prompt exactly once."""
+    timeout, most = 0.3, 3
+    in_flight, seen, app = 0, Counter(), FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        nonlocal in_flight
+        body = await request.json()
+        in_flight += 1
+        try:
+            if in_flight <= most:
+                seen["answered"] += 1
+                await asyncio.sleep(0.02)
+                return completion(body)
+            seen["crowded"] += 1
+            for _ in range(500):  # until the client gives up (5 s at most)
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.01)
+            return Response(status_code=499)
+        finally:
+            in_flight -= 1
+
+    items, out = questions(40), tmp_path / "out"
+    retry = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.05, timeout_s=timeout)
+    with serve_in_thread(app) as url:
+        stats = harvest(fake_job(url, out, items, concurrency=16, retry=retry, seed=0))
+    assert stats.status == "complete" and stats.failed == 0 and seen["crowded"] >= 1
+    written = shard_rows(out)
+    assert sorted(r["prompt_id"] for r in written) == sorted(p.prompt_id for p in items)
+    assert all(r["attempts"] <= 5 for r in written) and stats.retries["timeout"] >= 1
+    assert stats.concurrency_lowest <= most and 1 <= stats.concurrency_limit <= 16
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["concurrency_lowest"] == stats.concurrency_lowest

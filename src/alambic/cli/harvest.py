@@ -25,7 +25,9 @@ def harvest(
     ],
     field: Annotated[str | None, typer.Option(help="The prompt's field (a list of strings is a conversation).")] = None,
     system: Annotated[str | None, typer.Option(help="A system message sent before every prompt.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1)] = 16,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Most requests in flight; halved when the teacher is overloaded.")
+    ] = 16,
     max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,

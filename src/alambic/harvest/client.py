@@ -2,7 +2,9 @@
 
 Retried: 429 (after its Retry-After, else backoff), 5xx, timeouts and connection errors, with exponential
 backoff and full jitter. Any other 4xx is final: asking again would get the same answer, and so is a 200
-that is not a chat completion (recorded as an error; the next run asks again).
+that is not a chat completion (recorded as an error; the next run asks again). Each attempt takes a slot
+under the adaptive concurrency limit and tells it whether the teacher answered or was overloaded (a
+timeout, 429 or 503); the wait for a slot costs no attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import openai
 
 from alambic.harvest.completion import Completion, MalformedAnswer, parse_completion
 from alambic.harvest.keys import ApiKey, KeyPool
+from alambic.harvest.limiter import AdaptiveLimit
 
 
 @dataclass(frozen=True)
@@ -44,28 +47,37 @@ async def create_with_retries(
     policy: RetryPolicy,
     retries: Counter[str],
     rng: random.Random,
+    limit: AdaptiveLimit,
 ) -> tuple[Completion, int]:
     """The completion, read, and the number of attempts it took; RequestFailed when it will not come."""
     for attempt in range(1, policy.max_attempts + 1):
-        await pool.wait_turn(key)
+        ticket, answered = await limit.acquire(), False
         try:
+            await pool.wait_turn(key)
             # The client's own low-level call: the same HTTP, auth and errors as `chat.completions.create`,
             # without its walk over the typed parameters and the typed response (~1.5 ms of CPU a request,
             # which on two cores the server would otherwise lose).
             raw = await client.post("/chat/completions", body=request, cast_to=httpx.Response)
+            answered = True
             return parse_completion(raw.content, request.get("n", 1)), attempt
         except MalformedAnswer as malformed:
             raise RequestFailed(f"malformed answer: {malformed}", attempt) from None
         except openai.RateLimitError as error:
+            limit.overloaded(ticket)
             reason, delay = "429", _retry_after(error) or policy.backoff(attempt, rng)
         except openai.APITimeoutError:
+            limit.overloaded(ticket)
             reason, delay = "timeout", policy.backoff(attempt, rng)
         except openai.APIConnectionError:
             reason, delay = "connection", policy.backoff(attempt, rng)
         except openai.APIStatusError as error:
             if error.status_code < 500:
                 raise RequestFailed(f"HTTP {error.status_code}: {_message(error)}", attempt) from None
+            if error.status_code == 503:
+                limit.overloaded(ticket)
             reason, delay = "5xx", policy.backoff(attempt, rng)
+        finally:
+            limit.release(ticket, answered=answered)
         if attempt == policy.max_attempts:
             raise RequestFailed(f"gave up after {attempt} attempts (last: {reason})", attempt)
         retries[reason] += 1

@@ -1,6 +1,7 @@
 """A harvest job: prompts in, one row per answer out, through any OpenAI-compatible endpoint.
 
-Bounded concurrency over a pool of keys, retries, budgets that stop the job cleanly (counting what earlier runs
+Adaptive concurrency (halved when the teacher is overloaded, back up to `concurrency` as it answers) over a
+pool of keys, retries, budgets that stop the job cleanly (counting what earlier runs
 spent), resume by reading what the output directory already holds (refused when the answers would be asked with
 other settings), and a manifest of what was asked and what it cost.
 """
@@ -25,6 +26,7 @@ from alambic.harvest.client import RequestFailed, RetryPolicy, create_with_retri
 from alambic.harvest.completion import Completion
 from alambic.harvest.dataset import AnswerRow, HarvestDataset, RowKey, ShardFormat, read_manifest
 from alambic.harvest.keys import ApiKey, KeyPool, KeyStrategy, Pacing
+from alambic.harvest.limiter import AdaptiveLimit
 from alambic.harvest.prompts import Prompt
 
 
@@ -105,6 +107,8 @@ class HarvestStats:
     prompt_tokens_before: int = 0  # what the rows held before this run cost: budgets count it
     completion_tokens_before: int = 0
     cost_before: float = 0.0
+    concurrency_limit: int = 0  # requests allowed in flight now, and the fewest this run came down to
+    concurrency_lowest: int = 0
 
     @property
     def tokens_total(self) -> int:
@@ -130,10 +134,11 @@ class HarvestRun:
     """One run of a job, in steps: plan (refuse a resume that would mix answers, count what is held), send each
     conversation's turns, record each answer or failure, finish (the manifest)."""
 
-    dataset: HarvestDataset  # these four from `plan` and `run`
+    dataset: HarvestDataset  # these five from `plan` and `run`
     stats: HarvestStats
     pool: KeyPool
     clients: list[openai.AsyncOpenAI]
+    limit: AdaptiveLimit
 
     def __init__(self, job: HarvestJob, on_progress: ProgressCallback | None = None) -> None:
         self.job = job
@@ -143,6 +148,7 @@ class HarvestRun:
 
     async def run(self) -> HarvestStats:
         queue = self.plan()
+        self.limit = AdaptiveLimit(self.job.concurrency)
         self.pool = KeyPool(list(self.job.api_keys), self.job.key_strategy, self.job.pacing, seed=self.job.seed)
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=self.job.concurrency, max_keepalive_connections=self.job.concurrency)
@@ -181,6 +187,8 @@ class HarvestRun:
             prompt_tokens_before=prompt_tokens,
             completion_tokens_before=completion_tokens,
             cost_before=self.job.budget.cost(prompt_tokens, completion_tokens),
+            concurrency_limit=self.job.concurrency,
+            concurrency_lowest=self.job.concurrency,
         )
         queue: asyncio.Queue[Prompt] = asyncio.Queue()
         for prompt in self.job.prompts:
@@ -225,12 +233,20 @@ class HarvestRun:
         started = time.monotonic()
         try:
             completion, attempts = await create_with_retries(
-                self.clients[key.index], self.pool, key, request, self.job.retry, self.stats.retries, self.rng
+                self.clients[key.index],
+                self.pool,
+                key,
+                request,
+                self.job.retry,
+                self.stats.retries,
+                self.rng,
+                self.limit,
             )
         except RequestFailed as failure:
             self.record_failures(prompt, turn, missing, str(failure), failure.attempts)
         else:
             self.record(prompt, turn, list(messages), missing, completion, key, attempts, time.monotonic() - started)
+        self.stats.concurrency_limit, self.stats.concurrency_lowest = self.limit.limit, self.limit.lowest
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
@@ -308,6 +324,8 @@ class HarvestRun:
             "rows_written_this_run": stats.rows_written,
             "failed_this_run": stats.failed,
             "retries_this_run": dict(stats.retries),
+            "concurrency_limit": stats.concurrency_limit,
+            "concurrency_lowest": stats.concurrency_lowest,
             "prompt_tokens_this_run": stats.prompt_tokens,
             "completion_tokens_this_run": stats.completion_tokens,
             "cost_this_run": stats.cost,

@@ -41,6 +41,7 @@ class HarvestProgress:
         self.console.print(
             f"{stats.status}: {stats.rows_done}/{stats.rows_total} rows in {out} "
             f"({stats.rows_written} new, {stats.failed} failed; retries: {retries}; "
+            f"concurrency {stats.concurrency_limit} at the end, {stats.concurrency_lowest} at the lowest; "
             f"{stats.prompt_tokens + stats.completion_tokens} tokens, ${stats.cost:.4f}; "
             f"with earlier runs {stats.tokens_total} tokens, ${stats.cost_total:.4f})",
             highlight=False,
