@@ -3,8 +3,8 @@
 Retried: 429 (after its Retry-After, else backoff), 5xx, timeouts and connection errors, with exponential
 backoff and full jitter. Any other 4xx is final: asking again would get the same answer, and so is a 200
 that is not a chat completion (recorded as an error; the next run asks again). Each attempt takes a slot
-under the adaptive concurrency limit and tells it whether the teacher answered or was overloaded (a
-timeout, 429 or 503); the wait for a slot costs no attempt.
+under the adaptive concurrency limit and tells it when the teacher was overloaded (a timeout, 429 or
+503); the wait for a slot costs no attempt.
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ async def create_with_retries(
 ) -> tuple[Completion, int]:
     """The completion, read, and the number of attempts it took; RequestFailed when it will not come."""
     for attempt in range(1, policy.max_attempts + 1):
-        ticket, answered = await limit.acquire(), False
+        ticket = await limit.acquire()
         try:
             await pool.wait_turn(key)
             # The client's own low-level call: the same HTTP, auth and errors as `chat.completions.create`,
             # without its walk over the typed parameters and the typed response (~1.5 ms of CPU a request,
             # which on two cores the server would otherwise lose).
             raw = await client.post("/chat/completions", body=request, cast_to=httpx.Response)
-            answered = True
             return parse_completion(raw.content, request.get("n", 1)), attempt
         except MalformedAnswer as malformed:
             raise RequestFailed(f"malformed answer: {malformed}", attempt) from None
@@ -77,7 +76,7 @@ async def create_with_retries(
                 limit.overloaded(ticket)
             reason, delay = "5xx", policy.backoff(attempt, rng)
         finally:
-            limit.release(ticket, answered=answered)
+            limit.release(ticket)
         if attempt == policy.max_attempts:
             raise RequestFailed(f"gave up after {attempt} attempts (last: {reason})", attempt)
         retries[reason] += 1

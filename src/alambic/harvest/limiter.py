@@ -3,8 +3,9 @@
 The limit starts at the ceiling (`--concurrency`). A sign that the teacher is overloaded (a timeout, a 429
 or a 503) halves it, not below 1, once per cut: requests sent before the last cut went out under a higher
 limit, and their own timeouts say nothing new. It grows by one when a whole window of requests sent since
-the last change (as many as the limit) has been answered, back up to the ceiling: so the one request sent
-into a newly opened slot must come back before the limit grows again, however slowly it times out.
+the last change (as many as the limit) has come back without a sign of overload, back up to the ceiling:
+so the request sent into a newly opened slot must come back before the limit grows again, however slowly
+it times out.
 Requests beyond the limit wait for a slot; none is dropped.
 """
 
@@ -20,7 +21,7 @@ class AdaptiveLimit:
         self._next_ticket = 0  # each slot taken gets the next ticket
         self._cut_at = 0  # the first ticket sent under the current cut
         self._window_start = 0  # the first ticket of the window since the last change
-        self._window_settled = self._window_answered = 0
+        self._window_settled = 0
         self._waiters: list[asyncio.Future[None]] = []
 
     def take(self) -> int | None:
@@ -43,16 +44,14 @@ class AdaptiveLimit:
                     self._waiters.remove(waiter)
         return ticket
 
-    def release(self, ticket: int, *, answered: bool) -> None:
-        """The slot's request is over (`answered`: the teacher answered it in time); at the end of a window
-        all answered, the limit grows by one."""
+    def release(self, ticket: int) -> None:
+        """The slot's request is over (an overload was reported first); at the end of a window with no
+        overload, the limit grows by one."""
         self.in_flight -= 1
         if self._window_start <= ticket < self._window_start + self.limit:
             self._window_settled += 1
-            self._window_answered += answered
             if self._window_settled == self.limit:
-                if self._window_answered == self.limit and self.limit < self.ceiling:
-                    self.limit += 1
+                self.limit = min(self.ceiling, self.limit + 1)
                 self._new_window()
         self._wake()
 
@@ -67,7 +66,7 @@ class AdaptiveLimit:
 
     def _new_window(self) -> None:
         self._window_start = self._next_ticket
-        self._window_settled = self._window_answered = 0
+        self._window_settled = 0
 
     def _wake(self) -> None:
         """Let as many waiters look again as there are free slots (those that find none wait anew)."""
