@@ -1,9 +1,9 @@
 """A harvest job: prompts in, one row per answer out, through any OpenAI-compatible endpoint.
 
 Adaptive concurrency (halved when the teacher is overloaded, back up to `concurrency` as it answers) over a
-pool of keys, retries, budgets that stop the job cleanly (counting what earlier runs
-spent), resume by reading what the output directory already holds (refused when the answers would be asked with
-other settings), and a manifest of what was asked and what it cost.
+pool of keys, retries, budgets that stop the job cleanly (counting what earlier runs spent), resume by reading
+what the output directory already holds (refused when the answers would be asked with other settings), and a
+manifest of what was asked and what it cost.
 """
 
 from __future__ import annotations

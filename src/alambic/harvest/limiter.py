@@ -5,8 +5,7 @@ or a 503) halves it, not below 1, once per cut: requests sent before the last cu
 limit, and their own timeouts say nothing new. It grows by one when a whole window of requests sent since
 the last change (as many as the limit) has come back without a sign of overload, back up to the ceiling:
 so the request sent into a newly opened slot must come back before the limit grows again, however slowly
-it times out.
-Requests beyond the limit wait for a slot; none is dropped.
+it times out. Requests beyond the limit wait for a slot; none is dropped.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ class AdaptiveLimit:
         return ticket
 
     def release(self, ticket: int) -> None:
-        """The slot's request is over (an overload was reported first); at the end of a window with no
-        overload, the limit grows by one."""
+        """The slot's request is over (any overload it met already reported); at the end of a window with
+        no overload, the limit grows by one."""
         self.in_flight -= 1
         if self._window_start <= ticket < self._window_start + self.limit:
             self._window_settled += 1
