@@ -76,6 +76,7 @@ def answers(watermark: str, count: int = PROMPTS) -> Path:
         command += ["--model", "smollm2", "--prompts", str(prompts), "--out", str(out)]
         command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
         command += ["--endpoint-moved"]  # a resumed harvest: the same teacher, its gateway on a new free port
+        command += ["--timeout", "1800"]  # 32 answers at once on a busy 2-core machine can take minutes
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
     finally:
         gateway.close()
