@@ -62,7 +62,7 @@ from common import (
     sharegpt_first_turns,
     write_result,
 )
-from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers
+from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers, rows_of
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
@@ -153,14 +153,7 @@ def served_text(marked: Path, prompt_ids: list[str] | None = None) -> Path:
     """The watermarked answers the provider served for these prompts (all of them by default): the text
     `prove` reads the suspect on."""
     wanted = set(prompt_ids) if prompt_ids else {row.prompt_id for row in read_rows(marked)}
-    out = WORK / "radioactivity" / f"served-{len(wanted)}"
-    shutil.rmtree(out, ignore_errors=True)
-    dataset = HarvestDataset(out)
-    for row in read_rows(marked):
-        if row.prompt_id in wanted:
-            dataset.write(row)
-    dataset.close()
-    return out
+    return rows_of(marked, wanted, WORK / "radioactivity" / f"served-{len(wanted)}")
 
 
 def quality_cost() -> list[dict]:

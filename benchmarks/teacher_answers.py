@@ -86,12 +86,16 @@ def answers(watermark: str, count: int = PROMPTS) -> Path:
 def first_answers(watermark: str, count: int) -> Path:
     """A harvest directory of the answers to the first `count` prompts alone, harvesting what is missing."""
     wanted = {p.prompt_id for p in load_prompts(prompts_file(count))}
-    rows = [row for row in read_rows(answers(watermark, count)) if row.prompt_id in wanted]
-    out = WORK / f"first-answers-{watermark}-{count}"
+    return rows_of(answers(watermark, count), wanted, WORK / f"first-answers-{watermark}-{count}")
+
+
+def rows_of(harvest: Path, prompt_ids: set[str], out: Path) -> Path:
+    """`out`, written afresh with the rows of `harvest` that answer these prompts, in the harvest's order."""
     shutil.rmtree(out, ignore_errors=True)
     dataset = HarvestDataset(out)
-    for row in rows:
-        dataset.write(row)
+    for row in read_rows(harvest):
+        if row.prompt_id in prompt_ids:
+            dataset.write(row)
     dataset.close()
     return out
 
