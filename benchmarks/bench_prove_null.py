@@ -124,17 +124,23 @@ def messages(conversation: Conversation, first_answer: str) -> dict[str, list[di
 
 def generate(engine: GenerationEngine, asks: list[tuple[list[dict], float, KeyedScheme | None]], tokens: int) -> list:
     """(messages, temperature, watermark) each answered once, all batched together: (text, finish reason)."""
+    sampled = [
+        SamplingParams(
+            max_tokens=tokens, temperature=temperature, logits_processors=(scheme.processor(),) if scheme else ()
+        )
+        for _, temperature, scheme in asks
+    ]
+    return answered(engine, [(chat, params) for (chat, _, _), params in zip(asks, sampled, strict=True)])
+
+
+def answered(engine: GenerationEngine, asks: list[tuple[list[dict], SamplingParams]]) -> list[tuple[str, str]]:
+    """Each (messages, sampling) answered once by `engine`, all batched together: (text, finish reason)."""
     tokenizer = engine.backend.tokenizer
     requests = [
         GenerationRequest(
-            tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False),
-            SamplingParams(
-                max_tokens=tokens,
-                temperature=temperature,
-                logits_processors=(scheme.processor(),) if scheme else (),
-            ),
+            tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False), params
         )
-        for chat, temperature, scheme in asks
+        for chat, params in asks
     ]
     return [(done[0].text, done[0].finish_reason) for done in engine.generate(requests)]
 
@@ -216,15 +222,11 @@ def own_answers(loaded: LoadedModel, asks: list[tuple[list[dict], int]], tokens:
     """Each (messages, seed) answered once by this model on the transformers backend at API_TEMPERATURE, all
     batched together: (text, finish reason)."""
     engine = GenerationEngine(TransformersBackend(loaded), max_batch_size=CHUNK * len(TEMPERATURES) * len(API_ROWS))
-    requests = [
-        GenerationRequest(
-            loaded.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False),
-            SamplingParams(max_tokens=tokens, temperature=API_TEMPERATURE, seed=seed),
-        )
-        for chat, seed in asks
-    ]
     try:
-        return [(done[0].text, done[0].finish_reason) for done in engine.generate(requests)]
+        return answered(
+            engine,
+            [(chat, SamplingParams(max_tokens=tokens, temperature=API_TEMPERATURE, seed=seed)) for chat, seed in asks],
+        )
     finally:
         engine.close()
 
@@ -279,7 +281,7 @@ def chunks(indices: list[int]) -> Iterator[list[int]]:
 def trials_directory(harvested: Path, student: Path, settings: dict) -> Path:
     """Where the trials read from this harvest by this student are kept: named by them, the settings, and the
     code a trial runs (this file's part of it, and TRIALS_CODE)."""
-    reading = source_of(key_trials, own_answers, answer_seed, _rows, _tokens, _copier_row, answer_row, _row)
+    reading = source_of(key_trials, own_answers, answered, answer_seed, _rows, _tokens, _copier_row, answer_row, _row)
     made_by = {"harvest": harvested.name, "student": student.name, **settings, "readers": READERS, "code": reading}
     return WORK / f"trials-{fingerprint(made_by, *TRIALS_CODE)}"
 
@@ -298,7 +300,7 @@ def run(keys: int, out: Path, threads: int | None = None) -> dict:
     settings = {"answer_tokens": ANSWER_TOKENS, "temperatures": TEMPERATURES, "api": API_TEMPERATURE}
     asked = {"summarise": SUMMARISE, "rows": ROWS, "api_rows": API_ROWS, "turn_tokens": MAX_TURN_TOKENS}
     versions = library_versions("torch", "transformers", "llama_cpp_python")
-    harvesting = source_of(conversations, schemes, messages, generate, harvest, _row)
+    harvesting = source_of(conversations, schemes, messages, generate, answered, harvest, _row)
     harvested = WORK / f"harvest-{fingerprint({**settings, **asked, **versions, 'code': harvesting}, *HARVEST_CODE)}"
     student = plain_student(engine, usable[-STUDENT_ANSWERS:], ANSWER_TOKENS)
     tried = trials_directory(harvested, student, settings)

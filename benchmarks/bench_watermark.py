@@ -15,13 +15,13 @@
   default context filter (contexts in at least 10 of the texts read), the p-value's growth, and the p-value at
   other filters. The unwatermarked teacher read on 1,000 of the served answers is a further control.
 - Sparse targets: what logprobs served with marked text pass on (`--watermark-logprobs`). Students distilled
-  with forward KL on the top-20 logprobs alone of the first 600 watermarked answers, harvested twice: with
+  with forward KL on the top-20 logprobs alone of the first 400 watermarked answers, harvested twice: with
   logprobs served `plain` (the model's own) and `marked` (the distribution sampled from); each read on the
   answers it was trained on.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [sparse]
 [teacher]`
 (all by default; the sections named replace theirs in the results; the radioactivity sections harvest the
-answers they train on first if they are missing: 35 to 45 minutes each, 10 to 15 for the 600).
+answers they train on first if they are missing: 35 to 45 minutes each, 10 to 15 for the 400).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from common import (
     sharegpt_first_turns,
     write_result,
 )
-from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers
+from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers, rows_of
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
@@ -70,7 +70,7 @@ DETECTION_TOKENS = 200_000
 QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
 MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
-SPARSE_TARGET_ANSWERS = 600
+SPARSE_TARGET_ANSWERS = 400
 MASK64, MASK32 = 2**64 - 1, 2**32 - 1
 
 
@@ -153,14 +153,7 @@ def served_text(marked: Path, prompt_ids: list[str] | None = None) -> Path:
     """The watermarked answers the provider served for these prompts (all of them by default): the text
     `prove` reads the suspect on."""
     wanted = set(prompt_ids) if prompt_ids else {row.prompt_id for row in read_rows(marked)}
-    out = WORK / "radioactivity" / f"served-{len(wanted)}"
-    shutil.rmtree(out, ignore_errors=True)
-    dataset = HarvestDataset(out)
-    for row in read_rows(marked):
-        if row.prompt_id in wanted:
-            dataset.write(row)
-    dataset.close()
-    return out
+    return rows_of(marked, wanted, WORK / "radioactivity" / f"served-{len(wanted)}")
 
 
 def quality_cost() -> list[dict]:

@@ -76,6 +76,7 @@ def answers(watermark: str, count: int = PROMPTS) -> Path:
         command += ["--model", "smollm2", "--prompts", str(prompts), "--out", str(out)]
         command += ["--concurrency", "32", "--max-tokens", "128", "--temperature", "0.7", "--seed", "1"]
         command += ["--endpoint-moved"]  # a resumed harvest: the same teacher, its gateway on a new free port
+        command += ["--timeout", "1800"]  # 32 answers at once on a busy 2-core machine can take minutes
         subprocess.run([*command, "--top-logprobs", "20"], env={**os.environ, "ALAMBIC_API_KEY": key}, check=True)
     finally:
         gateway.close()
@@ -85,12 +86,16 @@ def answers(watermark: str, count: int = PROMPTS) -> Path:
 def first_answers(watermark: str, count: int) -> Path:
     """A harvest directory of the answers to the first `count` prompts alone, harvesting what is missing."""
     wanted = {p.prompt_id for p in load_prompts(prompts_file(count))}
-    rows = [row for row in read_rows(answers(watermark, count)) if row.prompt_id in wanted]
-    out = WORK / f"first-answers-{watermark}-{count}"
+    return rows_of(answers(watermark, count), wanted, WORK / f"first-answers-{watermark}-{count}")
+
+
+def rows_of(harvest: Path, prompt_ids: set[str], out: Path) -> Path:
+    """`out`, written afresh with the rows of `harvest` that answer these prompts, in the harvest's order."""
     shutil.rmtree(out, ignore_errors=True)
     dataset = HarvestDataset(out)
-    for row in rows:
-        dataset.write(row)
+    for row in read_rows(harvest):
+        if row.prompt_id in prompt_ids:
+            dataset.write(row)
     dataset.close()
     return out
 
