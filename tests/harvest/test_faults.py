@@ -378,3 +378,24 @@ def test_a_teacher_slower_than_the_concurrency_assumes_is_answered_at_a_lower_li
     console = Console(record=True, width=400)
     HarvestProgress(console).summarise(stats, out)
     assert f"{stats.concurrency_lowest} at the lowest" in console.export_text()
+
+
+@pytest.mark.parametrize(("headers", "cut"), [({"Retry-After": "0.01"}, False), ({}, True)])
+def test_a_429_that_names_its_wait_is_waited_out_and_one_that_does_not_cuts_the_concurrency(tmp_path, headers, cut):
+    """A rate limit says when to come back: the harvest waits, and sending fewer at once would not help. A 429
+    without Retry-After is a server shedding load, as a 503 is."""
+    refused = Counter()
+
+    async def first_refused(body: dict) -> Response | None:
+        prompt = body["messages"][-1]["content"]
+        if not refused[prompt]:
+            refused[prompt] += 1
+            return JSONResponse({"error": {"message": "slow down"}}, 429, headers=headers)
+        return None
+
+    app, _ = fake_openai_server(first_refused)
+    retry = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.02)
+    with serve_in_thread(app) as url:
+        stats = harvest(fake_job(url, tmp_path / "out", questions(32), concurrency=8, retry=retry, seed=0))
+    assert stats.status == "complete" and stats.retries["429"] == 32
+    assert (stats.concurrency_lowest < 8) is cut

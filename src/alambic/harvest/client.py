@@ -3,8 +3,9 @@
 Retried: 429 (after its Retry-After, else backoff), 5xx, timeouts and connection errors, with exponential
 backoff and full jitter. Any other 4xx is final: asking again would get the same answer, and so is a 200
 that is not a chat completion (recorded as an error; the next run asks again). Each attempt takes a slot
-under the adaptive concurrency limit and tells it when the teacher was overloaded (a timeout, 429 or
-503); the wait for a slot costs no attempt.
+under the adaptive concurrency limit and tells it when the teacher was overloaded (a timeout, a 503, a 429
+without Retry-After); a 429 that names its wait is a rate limit, waited out without cutting the limit. The
+wait for a slot costs no attempt.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ async def create_with_retries(
         except MalformedAnswer as malformed:
             raise RequestFailed(f"malformed answer: {malformed}", attempt) from None
         except openai.RateLimitError as error:
-            limit.overloaded(ticket)
-            reason, delay = "429", _retry_after(error) or policy.backoff(attempt, rng)
+            wait = _retry_after(error)
+            if wait is None:  # a 429 that names no wait: the server is shedding load
+                limit.overloaded(ticket)
+            reason, delay = "429", wait or policy.backoff(attempt, rng)
         except openai.APITimeoutError:
             limit.overloaded(ticket)
             reason, delay = "timeout", policy.backoff(attempt, rng)

@@ -1,11 +1,11 @@
 """How many requests the harvest keeps in flight: additive increase, multiplicative decrease (AIMD), as TCP.
 
-The limit starts at the ceiling (`--concurrency`). A sign that the teacher is overloaded (a timeout, a 429
-or a 503) halves it, not below 1, once per cut: requests sent before the last cut went out under a higher
-limit, and their own timeouts say nothing new. It grows by one when a whole window of requests sent since
-the last change (as many as the limit) has come back without a sign of overload, back up to the ceiling:
-so the request sent into a newly opened slot must come back before the limit grows again, however slowly
-it times out. Requests beyond the limit wait for a slot; none is dropped.
+The limit starts at the ceiling (`--concurrency`). A sign that the teacher is overloaded (a timeout, a 503, a
+429 that names no Retry-After) halves it, not below 1, once per cut: requests sent before the last cut went
+out under a higher limit, and their own timeouts say nothing new. It grows by one when a whole window of
+requests sent since the last change (as many as the limit) has come back without a sign of overload, back up
+to the ceiling: so the request sent into a newly opened slot must come back before the limit grows again,
+however slowly it times out. Requests beyond the limit wait for a slot; none is dropped.
 """
 
 from __future__ import annotations
