@@ -15,7 +15,8 @@ conversation) and a summary of the first (a prompt that contains watermarked tex
 Each (key, scheme, mode, reader) is one trial: `radioactivity` under that key, every context scored
 (`min_context_texts=1`: a trial reads three texts), no other keys. Reported over all trials, per scheme and
 mode, and per reader: the KS p-value of the p-values against uniform (KGW's randomised in their atom), the
-false-positive rate at each level the trials can show, the smallest p-value.
+false-positive rate at each level the trials can show, the smallest p-value and how likely so small a
+minimum is among that many honest trials.
 Harvests, the plain student and each key's trials are cached under the cache directory, named by a
 fingerprint of the settings and the code that made them: a rerun resumes.
 Run: `.venv/bin/python benchmarks/bench_prove_null.py [--keys 200 | --trials 2400] [--out results/prove_null.json]`

@@ -4,6 +4,7 @@ reported ones fail a KS test; the false-positive rate is shown only at levels th
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from alambic.prove.null import Trial, summarise
@@ -35,3 +36,10 @@ def test_the_summary_shows_each_level_the_trials_can_show_and_the_smallest_p_val
     assert at_1e3["false_positives"] == 2 and at_1e3["rate"] == 2 / 1500
     assert at_1e3["binomial_pvalue"] == stats.binom.sf(1, 1500, 1e-3)
     assert summary["ks_pvalue"] > 0.01
+    assert summary["smallest_pvalue_chance"] == pytest.approx(1500e-7, rel=1e-3)  # 1 - (1 - 1e-7)^1500
+
+
+def test_the_chance_of_the_smallest_p_value_is_itself_uniform_over_honest_runs():
+    rng = np.random.default_rng(1)
+    chances = [summarise([Trial(p, p, 50) for p in rng.random(1000)])["smallest_pvalue_chance"] for _ in range(400)]
+    assert stats.kstest(chances, "uniform").pvalue > 0.01

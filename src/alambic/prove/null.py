@@ -72,9 +72,12 @@ def uniform_pvalue(scheme: KeyedScheme, result: RadioactivityResult, rng: np.ran
 def summarise(trials: Sequence[Trial]) -> dict:
     """Trials, the KS p-value of the randomised p-values against uniform, and at each level that the trials
     can show (at least one false positive expected), the false positives, their rate and how likely that
-    many or more are under an honest test (exact binomial); the smallest p-value seen."""
+    many or more are under an honest test (exact binomial); the smallest p-value seen, and how likely one at
+    least that small is among this many honest trials (1 - (1 - p)^n: among 2,400, a p of 1e-4 is seen one
+    time in five)."""
     count = len(trials)
     pvalues = np.array([t.pvalue for t in trials])
+    smallest = float(pvalues.min()) if count else 1.0
     rates = {}
     for level in LEVELS:
         if count * level < 1:
@@ -90,5 +93,6 @@ def summarise(trials: Sequence[Trial]) -> dict:
         "tokens_scored_median": float(np.median([t.tokens_scored for t in trials])) if count else 0.0,
         "ks_pvalue": float(stats.kstest([t.uniform_pvalue for t in trials], "uniform").pvalue) if count >= 2 else 1.0,
         "false_positive_rate": rates,
-        "smallest_pvalue": float(pvalues.min()) if count else 1.0,
+        "smallest_pvalue": smallest,
+        "smallest_pvalue_chance": float(-np.expm1(count * np.log1p(-smallest))) if smallest < 1 else 1.0,
     }
