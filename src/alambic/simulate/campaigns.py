@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 
 from alambic.simulate.population import (
     BROWSER_AGENTS,
@@ -24,6 +25,7 @@ from alambic.simulate.population import (
     address_in,
     chat,
 )
+from alambic.simulate.text import Prompts
 
 # Styles kept out of sight while the monitor is designed: it is scored on them last.
 HELD_OUT = ("low-and-slow", "mimic", "paraphrase")
@@ -32,7 +34,7 @@ HYDRA_DAILY_VOLUME, HYDRA_REQUESTS = 8.0, (5, 14)
 
 
 def _extract(
-    prompts: list[str],
+    prompts: Sequence[str],
     params: dict,
     hours: list[float],
     *,
@@ -100,7 +102,7 @@ def _campaign_actor(
     )
 
 
-def _prompt_set(world: World, per_week: int, accounts: int) -> list[str]:
+def _prompt_set(world: World, per_week: int, accounts: int) -> Prompts:
     """A campaign's prompts: `per_week` scaled to the simulation, at least a few for each account."""
     return world.text.task_set(max(world.weekly(per_week), accounts * 3), seed=world.rng.getrandbits(32))
 
@@ -109,9 +111,9 @@ def _crew(
     world: World,
     campaign: str,
     style: str,
-    prompts: list[str],
+    prompts: Prompts,
     accounts: int,
-    behaviour: Callable[[list[str]], Callable],
+    behaviour: Callable[[Prompts], Callable],
     *,
     agent: Callable[[], str],
     addresses: Callable[[], list[str]],
@@ -257,7 +259,7 @@ def mimic(world: World, campaign: str) -> list[Actor]:
         world,
         campaign,
         "mimic",
-        [f"{system}\n\nCustomer question: {p}" for p in prompts],
+        prompts.map(lambda _, task: f"{system}\n\nCustomer question: {task}"),
         10,
         lambda prompts: _extract(prompts, {"max_tokens": 400, "temperature": 0.7}, BUSINESS_HOURS),
         agent=lambda: world.rng.choice(SDK_AGENTS),
@@ -270,11 +272,12 @@ def paraphrase(world: World, campaign: str) -> list[Actor]:
     prompts = _prompt_set(world, 5000, 50)
     openers = ["Quick question:", "Hi! I was wondering,", "For my class:", "Could you help?", "Please:"]
     rng = random.Random(world.seed + 7)
+    opened = array("B", (rng.randrange(len(openers)) for _ in range(len(prompts))))
     return _crew(
         world,
         campaign,
         "paraphrase",
-        [f"{rng.choice(openers)} {p[0].lower()}{p[1:]}" for p in prompts],
+        prompts.map(lambda i, task: f"{openers[opened[i]]} {task[0].lower()}{task[1:]}"),
         50,
         lambda prompts: _extract(prompts, {"temperature": 0.7}, EVENING_HOURS),
         agent=lambda: world.rng.choice(BROWSER_AGENTS + SDK_AGENTS),

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import overload
 
 DOMAINS = {
     "physics": ["entropy", "momentum", "quantum tunnelling", "black-body radiation", "the Doppler effect", "torque"],
@@ -212,6 +215,33 @@ HOMEWORK = [
 ]
 
 
+class Prompts(Sequence[str]):
+    """A sequence of prompts made when each is asked for: a campaign's set costs a few bytes a prompt, however
+    many days it runs. Slicing and `map` give views, not copies."""
+
+    def __init__(self, size: int, make: Callable[[int], str]) -> None:
+        self._size, self._make = size, make
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Prompts: ...
+    def __getitem__(self, index: int | slice) -> str | Prompts:
+        if isinstance(index, slice):
+            picked = range(self._size)[index]
+            return Prompts(len(picked), lambda i: self._make(picked[i]))
+        if not -self._size <= index < self._size:
+            raise IndexError(index)
+        return self._make(index % self._size)
+
+    def map(self, wrap: Callable[[int, str], str]) -> Prompts:
+        """Each prompt rewritten by `wrap(index, prompt)`."""
+        return Prompts(self._size, lambda i: wrap(i, self._make(i)))
+
+
 @dataclass
 class TextBank:
     """Prompt material; every method takes the caller's own `random.Random` so output is deterministic."""
@@ -300,25 +330,37 @@ class TextBank:
         return [opener, *rng.sample(FOLLOW_UPS, rng.randint(0, 3))]
 
     # --- extraction --------------------------------------------------------------------------------------
-    def task_set(self, size: int, seed: int) -> list[str]:
-        """A campaign's prompt set: distinct tasks covering every domain systematically."""
+    def task_set(self, size: int, seed: int) -> Prompts:
+        """A campaign's prompt set: distinct tasks covering every domain systematically, the banks' tasks in a
+        shuffled order, then reworded ones past them (made as they are asked for)."""
         rng = random.Random(seed)
-        tasks = [
+        bank = self._tasks
+        order = array("I", range(len(bank)))
+        rng.shuffle(order)  # the order alone, drawn as the tasks themselves would be
+        originals = len(bank)
+        reworded = array("B", (rng.randrange(len(VARIATIONS)) for _ in range(originals, size)))
+
+        def task(index: int) -> str:
+            base = bank[order[index % originals]]
+            if index < originals:
+                return base
+            return f"{base} {VARIATIONS[reworded[index - originals]]} (part {index // originals + 1})"
+
+        return Prompts(size, task)
+
+    def reasoning(self, rng: random.Random) -> str:
+        return rng.choice(REASONING)
+
+    @cached_property
+    def _tasks(self) -> list[str]:
+        """Every built-in task in every domain, then the real task prompts."""
+        built = [
             template.format(concept=concept, domain=domain)
             for domain, concepts in DOMAINS.items()
             for concept in concepts
             for template in TASKS
         ]
-        tasks += self.questions
-        rng.shuffle(tasks)
-        originals = len(tasks)
-        while len(tasks) < size:  # more than the banks hold: vary the wording
-            base = tasks[len(tasks) % originals]
-            tasks.append(f"{base} {rng.choice(VARIATIONS)} (part {len(tasks) // originals + 1})")
-        return tasks[:size]
-
-    def reasoning(self, rng: random.Random) -> str:
-        return rng.choice(REASONING)
+        return built + self.questions
 
     @cached_property
     def _sentences(self) -> list[str]:
