@@ -18,10 +18,15 @@
   with forward KL on the top-20 logprobs alone of the first 400 watermarked answers, harvested twice: with
   logprobs served `plain` (the model's own) and `marked` (the distribution sampled from); each read on the
   answers it was trained on.
+- Power, pre-registered: students on development mixtures (10% and 5%) read on the served answers, on fresh
+  watermarked answers to 1,000 prompts they never saw, or both, at each context filter; the reading is fixed
+  from those figures (PREREGISTERED) before students on held-out mixtures at 100/50/10/5/1% and a control are
+  trained and read once with it.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [sparse]
-[teacher]`
-(all by default; the sections named replace theirs in the results; the radioactivity sections harvest the
-answers they train on first if they are missing: 35 to 45 minutes each, 10 to 15 for the 400).
+[teacher] [power-development] [power]` (all by default, `power` once its reading is fixed; the sections named
+replace theirs in the results; the radioactivity sections harvest the answers they train on first if they are
+missing: 35 to 45 minutes each, 10 to 15 for the 400, ~20 for the fresh 1,000; a student on 2,050 answers
+takes ~35 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ QUALITY_QUESTIONS = 200
 TEACHER_READ = 1000
 MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
 SPARSE_TARGET_ANSWERS = 400
+DEVELOPMENT_FRACTIONS = (0.1, 0.05)  # students the held-out test's reading is chosen on
+POWER_FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.01, 0.0)  # held-out students, the last a control
+# The reading text ("served", "fresh" or "both") and context filter of the held-out test, fixed from the
+# development students' figures (results/radioactivity.json `power_development`) before any held-out student
+# was trained: None until then.
+PREREGISTERED: dict | None = None
 MASK64, MASK32 = 2**64 - 1, 2**32 - 1
 
 
@@ -134,13 +145,14 @@ def generation_overhead(pairs: int = 3, streams: int = 16) -> dict:
     return figures
 
 
-def mixture(plain: Path, marked: Path, fraction: float) -> tuple[Path, list[str]]:
+def mixture(plain: Path, marked: Path, fraction: float, salt: str = "") -> tuple[Path, list[str]]:
     """A harvest directory with `fraction` of the prompts answered by the watermarked teacher (chosen by a
-    hash of the prompt), the rest by the plain one; and the prompts whose watermarked answers were used."""
+    hash of the prompt and `salt`: another salt, other prompts), the rest by the plain one; and the prompts
+    whose watermarked answers were used."""
     watermarked = {row.prompt_id: row for row in read_rows(marked)}
-    rows = sorted(read_rows(plain), key=lambda row: hashlib.sha256(row.prompt_id.encode()).digest())
+    rows = sorted(read_rows(plain), key=lambda row: hashlib.sha256((salt + row.prompt_id).encode()).digest())
     chosen = {row.prompt_id for row in rows[: round(fraction * len(rows))] if row.prompt_id in watermarked}
-    out = WORK / "radioactivity" / f"mix-{fraction}"
+    out = WORK / "radioactivity" / f"mix-{salt}{fraction}"
     shutil.rmtree(out, ignore_errors=True)
     dataset = HarvestDataset(out)
     for row in rows:
@@ -212,11 +224,16 @@ def prove(scored: Scored, scheme: KirchenbauerScheme) -> dict:
         "empirical_pvalue": found.empirical_pvalue,
         "null_ks_pvalue": found.null_ks_pvalue,
         "growth": found.growth,
-        "by_min_context_texts": {
-            texts: {"pvalue": other.pvalue, "tokens_scored": other.tokens_scored}
-            for texts in MIN_CONTEXT_TEXTS_SWEEP
-            for other in [radioactivity(scheme, scored, mode="reading", null_keys=0, min_context_texts=texts)]
-        },
+        "by_min_context_texts": by_filter(scored, scheme),
+    }
+
+
+def by_filter(scored: Scored, scheme: KirchenbauerScheme) -> dict:
+    """The p-value and distinct predictions scored at each context filter of the sweep."""
+    return {
+        texts: {"pvalue": found.pvalue, "tokens_scored": found.tokens_scored}
+        for texts in MIN_CONTEXT_TEXTS_SWEEP
+        for found in [radioactivity(scheme, scored, mode="reading", null_keys=0, min_context_texts=texts)]
     }
 
 
@@ -261,6 +278,56 @@ def radioactivity_of_sparse_targets() -> dict:
     return {"sparse_targets": figures}
 
 
+def reading_texts(suspect: Path, marked: Path, used: list[str]) -> dict[str, Scored]:
+    """What the provider can read a suspect on: the watermarked answers it served for the prompts the
+    suspect trained on (all of them for a control), fresh watermarked answers to prompts the suspect never
+    saw, or both."""
+    served = reading(suspect, served_text(marked, used))
+    fresh = reading(suspect, answers("kgw", fresh=True))
+    both = Scored(served.texts + fresh.texts, served.tokens + fresh.tokens, served.starts + fresh.starts, True)
+    return {"served": served, "fresh": fresh, "both": both}
+
+
+def power_development() -> dict:
+    """Students on development mixtures (their own salt) at 10% and 5% watermarked answers, read on each
+    text at each context filter: the figures from which the held-out test's reading is chosen, once."""
+    plain, marked = answers("plain"), answers("kgw")
+    scheme = KirchenbauerScheme(WATERMARK_KEY)
+    figures = {}
+    for fraction in DEVELOPMENT_FRACTIONS:
+        data, used = mixture(plain, marked, fraction, salt="development")
+        texts = reading_texts(student(data, f"development-{fraction}"), marked, used)
+        figures[fraction] = {name: by_filter(scored, scheme) for name, scored in texts.items()}
+        print("development", fraction, figures[fraction], flush=True)
+    return {"power_development": figures}
+
+
+def power_held_out() -> dict:
+    """The pre-registered test: students on held-out mixtures (another salt) at each fraction, read once with
+    the reading fixed from the development students (`PREREGISTERED`, committed before these were trained)."""
+    if PREREGISTERED is None:
+        sys.exit("run the `power-development` section first and fix PREREGISTERED from its figures")
+    plain, marked = answers("plain"), answers("kgw")
+    scheme = KirchenbauerScheme(WATERMARK_KEY)
+    figures = {}
+    for fraction in POWER_FRACTIONS:
+        data, used = mixture(plain, marked, fraction, salt="held-out")
+        scored = reading_texts(student(data, f"held-out-{fraction}"), marked, used)[PREREGISTERED["text"]]
+        found = radioactivity(
+            scheme, scored, mode="reading", min_context_texts=PREREGISTERED["min_context_texts"], null_keys=100
+        )
+        figures[fraction] = {
+            "watermarked_answers": len(used),
+            "pvalue": found.pvalue,
+            "tokens_scored": found.tokens_scored,
+            "tokens_read": int(sum(len(text) for text in scored.texts)),
+            "null_ks_pvalue": found.null_ks_pvalue,
+        }
+        print("held out", fraction, figures[fraction], flush=True)
+        write_result("radioactivity", {"power": {"reading": PREREGISTERED, "by_fraction": figures}}, update=True)
+    return {"power": {"reading": PREREGISTERED, "by_fraction": figures}}
+
+
 def teacher_control() -> dict:
     """The unwatermarked teacher, which predicts the served text best, read on it: the strictest control."""
     text = served_text(answers("kgw"))
@@ -277,6 +344,8 @@ SECTIONS = {
     "radioactivity": radioactivity_by_fraction,
     "sparse": radioactivity_of_sparse_targets,
     "teacher": teacher_control,
+    "power-development": power_development,
+    "power": power_held_out,
 }
 TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}
 
@@ -285,7 +354,7 @@ def main() -> None:
     unknown = set(sys.argv[1:]) - set(SECTIONS)
     if unknown:
         sys.exit(f"unknown section {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    for name in sys.argv[1:] or list(SECTIONS):
+    for name in sys.argv[1:] or [name for name in SECTIONS if name != "power" or PREREGISTERED]:
         figures = SECTIONS[name]()
         print(name, figures, flush=True)
         write_result("radioactivity", {**figures, "targets": TARGETS}, update=True)

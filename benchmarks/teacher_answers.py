@@ -3,8 +3,8 @@
 2,050 prompts, GSM8K train questions and ShareGPT first turns alternating, answered by `alambic serve
 --backend llamacpp` through `alambic harvest` (128 new tokens, temperature 0.7, top-20 logprobs): once
 plain, once with the KGW watermark under a fixed benchmark key (logprobs served `plain`, the gateway's
-default), and with logprobs served `marked`; the first prompts can be harvested alone. A rerun resumes
-whatever is missing.
+default), and with logprobs served `marked`; the first prompts can be harvested alone; and watermarked answers
+to 1,000 fresh prompts from the same sources, to read suspects on. A rerun resumes whatever is missing.
 Run: `.venv/bin/python benchmarks/teacher_answers.py [plain] [kgw] [kgw-marked-logprobs]`.
 """
 
@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Container
+from itertools import islice
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -28,6 +30,7 @@ from alambic.store import Store, create_account, issue_key
 from common import SHARED_DATA, GatewayProcess, sharegpt_first_turns
 
 PROMPTS = 2050
+FRESH_PROMPTS = 1000
 WORK = cache_dir() / "benchmarks"
 WATERMARK_KEY = "alambic-benchmark-watermark-key"  # a benchmark's key, public on purpose
 WATERMARKS = {
@@ -44,23 +47,38 @@ def prompts_file(count: int = PROMPTS) -> Path:
         if not path.exists():
             path.write_text("".join(prompts_file().read_text().splitlines(keepends=True)[:count]))
         return path
-    path = WORK / "prompts.jsonl"
+    return _alternating(WORK / "prompts.jsonl", 0, PROMPTS)
+
+
+def fresh_prompts_file(count: int = FRESH_PROMPTS) -> Path:
+    """Prompts from the same sources past the benchmark's own, less any text the benchmark also holds (the
+    data sets repeat some): what the provider can have its teacher answer anew, to read a suspect on
+    watermarked text it never trained on."""
+    seen = {json.loads(line)["prompt"] for line in prompts_file().read_text().splitlines()}
+    return _alternating(WORK / f"fresh-prompts-{count}.jsonl", PROMPTS // 2, count, seen)
+
+
+def _alternating(path: Path, skip: int, count: int, leave_out: Container[str] = ()) -> Path:
+    """`path`, written once: `count` prompts, GSM8K train questions and ShareGPT first turns alternating, past
+    the first `skip` of each, those in `leave_out` left out."""
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         with open(SHARED_DATA / "gsm8k" / "train.jsonl") as lines:
-            math = [json.loads(line)["question"] for line, _ in zip(lines, range(PROMPTS // 2), strict=False)]
+            math = [json.loads(line)["question"] for line in islice(lines, skip, skip + count // 2)]
         tokenizer = AutoTokenizer.from_pretrained(smollm2_directory())
-        chat = [m[0]["content"] for m in sharegpt_first_turns(PROMPTS // 2, tokenizer, max_prompt_tokens=256)]
-        rows = [prompt for pair in zip(math, chat, strict=True) for prompt in pair]
+        turns = sharegpt_first_turns(skip + count // 2, tokenizer, max_prompt_tokens=256)[skip:]
+        chat = [m[0]["content"] for m in turns]
+        rows = [prompt for pair in zip(math, chat, strict=True) for prompt in pair if prompt not in leave_out]
         path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
     return path
 
 
-def answers(watermark: str, count: int = PROMPTS) -> Path:
+def answers(watermark: str, count: int = PROMPTS, *, fresh: bool = False) -> Path:
     """The directory of the teacher's answers, plain or watermarked, harvesting what is missing of the first
-    `count` prompts' (it may hold more: `first_answers` takes theirs alone)."""
-    prompts = prompts_file(count)
-    out = WORK / f"answers-{watermark}"
+    `count` prompts' (it may hold more: `first_answers` takes theirs alone); `fresh`: to the `count` prompts
+    past the benchmark's."""
+    prompts = fresh_prompts_file(count) if fresh else prompts_file(count)
+    out = WORK / f"answers-{watermark}{'-fresh' if fresh else ''}"
     if {p.prompt_id for p in load_prompts(prompts)} <= {row.prompt_id for row in read_rows(out)}:
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"

@@ -1,0 +1,40 @@
+"""The radioactivity benchmark's power test: development and held-out students watermark other prompts, and
+the held-out test will not run before its reading is fixed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_watermark as bench
+from alambic.harvest.dataset import AnswerRow, HarvestDataset, read_rows
+
+
+def _harvest(directory: Path, answer: str) -> Path:
+    dataset = HarvestDataset(directory)
+    for i in range(200):
+        dataset.write(AnswerRow(f"p{i}", 0, 0, [], f"{answer} {i}", "stop", 1, 1, 0.1, 1, 0, "h", "m", 0.0))
+    dataset.close()
+    return directory
+
+
+def test_another_salt_watermarks_other_prompts_at_the_same_fraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    plain, marked = _harvest(tmp_path / "plain", "plain"), _harvest(tmp_path / "marked", "marked")
+    chosen = {}
+    for salt in ("development", "held-out"):
+        data, used = bench.mixture(plain, marked, 0.1, salt)
+        rows = {row.prompt_id: row.answer for row in read_rows(data)}
+        assert len(rows) == 200 and len(used) == 20
+        assert {p for p, answer in rows.items() if answer.startswith("marked")} == set(used)
+        chosen[salt] = set(used)
+    assert len(chosen["development"] & chosen["held-out"]) < 10  # ~2 by chance, 20 if the salt were ignored
+
+
+def test_the_held_out_power_test_will_not_run_before_its_reading_is_fixed(monkeypatch):
+    monkeypatch.setattr(bench, "PREREGISTERED", None)
+    with pytest.raises(SystemExit, match="power-development"):
+        bench.power_held_out()
