@@ -21,7 +21,8 @@
 - Power, pre-registered: students on development mixtures (10% and 5%) read on the served answers, on fresh
   watermarked answers to 1,000 prompts they never saw, or both, at each context filter; the reading is fixed
   from those figures (PREREGISTERED) before students on held-out mixtures at 100/50/10/5/1% and a control are
-  trained and read once with it.
+  trained and read once with it; the 10% student and the control also answer the fresh prompts through
+  `alambic serve` (API mode): the p-value by answers read.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [sparse]
 [teacher] [power-development] [power]` (all by default, `power` once its reading is fixed; the sections named
 replace theirs in the results; the radioactivity sections harvest the answers they train on first if they are
@@ -42,18 +43,21 @@ from statistics import median
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `alambic serve --backend llamacpp` sets it
 
 import numpy as np
+from openai import OpenAI
 from scipy import stats
 
+from alambic.distill.data import read_answers
 from alambic.distill.losses import Loss
 from alambic.evaluate.gsm8k import load_problems
 from alambic.evaluate.watermark_cost import watermark_cost_table
 from alambic.generation import GenerationEngine
 from alambic.generation.backends import load_backend
+from alambic.harvest import load_prompts
 from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models import load_model
 from alambic.prove import MIN_CONTEXT_TEXTS
 from alambic.prove.radioactivity import Scored, radioactivity
-from alambic.prove.run import prove_weights, read_suspect
+from alambic.prove.run import answers_read, prove_api, prove_weights, read_suspect
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.keyed_hash import GOLDEN, MIX_1, MIX_2, MIX_32, context_hash
 from bench_distill import TRAINING, run
@@ -61,13 +65,14 @@ from bench_generation import measure_engine
 from common import (
     SHARED_DATA,
     SOURCES,
+    GatewayProcess,
     fingerprint,
     harvest_digest,
     library_versions,
     sharegpt_first_turns,
     write_result,
 )
-from teacher_answers import WATERMARK_KEY, WORK, answers, first_answers, rows_of
+from teacher_answers import WATERMARK_KEY, WORK, answers, benchmark_key, first_answers, fresh_prompts_file, rows_of
 
 FRACTIONS = (1.0, 0.0, 0.5, 0.1, 0.05)  # the acceptance's two first, then the fainter traces
 STUDENT_EPOCHS = 2
@@ -78,6 +83,7 @@ MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
 SPARSE_TARGET_ANSWERS = 400
 DEVELOPMENT_FRACTIONS = (0.1, 0.05)  # students the held-out test's reading is chosen on
 POWER_FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.01, 0.0)  # held-out students, the last a control
+API_FRACTIONS = (0.1, 0.0)  # held-out students also asked through an API: how many answers p < 1e-6 takes
 # The reading text ("served", "fresh" or "both") and context filter of the held-out test, fixed from the
 # development students' figures (results/radioactivity.json `power_development`) before any held-out student
 # was trained: None until then.
@@ -302,6 +308,29 @@ def power_development() -> dict:
     return {"power_development": figures}
 
 
+def api_answers_needed(suspect: Path, scheme: KirchenbauerScheme) -> dict:
+    """API mode: the suspect, served by `alambic serve`, answers the fresh prompts (temperature 1, 128 tokens,
+    as `alambic prove --endpoint` asks); the p-value on its first answers, doubling, and the fewest answers
+    that reach 1e-6."""
+    db = f"sqlite:///{suspect / 'gateway.db'}"
+    key = benchmark_key(db)
+    gateway = GatewayProcess("--model", str(suspect), "--backend", "transformers", db=db)
+    try:
+        model = OpenAI(base_url=f"{gateway.url}/v1", api_key=key).models.list().data[0].id
+        tokenizer = load_model(str(suspect)).tokenizer
+        prompts = load_prompts(fresh_prompts_file())
+        prove_api(f"{gateway.url}/v1", model, key, prompts, scheme, tokenizer, suspect / "api-answers", max_tokens=128)
+    finally:
+        gateway.close()
+    rows = read_answers(suspect / "api-answers")
+    by_answers = {}
+    for count in [*(2**k for k in range(4, 20) if 2**k < len(rows)), len(rows)]:
+        found = radioactivity(scheme, answers_read(rows[:count], tokenizer), mode="api", null_keys=0)
+        by_answers[count] = {"pvalue": found.pvalue, "tokens_scored": found.tokens_scored}
+    reached = [count for count, found in by_answers.items() if found["pvalue"] < 1e-6]
+    return {"by_answers": by_answers, "answers_for_1e-6": min(reached) if reached else None}
+
+
 def power_held_out() -> dict:
     """The pre-registered test: students on held-out mixtures (another salt) at each fraction, read once with
     the reading fixed from the development students (`PREREGISTERED`, committed before these were trained)."""
@@ -312,7 +341,8 @@ def power_held_out() -> dict:
     figures = {}
     for fraction in POWER_FRACTIONS:
         data, used = mixture(plain, marked, fraction, salt="held-out")
-        scored = reading_texts(student(data, f"held-out-{fraction}"), marked, used)[PREREGISTERED["text"]]
+        suspect = student(data, f"held-out-{fraction}")
+        scored = reading_texts(suspect, marked, used)[PREREGISTERED["text"]]
         found = radioactivity(
             scheme, scored, mode="reading", min_context_texts=PREREGISTERED["min_context_texts"], null_keys=100
         )
@@ -323,6 +353,8 @@ def power_held_out() -> dict:
             "tokens_read": int(sum(len(text) for text in scored.texts)),
             "null_ks_pvalue": found.null_ks_pvalue,
         }
+        if fraction in API_FRACTIONS:
+            figures[fraction]["api"] = api_answers_needed(suspect, scheme)
         print("held out", fraction, figures[fraction], flush=True)
         write_result("radioactivity", {"power": {"reading": PREREGISTERED, "by_fraction": figures}}, update=True)
     return {"power": {"reading": PREREGISTERED, "by_fraction": figures}}

@@ -82,11 +82,7 @@ def answers(watermark: str, count: int = PROMPTS, *, fresh: bool = False) -> Pat
     if {p.prompt_id for p in load_prompts(prompts)} <= {row.prompt_id for row in read_rows(out)}:
         return out
     db = f"sqlite:///{WORK / f'gateway-{watermark}.db'}"
-    store = Store(db)
-    try:
-        key = create_account(store, "benchmark")
-    except ConflictError:  # a run before this one
-        key = issue_key(store, "benchmark")
+    key = benchmark_key(db)
     os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
     gateway = GatewayProcess("--backend", "llamacpp", "--max-batch-size", "32", *WATERMARKS[watermark], db=db)
     try:
@@ -99,6 +95,15 @@ def answers(watermark: str, count: int = PROMPTS, *, fresh: bool = False) -> Pat
     finally:
         gateway.close()
     return out
+
+
+def benchmark_key(db: str) -> str:
+    """An API key of the `benchmark` account in the gateway database `db` (the account made on first use)."""
+    store = Store(db)
+    try:
+        return create_account(store, "benchmark")
+    except ConflictError:  # a run before this one
+        return issue_key(store, "benchmark")
 
 
 def first_answers(watermark: str, count: int) -> Path:

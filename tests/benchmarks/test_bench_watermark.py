@@ -3,6 +3,8 @@ the held-out test will not run before its reading is fixed."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_watermark as bench
 from alambic.harvest.dataset import AnswerRow, HarvestDataset, read_rows
+from alambic.watermark import KirchenbauerScheme
 
 
 def _harvest(directory: Path, answer: str) -> Path:
@@ -38,3 +41,16 @@ def test_the_held_out_power_test_will_not_run_before_its_reading_is_fixed(monkey
     monkeypatch.setattr(bench, "PREREGISTERED", None)
     with pytest.raises(SystemExit, match="power-development"):
         bench.power_held_out()
+
+
+def test_a_suspect_served_through_the_gateway_is_read_by_the_answers_it_gave(sharp_teacher, tmp_path, monkeypatch):
+    suspect = tmp_path / "suspect"
+    shutil.copytree(sharp_teacher, suspect)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}."}) + "\n" for i in range(20)))
+    monkeypatch.setattr(bench, "fresh_prompts_file", lambda: prompts)
+    found = bench.api_answers_needed(suspect, KirchenbauerScheme("key"))
+    assert list(found["by_answers"]) == [16, 20]  # doubling from 16, then every answer
+    assert all(0 < f["pvalue"] <= 1 and f["tokens_scored"] > 0 for f in found["by_answers"].values())
+    assert found["answers_for_1e-6"] is None  # a model that never saw the key
+    assert len(list((suspect / "api-answers").glob("*.jsonl"))) >= 1
