@@ -44,7 +44,7 @@ from alambic.distill.losses import Loss
 from alambic.distill.run import DistillConfig, distill
 from alambic.generation import GenerationEngine
 from alambic.generation.backends import TransformersBackend, load_backend
-from alambic.generation.params import GenerationRequest, SamplingParams
+from alambic.generation.params import SamplingParams
 from alambic.harvest.dataset import AnswerRow, HarvestDataset
 from alambic.models import LoadedModel, load_model
 from alambic.models.student import student_from_teacher
@@ -54,7 +54,7 @@ from alambic.prove.radioactivity import Scored, radioactivity, suspect_predictio
 from alambic.prove.run import answers_read, rows_read
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.schemes import KeyedScheme
-from common import RESULTS, SHARED_DATA, SOURCES, fingerprint, library_versions, source_of, write_result
+from common import RESULTS, SHARED_DATA, SOURCES, answered, fingerprint, library_versions, source_of, write_result
 
 KEYS = 200
 ANSWER_TOKENS = 64
@@ -132,18 +132,6 @@ def generate(engine: GenerationEngine, asks: list[tuple[list[dict], float, Keyed
         for _, temperature, scheme in asks
     ]
     return answered(engine, [(chat, params) for (chat, _, _), params in zip(asks, sampled, strict=True)])
-
-
-def answered(engine: GenerationEngine, asks: list[tuple[list[dict], SamplingParams]]) -> list[tuple[str, str]]:
-    """Each (messages, sampling) answered once by `engine`, all batched together: (text, finish reason)."""
-    tokenizer = engine.backend.tokenizer
-    requests = [
-        GenerationRequest(
-            tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False), params
-        )
-        for chat, params in asks
-    ]
-    return [(done[0].text, done[0].finish_reason) for done in engine.generate(requests)]
 
 
 def harvest(engine: GenerationEngine, keys: dict[int, Conversation], tokens: int) -> dict[int, dict]:

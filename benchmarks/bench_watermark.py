@@ -23,20 +23,25 @@
   from those figures (PREREGISTERED) before students on held-out mixtures at 100/50/10/5/1% and a control are
   trained and read once with it; the 10% student and the control also answer the fresh prompts through
   `alambic serve` (API mode): the p-value by answers read.
+- Robustness, with the same reading: a student of the watermarked harvest paraphrased by the unwatermarked
+  teacher (temperature 1), and one of the harvest diluted half and half with people's GSM8K solutions.
 Run: `.venv/bin/python benchmarks/bench_watermark.py [detection] [overhead] [quality] [radioactivity] [sparse]
-[teacher] [power-development] [power]` (all by default, `power` once its reading is fixed; the sections named
-replace theirs in the results; the radioactivity sections harvest the answers they train on first if they are
-missing: 35 to 45 minutes each, 10 to 15 for the 400, ~20 for the fresh 1,000; a student on 2,050 answers
-takes ~35 minutes on 2 cores).
+[teacher] [power-development] [power] [robustness]` (all by default, the last two once the reading is fixed;
+the sections named replace theirs in the results; the radioactivity sections harvest the answers they train on
+first if they are missing: 35 to 45 minutes each, 10 to 15 for the 400, ~20 for the fresh 1,000; a student on
+2,050 answers takes ~35 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from statistics import median
 
@@ -50,7 +55,7 @@ from alambic.distill.data import read_answers
 from alambic.distill.losses import Loss
 from alambic.evaluate.gsm8k import load_problems
 from alambic.evaluate.watermark_cost import watermark_cost_table
-from alambic.generation import GenerationEngine
+from alambic.generation import GenerationEngine, SamplingParams
 from alambic.generation.backends import load_backend
 from alambic.harvest import load_prompts
 from alambic.harvest.dataset import HarvestDataset, read_rows
@@ -66,10 +71,12 @@ from common import (
     SHARED_DATA,
     SOURCES,
     GatewayProcess,
+    answered,
     fingerprint,
     harvest_digest,
     library_versions,
     sharegpt_first_turns,
+    source_of,
     write_result,
 )
 from teacher_answers import WATERMARK_KEY, WORK, answers, benchmark_key, first_answers, fresh_prompts_file, rows_of
@@ -83,6 +90,8 @@ MIN_CONTEXT_TEXTS_SWEEP = (1, 3, 10, 30, 100)
 SPARSE_TARGET_ANSWERS = 400
 DEVELOPMENT_FRACTIONS = (0.1, 0.05)  # students the held-out test's reading is chosen on
 POWER_FRACTIONS = (1.0, 0.5, 0.1, 0.05, 0.01, 0.0)  # held-out students, the last a control
+PARAPHRASE = "Rewrite the following answer in your own words, keeping everything it says:\n\n"
+OTHER_DATA_FROM = 4000  # GSM8K training solutions past the benchmark's questions: the diluting data
 API_FRACTIONS = (0.1, 0.0)  # held-out students also asked through an API: how many answers p < 1e-6 takes
 # The reading text ("served", "fresh" or "both") and context filter of the held-out test, fixed from the
 # development students' figures (results/radioactivity.json `power_development`) before any held-out student
@@ -360,6 +369,69 @@ def power_held_out() -> dict:
     return {"power": {"reading": PREREGISTERED, "by_fraction": figures}}
 
 
+def paraphrased(marked: Path) -> Path:
+    """The watermarked harvest laundered as an attacker would: each answer rewritten by the unwatermarked
+    teacher at temperature 1 (llama.cpp, every answer batched), kept under the rows and code that made it."""
+    rows = read_rows(marked)
+    key = fingerprint({"rows": harvest_digest(marked), "ask": PARAPHRASE, "code": source_of(paraphrased, answered)})
+    out = WORK / "radioactivity" / f"paraphrased-{key}"
+    if (out / "done").exists():
+        return out
+    engine = GenerationEngine(load_backend("smollm2", "llamacpp"), max_batch_size=32)
+    try:
+        asks = [
+            ([{"role": "user", "content": PARAPHRASE + row.answer}], SamplingParams(max_tokens=192, seed=index))
+            for index, row in enumerate(rows)
+        ]
+        rewritten = answered(engine, asks)
+    finally:
+        engine.close()
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    for row, (text, finish_reason) in zip(rows, rewritten, strict=True):
+        dataset.write(replace(row, answer=text, finish_reason=finish_reason, logprobs=None))
+    dataset.close()
+    (out / "done").touch()
+    return out
+
+
+def diluted(marked: Path) -> Path:
+    """The watermarked harvest mixed half and half with other data: as many GSM8K training solutions written
+    by people (questions past those the benchmark asks)."""
+    rows = read_rows(marked)
+    out = WORK / "radioactivity" / "diluted"
+    shutil.rmtree(out, ignore_errors=True)
+    dataset = HarvestDataset(out)
+    with open(SHARED_DATA / "gsm8k" / "train.jsonl") as lines:
+        others = [json.loads(line) for line in islice(lines, OTHER_DATA_FROM, OTHER_DATA_FROM + len(rows))]
+    for index, (row, other) in enumerate(zip(rows, others, strict=True)):
+        dataset.write(row)
+        question = [{"role": "user", "content": other["question"]}]
+        dataset.write(
+            replace(row, prompt_id=f"other-{index}", messages=question, answer=other["answer"], logprobs=None)
+        )
+    dataset.close()
+    return out
+
+
+def robustness() -> dict:
+    """What p-values survive an attacker's laundering, read with the pre-registered reading: a student of
+    the paraphrased harvest, and one of the harvest diluted half and half with other data."""
+    if PREREGISTERED is None:
+        sys.exit("run the `power-development` section first and fix PREREGISTERED from its figures")
+    marked = answers("kgw")
+    scheme = KirchenbauerScheme(WATERMARK_KEY)
+    figures = {}
+    for name, data in (("paraphrased", paraphrased(marked)), ("diluted_50pct", diluted(marked))):
+        scored = reading_texts(student(data, name), marked, [])[PREREGISTERED["text"]]
+        found = radioactivity(
+            scheme, scored, mode="reading", min_context_texts=PREREGISTERED["min_context_texts"], null_keys=100
+        )
+        figures[name] = {"pvalue": found.pvalue, "tokens_scored": found.tokens_scored, "rows": len(read_rows(data))}
+        print("robustness", name, figures[name], flush=True)
+    return {"robustness": {"reading": PREREGISTERED, **figures}}
+
+
 def teacher_control() -> dict:
     """The unwatermarked teacher, which predicts the served text best, read on it: the strictest control."""
     text = served_text(answers("kgw"))
@@ -378,6 +450,7 @@ SECTIONS = {
     "teacher": teacher_control,
     "power-development": power_development,
     "power": power_held_out,
+    "robustness": robustness,
 }
 TARGETS = {"student_pvalue": "< 1e-6", "control_pvalue": "> 0.01", "speedup": ">= 20", "ratio": ">= 0.95"}
 
@@ -386,7 +459,8 @@ def main() -> None:
     unknown = set(sys.argv[1:]) - set(SECTIONS)
     if unknown:
         sys.exit(f"unknown section {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    for name in sys.argv[1:] or [name for name in SECTIONS if name != "power" or PREREGISTERED]:
+    fixed_reading = ("power", "robustness")
+    for name in sys.argv[1:] or [name for name in SECTIONS if name not in fixed_reading or PREREGISTERED]:
         figures = SECTIONS[name]()
         print(name, figures, flush=True)
         write_result("radioactivity", {**figures, "targets": TARGETS}, update=True)

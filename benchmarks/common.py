@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from alambic.generation import GenerationEngine, GenerationRequest, SamplingParams
 from alambic.models.cpu import cpuinfo_field
 from alambic.serve.server import wait_until_ready
 
@@ -129,3 +130,15 @@ def harvest_digest(directory: Path) -> str:
 
 def library_versions(*names: str) -> dict:
     return {name: metadata.version(name) for name in names}
+
+
+def answered(engine: GenerationEngine, asks: list[tuple[list[dict], SamplingParams]]) -> list[tuple[str, str]]:
+    """Each (messages, sampling) answered once by `engine`, all batched together: (text, finish reason)."""
+    tokenizer = engine.backend.tokenizer
+    requests = [
+        GenerationRequest(
+            tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False), params
+        )
+        for chat, params in asks
+    ]
+    return [(done[0].text, done[0].finish_reason) for done in engine.generate(requests)]

@@ -1,5 +1,6 @@
-"""The radioactivity benchmark's power test: development and held-out students watermark other prompts, and
-the held-out test will not run before its reading is fixed."""
+"""The radioactivity benchmark's power test: development and held-out students watermark other prompts, the
+held-out tests will not run before their reading is fixed, a suspect is asked through the gateway, and the
+diluted harvest is half people's data."""
 
 from __future__ import annotations
 
@@ -37,10 +38,20 @@ def test_another_salt_watermarks_other_prompts_at_the_same_fraction(tmp_path, mo
     assert len(chosen["development"] & chosen["held-out"]) < 10  # ~2 by chance, 20 if the salt were ignored
 
 
-def test_the_held_out_power_test_will_not_run_before_its_reading_is_fixed(monkeypatch):
+@pytest.mark.parametrize("section", ["power", "robustness"])
+def test_the_held_out_tests_will_not_run_before_their_reading_is_fixed(monkeypatch, section):
     monkeypatch.setattr(bench, "PREREGISTERED", None)
     with pytest.raises(SystemExit, match="power-development"):
-        bench.power_held_out()
+        bench.SECTIONS[section]()
+
+
+def test_the_diluted_harvest_is_half_other_data_written_by_people(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    rows = read_rows(bench.diluted(_harvest(tmp_path / "marked", "marked")))
+    ours = [row for row in rows if row.answer.startswith("marked")]
+    others = [row for row in rows if row.prompt_id.startswith("other-")]
+    assert len(ours) == len(others) == 200 and len(rows) == 400
+    assert all("####" in row.answer and row.messages[0]["role"] == "user" for row in others)  # GSM8K solutions
 
 
 def test_a_suspect_served_through_the_gateway_is_read_by_the_answers_it_gave(sharp_teacher, tmp_path, monkeypatch):
