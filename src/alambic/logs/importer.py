@@ -3,9 +3,9 @@
 Rows go in batches, each one transaction and one bulk write: a killed import leaves whole batches only, and
 running it again adds just what is missing, since a row is known by its `id`. Each bad row is reported with
 its file and line and skipped; the good ones are imported exactly once. A v1 JSONL file is vetted in bulk
-by DuckDB (`vetting`); what DuckDB cannot vouch for, and any other file or mapped export, is checked row by
-row against the JSON Schema. DuckDB vets the next chunk while a batch is written; memory is two batches,
-whatever the file's length.
+(`vetting`: typed decoding, columns built whole); what that cannot vouch for, and any other file or mapped
+export, is checked row by row against the JSON Schema. The next chunk is vetted while a batch is written;
+memory is two batches, whatever the file's length.
 """
 
 from __future__ import annotations
