@@ -4,10 +4,11 @@ bad rows found in the middle of a batch, and a kill -9 in the middle of a batch 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
-import threading
+import time
 import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
@@ -19,6 +20,7 @@ from test_import_export import BAD_ROWS, count, v1, write_jsonl
 from alambic.logs.exporter import v1_rows
 from alambic.logs.importer import LogImporter
 from alambic.logs.sources import read_rows
+from alambic.logs.vetting import Vetter
 from alambic.store import Store, bulk
 from alambic.store.schema import Account, RequestLog
 
@@ -174,24 +176,36 @@ def test_an_imports_memory_does_not_grow_with_the_file(sqlite_store, tmp_path):
     assert peak_bytes(2400) < 1.5 * peak_bytes(300)
 
 
-def test_the_next_chunk_is_vetted_while_a_batch_is_written(sqlite_store, tmp_path):
-    """DuckDB vets chunk k+1 while the store takes batch k, so an import costs the slower of the two, not both."""
+def test_the_next_chunk_is_vetted_in_another_process_while_a_batch_is_written(sqlite_store, tmp_path, monkeypatch):
+    """Vetting holds the GIL, so a worker process vets chunk k+1 while the store takes batch k: an import costs
+    the slower of the two, not both."""
     log = write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1(f"r{i}")) for i in range(9)])
-    started = [threading.Event() for _ in range(3)]
+    vet, write = Vetter.vet, LogImporter._write
 
-    class Watched(LogImporter):
-        def _vet(self, lines, texts):
-            started[len([e for e in started if e.is_set()])].set()
-            return super()._vet(lines, texts)
+    def vet_and_say(self, lines, texts):
+        (tmp_path / f"vetted-{lines[0]}").write_text(str(os.getpid()))  # the forked worker runs this patch too
+        return vet(self, lines, texts)
 
-        def _write(self, connection, batch, read, path):
-            written = self.report.read // self.batch_rows
-            overlapped.append(written == 2 or started[written + 1].wait(timeout=10))
-            super()._write(connection, batch, read, path)
+    def wait_then_write(self, connection, batch, read, path):
+        following = tmp_path / f"vetted-{self.report.read + 1 + self.batch_rows}"
+        overlapped.append(self.report.read == 6 or _appears(following))
+        write(self, connection, batch, read, path)
 
     overlapped: list[bool] = []
-    report = Watched(sqlite_store, batch_rows=3).import_files([log])
+    monkeypatch.setattr(Vetter, "vet", vet_and_say)
+    monkeypatch.setattr(LogImporter, "_write", wait_then_write)
+    report = LogImporter(sqlite_store, batch_rows=3).import_files([log])
     assert (report.imported, overlapped) == (9, [True, True, True])
+    assert str(os.getpid()) not in {(tmp_path / f"vetted-{line}").read_text() for line in (1, 4, 7)}
+
+
+def _appears(path: Path, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.mark.parametrize("bad_line", [3, 4, 6, 7])  # the last and first lines of chunks of 3

@@ -11,10 +11,16 @@ column keeps the row's own text of the value (msgspec's `Raw`): it is never deco
 from __future__ import annotations
 
 import copy
+import gc
+import multiprocessing
+import queue
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
+from multiprocessing.process import BaseProcess
 from operator import attrgetter, itemgetter
+from pathlib import Path
 from typing import Annotated, Any, Union, get_args
 
 import msgspec
@@ -23,12 +29,14 @@ import pyarrow.compute as pc
 
 from alambic.logs.format import V1_FIELDS, parse_time, schema
 from alambic.logs.records import COLUMN_DEFAULTS, COLUMN_EXTRA_TYPES, COLUMN_EXTRAS, TIME_FIELDS, batch_schema
+from alambic.logs.sources import LineChunk, line_chunks
 from alambic.store.requestlog import MAX_LENGTHS
 
 IGNORED_KEYWORDS = {"$schema", "$id", "title", "description", "additionalProperties"}
 CHECKED_KEYWORDS = {"type", "required", "properties", "items", "minimum", "maximum", "minLength", "maxLength"}
 INT64 = (-(2**63), 2**63 - 1)  # the store's integers
 NAMED = frozenset((*V1_FIELDS, *COLUMN_EXTRAS.values()))  # any other field is an extra, kept as it came
+WAIT_S = 1.0  # how often the worker and its caller check that the other is still there
 
 
 def bulk_schema() -> dict[str, Any]:
@@ -190,3 +198,73 @@ def no_params() -> Any:
 
 def _extra(fields: dict[str, msgspec.Raw]) -> bytes:
     return msgspec.json.encode({name: text for name, text in fields.items() if name not in NAMED})
+
+
+@dataclass
+class VettedChunk:
+    """A chunk of a JSONL file vetted: how many lines it read, its rows vouched for as a batch, and the lines left
+    to the per-row path."""
+
+    read: int
+    batch: pa.Table
+    others: LineChunk
+
+
+def vet_file(path: Path, lines_per_chunk: int, *, counting_tokens: bool) -> Iterator[VettedChunk]:
+    """A JSONL file (optionally gzipped) read and vetted chunk by chunk, in file order."""
+    vetter = Vetter(counting_tokens=counting_tokens)
+    for chunk in line_chunks(path, lines_per_chunk):
+        batch, others = vetter.vet(chunk.numbers, chunk.texts)
+        left = LineChunk(chunk.path, [chunk.numbers[i] for i in others], [chunk.texts[i] for i in others])
+        yield VettedChunk(len(chunk.texts), batch, left)
+
+
+def vet_file_in_a_worker(path: Path, lines_per_chunk: int, *, counting_tokens: bool) -> Iterator[VettedChunk]:
+    """`vet_file` in a forked process, one chunk ahead of the caller: vetting holds the GIL (msgspec, building
+    columns), so a thread could not vet while the store takes a batch, and a process can. Memory is three chunks:
+    one vetted, one waiting, the caller's. The worker stops when the caller stops iterating, or dies."""
+    context = multiprocessing.get_context("fork")  # the worker needs what this process has imported, not a restart
+    chunks = context.Queue(maxsize=1)
+    worker = context.Process(
+        target=_vet_into, args=(chunks, path, lines_per_chunk, counting_tokens), name="alambic-vet", daemon=True
+    )
+    worker.start()
+    try:
+        while (chunk := _take(chunks, worker)) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+    finally:
+        worker.terminate()  # a no-op once it has ended
+        worker.join()
+        chunks.close()
+
+
+def _vet_into(chunks: multiprocessing.Queue, path: Path, lines_per_chunk: int, counting_tokens: bool) -> None:
+    """The worker: each chunk put on `chunks` (at most one waiting), then None; or the error that stopped it."""
+    gc.freeze()  # what it inherited is never garbage here: collections need only look at its own objects
+    try:
+        for chunk in vet_file(path, lines_per_chunk, counting_tokens=counting_tokens):
+            _give(chunks, chunk)
+        _give(chunks, None)
+    except Exception as error:
+        _give(chunks, error)
+
+
+def _give(chunks: multiprocessing.Queue, item: VettedChunk | Exception | None) -> None:
+    while True:
+        try:
+            return chunks.put(item, timeout=WAIT_S)
+        except queue.Full:
+            if not multiprocessing.parent_process().is_alive():  # killed: nobody will take it
+                chunks.cancel_join_thread()
+                raise SystemExit(0) from None
+
+
+def _take(chunks: multiprocessing.Queue, worker: BaseProcess) -> VettedChunk | Exception | None:
+    while True:
+        try:
+            return chunks.get(timeout=WAIT_S)
+        except queue.Empty:
+            if worker.exitcode is not None and chunks.empty():
+                raise RuntimeError(f"the vetting process ended with exit code {worker.exitcode}") from None
