@@ -143,18 +143,11 @@ class LogImporter:
         duplicates in the file)."""
         with connection.begin():
             ids = batch.column("request_id").to_pylist()
-            known = bulk.known_requests(connection, list(set(ids)))
-            fresh, seen = [], set()
-            for request_id, line in zip(ids, batch.column("line").to_pylist(), strict=True):
-                earlier = request_id in seen or (request_id in known and known[request_id] == self.run_id)
-                if earlier:
-                    self._reject(line, path, f"duplicate id {request_id!r} (an earlier row of this import has it)")
-                elif request_id in known:
-                    self.report.already_present += 1
-                fresh.append(not earlier and request_id not in known)
-                seen.add(request_id)
-            if not all(fresh):
-                batch = batch.filter(pa.array(fresh, pa.bool_()))
+            unique = set(ids)
+            known = bulk.known_requests(connection, list(unique))
+            if known or len(unique) < len(ids):  # else every row is new
+                lines = batch.column("line").to_pylist()
+                batch = batch.filter(pa.array(self._fresh(ids, lines, known, path), pa.bool_()))
             if batch.num_rows:
                 self._add_accounts(connection, batch.column("account"))
                 bulk.insert_requests(connection, self._store_columns(batch))
@@ -162,6 +155,19 @@ class LogImporter:
         self.report.rejected += sorted(self._rejected, key=lambda r: r.line)
         self._rejected = []
         self.on_progress(read)
+
+    def _fresh(self, ids: list[str], lines: list[int], known: dict[str, str | None], path: str) -> list[bool]:
+        """Which rows to insert: not those the store has, counted, nor repeats of an earlier row, rejected."""
+        fresh, seen = [], set()
+        for request_id, line in zip(ids, lines, strict=True):
+            earlier = request_id in seen or (request_id in known and known[request_id] == self.run_id)
+            if earlier:
+                self._reject(line, path, f"duplicate id {request_id!r} (an earlier row of this import has it)")
+            elif request_id in known:
+                self.report.already_present += 1
+            fresh.append(not earlier and request_id not in known)
+            seen.add(request_id)
+        return fresh
 
     def _add_accounts(self, connection: Connection, names: pa.ChunkedArray) -> None:
         """Accounts named in the rows, created (without keys) where the store has none."""

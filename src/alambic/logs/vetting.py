@@ -36,6 +36,7 @@ IGNORED_KEYWORDS = {"$schema", "$id", "title", "description", "additionalPropert
 CHECKED_KEYWORDS = {"type", "required", "properties", "items", "minimum", "maximum", "minLength", "maxLength"}
 INT64 = (-(2**63), 2**63 - 1)  # the store's integers
 NAMED = frozenset((*V1_FIELDS, *COLUMN_EXTRAS.values()))  # any other field is an extra, kept as it came
+OTHER_TIMES = attrgetter(*TIME_FIELDS)
 WAIT_S = 1.0  # how often the worker and its caller check that the other is still there
 
 
@@ -111,7 +112,7 @@ class Vetter:
             try:
                 fields = self.fields.decode(text)  # an object: each field's JSON text
                 row = self.rows.decode(text)
-                times = (parse_time(row.time), *(_optional_time(getattr(row, name)) for name in TIME_FIELDS))
+                times = (parse_time(row.time), *map(_optional_time, OTHER_TIMES(row)))
             except (msgspec.MsgspecError, ValueError, OverflowError, OSError):  # parse_time's BadRow is a ValueError
                 others.append(position)
                 continue
@@ -144,9 +145,12 @@ def batch(vouched: Vouched) -> pa.Table:
 
     def text(name: str, *, wrapped: bool = False) -> list[bytes | None]:
         """The field's JSON text where it is not null (as a one-item array's if `wrapped`)."""
+        values = value(name)
+        if values.count(None) == len(values):  # most optional fields are null in every row of a chunk
+            return values
         return [
             None if v is None else b"[%b]" % f[name] if wrapped else bytes(f[name])
-            for v, f in zip(value(name), vouched.fields, strict=True)
+            for v, f in zip(values, vouched.fields, strict=True)
         ]
 
     def either(preferred: list, other: list) -> list:
