@@ -94,7 +94,7 @@ class Vouched:
     lines: list[int] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)  # each a `row_type()`
     fields: list[dict[str, msgspec.Raw]] = field(default_factory=list)
-    times: list[tuple[datetime, datetime | None, datetime | None]] = field(default_factory=list)  # and TIME_FIELDS
+    times: list[tuple[datetime, datetime | None, datetime | None]] = field(default_factory=list)  # time, TIME_FIELDS
 
 
 class Vetter:
