@@ -137,16 +137,18 @@ def test_a_gateway_killed_mid_stream_leaves_the_row_in_progress(db):
     assert row.account_id is not None
 
 
-def test_the_log_commands_load_without_torch():
-    """`alambic log import` never trains a model: the CLI must not pay torch's seconds and memory to start."""
+@pytest.mark.parametrize("args", [["--help"], ["log", "import", "--help"]])
+def test_the_command_starts_without_torch_openai_or_alembic(args):
+    """`alambic --help` or `log import` never trains a model nor calls a teacher: the CLI must not pay torch's or the
+    openai SDK's seconds to start, nor alembic's before it opens a store."""
     script = (
         "import sys\n"
         "from alambic.cli import app\n"
         "try:\n"
-        "    app(['log', '--help'])\n"
+        f"    app({args!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'openai', 'alembic') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,24 +1,31 @@
-"""Harvest: a teacher's answers through any OpenAI-compatible API, concurrent, paced, resumable."""
+"""Harvest: a teacher's answers through any OpenAI-compatible API, concurrent, paced, resumable.
 
-from alambic.harvest.client import RetryPolicy
-from alambic.harvest.dataset import AnswerRow, HarvestDataset, ShardFormat
-from alambic.harvest.job import Budget, HarvestJob, HarvestStats, Sampling, harvest, run_harvest
-from alambic.harvest.keys import KeyStrategy, Pacing
-from alambic.harvest.prompts import Prompt, load_prompts
+The names below are loaded on first use: the `alambic` command imports the package for two enums, and the
+client pulls in the openai SDK, which takes longer to import than the rest of the command together.
+"""
 
-__all__ = [
-    "AnswerRow",
-    "Budget",
-    "HarvestDataset",
-    "HarvestJob",
-    "HarvestStats",
-    "KeyStrategy",
-    "Pacing",
-    "Prompt",
-    "RetryPolicy",
-    "Sampling",
-    "ShardFormat",
-    "harvest",
-    "load_prompts",
-    "run_harvest",
-]
+from importlib import import_module
+
+_MODULES = {
+    "AnswerRow": "dataset",
+    "Budget": "job",
+    "HarvestDataset": "dataset",
+    "HarvestJob": "job",
+    "HarvestStats": "job",
+    "KeyStrategy": "keys",
+    "Pacing": "keys",
+    "Prompt": "prompts",
+    "RetryPolicy": "client",
+    "Sampling": "job",
+    "ShardFormat": "dataset",
+    "harvest": "job",
+    "load_prompts": "prompts",
+    "run_harvest": "job",
+}
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_MODULES[name]}"), name)

@@ -3,16 +3,15 @@
 Rows go in batches, each one transaction and one bulk write: a killed import leaves whole batches only, and
 running it again adds just what is missing, since a row is known by its `id`. Each bad row is reported with
 its file and line and skipped; the good ones are imported exactly once. A v1 JSONL file is vetted in bulk
-by DuckDB (`vetting`); what DuckDB cannot vouch for, and any other file or mapped export, is checked row by
-row against the JSON Schema. DuckDB vets the next chunk while a batch is written; memory is two batches,
-whatever the file's length.
+(`vetting`: typed decoding, columns built whole); what that cannot vouch for, and any other file or mapped
+export, is checked row by row against the JSON Schema. The next chunk is vetted (in another process) while a
+batch is written; memory is three chunks, whatever the file's length.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -25,8 +24,8 @@ from sqlalchemy import Connection
 from alambic.logs.format import BadRow, LogRow, parse_row
 from alambic.logs.mapping import FieldMap
 from alambic.logs.records import batch_row, batch_schema
-from alambic.logs.sources import LineChunk, SourceRow, is_jsonl, line_chunks, read_rows
-from alambic.logs.vetting import Vetter
+from alambic.logs.sources import SourceRow, is_jsonl, read_rows
+from alambic.logs.vetting import vet_file_in_a_worker
 from alambic.store import Store, bulk
 
 BATCH_ROWS = 10_000
@@ -80,16 +79,12 @@ class LogImporter:
         self.accounts: dict[str, int] = {}
         self.report = ImportReport()
         self._rejected: list[Rejected] = []  # the current batch's, reported in line order when it is written
-        self._vetter: Vetter | None = None
 
     def import_files(self, paths: Iterable[Path]) -> ImportReport:
         with bulk.import_connection(self.store.engine) as connection:
             for path in paths:
                 if is_jsonl(path) and self.field_map.is_identity:
-                    for chunk, (vetted, others) in self._vetted_chunks(path):
-                        checked = self._checked(chunk.rows(others))
-                        batch = pa.concat_tables([vetted, checked]).sort_by("line") if others else vetted
-                        self._write(connection, batch, len(chunk.texts), chunk.path)
+                    self._import_jsonl(connection, path)
                 else:
                     self._import_rows(connection, read_rows(path))
         return self.report
@@ -100,30 +95,19 @@ class LogImporter:
             self._import_rows(connection, rows)
         return self.report
 
+    def _import_jsonl(self, connection: Connection, path: Path) -> None:
+        """v1 JSONL: vetted in bulk, a chunk ahead in another process; what that leaves is checked row by row."""
+        for chunk in vet_file_in_a_worker(path, self.batch_rows, counting_tokens=self.count_tokens is not None):
+            batch, left = chunk.batch, chunk.others
+            if left.texts:
+                checked = self._checked(left.rows(range(len(left.texts))))
+                batch = pa.concat_tables([batch, checked]).sort_by("line")
+            self._write(connection, batch, chunk.read, left.path)
+
     def _import_rows(self, connection: Connection, rows: Iterable[SourceRow]) -> None:
         rows = iter(rows)
         while chunk := list(islice(rows, self.batch_rows)):
             self._write(connection, self._checked(chunk), len(chunk), chunk[0].path)
-
-    def _vetted_chunks(self, path: Path) -> Iterator[tuple[LineChunk, tuple[pa.Table, list[int]]]]:
-        """The file's chunks, each read and vetted (in another thread) while the batch before it is written:
-        DuckDB and SQLite both leave the GIL while they work, so an import costs the slower of the two."""
-        chunks = line_chunks(path, self.batch_rows)
-
-        def read_and_vet() -> tuple[LineChunk, tuple[pa.Table, list[int]]] | None:
-            chunk = next(chunks, None)
-            return None if chunk is None else (chunk, self._vet(chunk.numbers, chunk.texts))
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vet") as vetting:
-            following = vetting.submit(read_and_vet)
-            while (vetted := following.result()) is not None:
-                following = vetting.submit(read_and_vet)  # one chunk ahead: memory stays two chunks
-                yield vetted
-
-    def _vet(self, lines: list[int], texts: list[str]) -> tuple[pa.Table, list[int]]:
-        if self._vetter is None:
-            self._vetter = Vetter(counting_tokens=self.count_tokens is not None)
-        return self._vetter.vet(lines, texts)
 
     def _checked(self, rows: Iterable[SourceRow]) -> pa.Table:
         """The rows that follow v1, one by one, as a batch; the others rejected with the schema's reason."""
@@ -159,18 +143,11 @@ class LogImporter:
         duplicates in the file)."""
         with connection.begin():
             ids = batch.column("request_id").to_pylist()
-            known = bulk.known_requests(connection, list(set(ids)))
-            fresh, seen = [], set()
-            for request_id, line in zip(ids, batch.column("line").to_pylist(), strict=True):
-                earlier = request_id in seen or (request_id in known and known[request_id] == self.run_id)
-                if earlier:
-                    self._reject(line, path, f"duplicate id {request_id!r} (an earlier row of this import has it)")
-                elif request_id in known:
-                    self.report.already_present += 1
-                fresh.append(not earlier and request_id not in known)
-                seen.add(request_id)
-            if not all(fresh):
-                batch = batch.filter(pa.array(fresh, pa.bool_()))
+            unique = set(ids)
+            known = bulk.known_requests(connection, list(unique))
+            if known or len(unique) < len(ids):  # else every row is new
+                lines = batch.column("line").to_pylist()
+                batch = batch.filter(pa.array(self._fresh(ids, lines, known, path), pa.bool_()))
             if batch.num_rows:
                 self._add_accounts(connection, batch.column("account"))
                 bulk.insert_requests(connection, self._store_columns(batch))
@@ -178,6 +155,19 @@ class LogImporter:
         self.report.rejected += sorted(self._rejected, key=lambda r: r.line)
         self._rejected = []
         self.on_progress(read)
+
+    def _fresh(self, ids: list[str], lines: list[int], known: dict[str, str | None], path: str) -> list[bool]:
+        """Which rows to insert: not those the store has, counted, nor repeats of an earlier row, rejected."""
+        fresh, seen = [], set()
+        for request_id, line in zip(ids, lines, strict=True):
+            earlier = request_id in seen or (request_id in known and known[request_id] == self.run_id)
+            if earlier:
+                self._reject(line, path, f"duplicate id {request_id!r} (an earlier row of this import has it)")
+            elif request_id in known:
+                self.report.already_present += 1
+            fresh.append(not earlier and request_id not in known)
+            seen.add(request_id)
+        return fresh
 
     def _add_accounts(self, connection: Connection, names: pa.ChunkedArray) -> None:
         """Accounts named in the rows, created (without keys) where the store has none."""

@@ -77,7 +77,11 @@ def account_ids(connection: Connection, names: list[str]) -> tuple[dict[str, int
 
 
 def insert_requests(connection: Connection, batch: pa.Table) -> None:
-    """Insert a batch of request-log rows: Arrow columns named as the table's, JSON columns as JSON text."""
+    """Insert a batch of request-log rows: Arrow columns named as the table's, JSON columns as JSON text. A column
+    null in every row is left to its default (NULL): most of a log's optional columns are, and SQLite's driver
+    takes ~0.4 us to bind each None."""
+    given = [name for name in batch.column_names if batch.column(name).null_count < batch.num_rows]
+    batch = batch.select(given + [name for name in batch.column_names if name not in given and _has_default(name)])
     columns = ", ".join(batch.column_names)
     if _dialect(connection) == "sqlite":
         values = [_as_sqlite_keeps(column) for column in batch.columns]
@@ -92,10 +96,17 @@ def insert_requests(connection: Connection, batch: pa.Table) -> None:
         copy.write(text.getbuffer())
 
 
+def _has_default(column: str) -> bool:
+    return RequestLog.__table__.columns[column].server_default is not None
+
+
 def _as_sqlite_keeps(column: pa.ChunkedArray) -> list:
-    """A column's Python values; times as the text SQLAlchemy writes (UTC, always six decimals)."""
+    """A column's Python values; times as the text SQLAlchemy writes (UTC, always six decimals), booleans as the
+    0 and 1 it writes (an int binds without the driver's slow path for other types)."""
     if pa.types.is_timestamp(column.type):  # a cast writes six decimals, as SQLAlchemy does (and 17x faster)
         column = column.cast(pa.timestamp("us")).cast(pa.string())
+    elif pa.types.is_boolean(column.type):
+        column = column.cast(pa.int64())
     return column.to_pylist()
 
 

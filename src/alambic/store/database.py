@@ -1,19 +1,21 @@
 """Opening the store: an engine for any SQLAlchemy URL, SQLite tuned for a concurrent log, migrations applied
-(`alambic db upgrade`, or any open but the gateway's, which only checks the schema's revision)."""
+(`alambic db upgrade`, or any open but the gateway's, which only checks the schema's revision). Alembic is
+imported when a revision is read or applied, not with the store: a command that only names its types skips it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import sessionmaker
 
 from alambic.errors import DatabaseOutdatedError
 from alambic.paths import default_database_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -30,6 +32,8 @@ class Store:
 
     def revision(self) -> str | None:
         """The schema's Alembic revision; None for a database alambic has never written to."""
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
@@ -85,6 +89,8 @@ def _tune_sqlite(connection, _record) -> None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply every migration not yet applied, up to `revision` (Alembic, run in-process)."""
+    from alembic import command
+
     config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -92,10 +98,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def newest_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
