@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from monitor_traffic import row, write
 
-from alambic.monitor.assess import assess, campaign_features, verdicts
+from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, verdicts
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking
 from alambic.monitor.risk import Reference
@@ -52,16 +53,17 @@ def test_against_a_benign_reference_the_loud_campaigns_are_flagged_with_reasons_
 
 
 def test_a_hydra_s_accounts_take_the_risk_of_their_campaign_scored_as_one(simulated):
-    # As one account this short, small hydra is rare in its answers per prompt alone (one feature: about the 1%
-    # benign tail); counted as one account, its 90 accounts' addresses and agents would make any group rarer.
+    # As one account this short, small hydra is rare in its answers alone (their length and per prompt token: one
+    # family of three features, so a Bonferroni factor of 3: about the 2% benign tail); counted as one account, its
+    # 90 accounts' addresses, agents and volume would make any group rarer.
     log, labels = simulated
     connection = open_log([log])
     rows = {f.account: f.values for f in account_features(connection)}
     reference = Reference([v for a, v in rows.items() if labels[a]["kind"] == "benign"])
     hydra = {a: "hydra" for a, label in labels.items() if label["style"] == "hydra"}
     (group,) = campaign_features(connection, hydra).values()
-    campaign = reference.assess(group)
-    assert campaign.evidence[0].feature == "answer_prompt_ratio" and campaign.risk >= 0.98
+    campaign = reference.assess(group, leave_out=MEMBER_COUNTS)
+    assert campaign.evidence[0].feature in ("answer_tokens", "answer_prompt_ratio") and campaign.risk >= 0.97
     alone = {v.account: v for v in verdicts(connection, rows, reference, Linking({}, {}))}
     linked = {v.account: v for v in verdicts(connection, rows, reference, Linking({}, hydra))}
     assert sum(alone[a].risk < campaign.risk for a in hydra) > 0.5 * len(hydra)
@@ -85,3 +87,41 @@ def test_benign_accounts_linked_in_pairs_are_not_flagged_for_having_two_accounts
     linked = {v.account: v for v in verdicts(connection, rows, benign_reference, Linking({}, pairs))}
     raised = {pairs[a] for a in pairs if linked[a].action != "none" and alone[a].action == "none"}
     assert len(raised) <= 0.05 * len(set(pairs.values())), len(raised)
+
+
+def test_a_group_is_not_judged_by_the_volume_its_members_add_up_to(tmp_path, benign_reference):
+    # A class of forty pupils working in the same hour, linked by the homework bank they share: together they send
+    # in one hour what no benign account does, as any forty benign accounts would. A group's volume, like its
+    # addresses, counts its members; each member's own volume is judged on its own.
+    pupils = [f"pupil-{n:02d}" for n in range(40)]
+    rows = [row(40 * k + n, pupil, k + n / 40) for k in range(25) for n, pupil in enumerate(pupils)]
+    connection = open_log(write(tmp_path / "log.jsonl", rows))
+    features = {f.account: f.values for f in account_features(connection)}
+    class_of = dict.fromkeys(pupils, "class")
+    (group,) = campaign_features(connection, class_of).values()
+    assert group["requests"] == 1000 and group["peak_per_hour"] == 1000  # past every benign account
+    found = verdicts(connection, features, benign_reference, Linking({}, class_of))
+    assert all(v.action == "none" and not any("its campaign" in reason for reason in v.reasons) for v in found)
+
+
+@pytest.fixture(scope="module")
+def mimic_week(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mimic") / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=13, days=3, scale=0.3, campaigns=("mimic",))), out)
+    return out, json.loads((out.parent / "labels.json").read_text())
+
+
+def test_a_campaign_in_a_support_bot_s_template_is_rare_by_the_answers_it_takes(mimic_week, benign_reference):
+    # Tasks wrapped in a company's long rules, as a support bot's: the prompt tokens grow with the wrapper, so the
+    # answers per prompt token look like an integration's; the answers themselves are as long as a harvest wants.
+    log, labels = mimic_week
+    connection = open_log([log])
+    rows = {f.account: f.values for f in account_features(connection)}
+    campaign_of = {a: "mimic" for a, label in labels.items() if label["style"] == "mimic"}
+    (group,) = campaign_features(connection, campaign_of).values()
+    evidence = {e.feature: e for e in benign_reference.assess(group).evidence}
+    assert evidence["answer_tokens"].probability <= 0.01 < 0.1 < evidence["answer_prompt_ratio"].probability
+    found = verdicts(connection, rows, benign_reference, Linking({}, campaign_of))
+    for verdict in found:
+        if verdict.account in campaign_of:
+            assert verdict.reasons[0].startswith("its campaign of 10 linked accounts, as one: mean completion tokens")

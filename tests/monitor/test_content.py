@@ -4,18 +4,22 @@ across accounts, the cache."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from monitor_traffic import HashedWords, row, write
 
+from alambic.monitor.assess import campaign_features
 from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
 from alambic.monitor.near_duplicates import load_buckets
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+from alambic.simulate.text import DOMAINS, TextBank
+from alambic.simulate.text import TASKS as TASK_TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,26 @@ def test_a_campaign_in_a_support_bot_s_template_is_read_by_its_tasks(tmp_path):
     features = content_features(open_log([_log(tmp_path, rows)]), EmbeddingCache(minilm_encoder()))
     assert features["campaign"]["topic_clusters"] >= 3
     assert features["campaign"]["novelty_share"] >= 0.9
+
+
+def test_a_linked_campaign_is_read_on_the_topics_of_all_traffic(tmp_path):
+    """Forty linked accounts sweeping one task set inside a company template, taken as one: its sample is read on
+    the clusters that every account's prompts draw, so it covers about as many topics as its members do. On clusters
+    drawn afresh once the campaign is one account, its sweep held 16 samples of a few hundred, got few clusters, and
+    read as narrower than any of its accounts."""
+    rng = random.Random(0)
+    tasks = [t.format(concept=c, domain=d) for d, concepts in DOMAINS.items() for c in concepts for t in TASK_TEMPLATES]
+    rng.shuffle(tasks)
+    rows = [(f"sweep-{i % 40}", f"{SUPPORT}\n\nCustomer question: {task}") for i, task in enumerate(tasks[:480])]
+    text = TextBank()
+    makers = [text.summarise, text.extract, text.classify, text.translate, text.product, text.code_question]
+    rows += [(f"benign-{n}", makers[n % len(makers)](rng)) for n in range(30) for _ in range(16)]
+    connection, cache = open_log([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
+    members = {f"sweep-{i}": "sweep" for i in range(40)}
+    alone = content_features(connection, cache)
+    (campaign,) = campaign_features(connection, members, cache).values()
+    assert campaign["topic_clusters"] >= np.median([alone[a]["topic_clusters"] for a in members])
+    assert campaign["topic_coverage"] >= 0.8 * np.median([alone[a]["topic_coverage"] for a in members])
 
 
 def _log(directory: Path, rows: list[tuple[str, str]]) -> Path:

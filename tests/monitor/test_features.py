@@ -79,3 +79,16 @@ def test_a_prompt_counts_as_shared_when_another_account_sent_it(tmp_path):
     found = {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
     assert {a: v["shared_prompt_share"] for a, v in found.items()} == {"a": 3 / 5, "b": 1, "c": 1 / 3}
     assert {a: v["prompt_diversity"] for a, v in found.items()} == {"a": 3 / 5, "b": 1, "c": 2 / 3}
+
+
+def test_answer_tokens_are_the_mean_completion_tokens_whatever_the_prompt_s_length(tmp_path):
+    """What a harvest keeps is the answer: its mean length, which a long template around each prompt (the prompt
+    tokens) leaves as it is, while it shrinks the answer-to-prompt ratio."""
+    sent = [("a", 900, 300), ("a", 950, 350), ("b", 20, 30), ("b", 25, 10), ("b", 30, 20)]
+    rows = [
+        row(n, account, n) | {"prompt_tokens": prompt, "completion_tokens": completion}
+        for n, (account, prompt, completion) in enumerate(sent)
+    ]
+    found = {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
+    assert found["a"]["answer_tokens"] == 325 and found["b"]["answer_tokens"] == 20
+    assert found["a"]["answer_prompt_ratio"] < found["b"]["answer_prompt_ratio"]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import duckdb
 
-from alambic.monitor.content import CONTENT_FEATURES, content_features
+from alambic.monitor.content import CONTENT_FEATURES, Topics, content_features, traffic_topics
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
@@ -21,9 +21,11 @@ CAMPAIGN_SCHEMA = "campaign_view"
 # A campaign's risk is calibrated against single benign accounts, not against benign groups (an organisation's
 # keys, a classroom): alone it flags the members for review; throttling or blocking needs the account's own risk.
 CAMPAIGN_ACTION_CAP = "flag"
-# Over a group these count its members (each brings its own devices and exits: two benign keys have two user
-# agents), not what it does; a campaign is judged without them, and each member by its own.
-MEMBER_COUNTS = ("distinct_addresses", "distinct_user_agents")
+# Over a group these count its members, not what it does: each brings its own devices and exits (two benign keys
+# have two user agents) and its own volume (a class of thirty pupils, linked to the evaluation harnesses that share
+# its homework bank, sends in one hour what a busy integration does). A campaign is judged without them, and each
+# member by its own; the group's requests still pick the benign accounts of its size that it is compared with.
+MEMBER_COUNTS = ("requests", "requests_per_active_day", "peak_per_hour", "distinct_addresses", "distinct_user_agents")
 
 
 def assess(
@@ -36,19 +38,20 @@ def assess(
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
     """
-    rows = feature_rows(connection, content)
+    topics = traffic_topics(connection, content) if content is not None else None
+    rows = feature_rows(connection, content, topics)
     reference = reference or Reference(list(rows.values()), list(rows))
-    return verdicts(connection, rows, reference, link_accounts(connection), content)
+    return verdicts(connection, rows, reference, link_accounts(connection), content, topics)
 
 
 def feature_rows(
-    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None
+    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None, topics: Topics | None = None
 ) -> dict[str, dict[str, float | None]]:
     """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
-    account with no prompt text)."""
+    account with no prompt text) on `topics` (by default, those of these accounts)."""
     rows = {f.account: f.values for f in account_features(connection)}
     if content is not None:
-        found = content_features(connection, content)
+        found = content_features(connection, content, topics=topics)
         for account, values in rows.items():
             values.update(found.get(account, dict.fromkeys(CONTENT_FEATURES)))
     return rows
@@ -60,13 +63,14 @@ def verdicts(
     reference: Reference,
     linking: Linking,
     content: EmbeddingCache | None = None,
+    topics: Topics | None = None,
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
     requests, and a member's risk is the larger of its own and its campaign's (with why they are linked)."""
     campaign_of = linking.campaign_of
-    campaigns = campaign_features(connection, campaign_of, content)
+    campaigns = campaign_features(connection, campaign_of, content, topics)
     members = Counter(campaign_of.values())
-    judged = {c: reference.assess(values) for c, values in campaigns.items()}
+    judged = {c: reference.assess(values, leave_out=MEMBER_COUNTS) for c, values in campaigns.items()}
     out = []
     for account, values in sorted(rows.items()):
         own = reference.assess(values, account)
@@ -86,12 +90,18 @@ def verdicts(
 
 
 def campaign_features(
-    connection: duckdb.DuckDBPyConnection, campaign_of: Mapping[str, str], content: EmbeddingCache | None = None
+    connection: duckdb.DuckDBPyConnection,
+    campaign_of: Mapping[str, str],
+    content: EmbeddingCache | None = None,
+    topics: Topics | None = None,
 ) -> dict[str, dict[str, float | None]]:
-    """The features of each campaign, its members' requests relabelled as one account's (the same passes), less
-    those that count its members (`MEMBER_COUNTS`: None, no evidence)."""
+    """The features of each campaign, its members' requests relabelled as one account's (the same passes). Its
+    topics are those of the accounts (`topics`, or fitted here on them), so that a campaign covers as many as its
+    members do."""
     if not campaign_of:
         return {}
+    if content is not None and topics is None:
+        topics = traffic_topics(connection, content)
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")
@@ -102,8 +112,8 @@ def campaign_features(
     """)
     connection.execute(f"SET search_path = '{CAMPAIGN_SCHEMA},main'")
     try:
-        grouped = feature_rows(connection, content)
+        grouped = feature_rows(connection, content, topics)
     finally:
         connection.execute("RESET search_path")
     ids = set(campaign_of.values())
-    return {c: {**values, **dict.fromkeys(MEMBER_COUNTS)} for c, values in grouped.items() if c in ids}
+    return {c: values for c, values in grouped.items() if c in ids}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from dataclasses import dataclass
 from os.path import commonprefix  # character by character, as templates are cut here
 
 import duckdb
@@ -44,30 +45,66 @@ ORDER BY account, first_t, prompt_hash
 """
 
 
+@dataclass(frozen=True)
+class Topics:
+    """The topics of all traffic: k-means clusters of the accounts' sampled tasks, and each one's share of them."""
+
+    kmeans: MiniBatchKMeans | None  # None: too few prompts for more than one cluster
+    share: np.ndarray
+
+    def of(self, vectors: np.ndarray) -> list[int]:
+        """The topic of each vector (rows)."""
+        return [0] * len(vectors) if self.kmeans is None else self.kmeans.predict(vectors).tolist()
+
+
 def content_features(
-    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
+    connection: duckdb.DuckDBPyConnection,
+    cache: EmbeddingCache | None = None,
+    sample: int = SAMPLE,
+    topics: Topics | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`)."""
-    load_prompts(connection)
-    tasks = account_tasks(connection, sample)
-    if not tasks:
+    """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`), on `topics`: by default
+    those of these accounts (`traffic_topics`). Where `requests` holds linked groups as accounts, pass the topics of
+    the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples to draw
+    the clusters that its topic sweep would cover."""
+    embedded = _embedded(connection, cache, sample)
+    if embedded is None:
         return {}
-    cache = cache if cache is not None else EmbeddingCache()
-    vectors = cache.embed({text_key(task): task for asked in tasks.values() for task in asked})
-    keys = {account: [text_key(task) for task in asked] for account, asked in tasks.items()}
-    topics = _topics(vectors)
-    sampled = [topics[key] for asked in keys.values() for key in asked]
-    share = np.bincount(sampled, minlength=max(topics.values()) + 1) / len(sampled)
+    vectors, keys = embedded
+    topics = topics or _fitted(vectors, keys)
+    hashes = list(vectors)
+    topic = dict(zip(hashes, topics.of(np.stack([vectors[h] for h in hashes])), strict=True))
     features = {}
     for account, asked in keys.items():
-        covered = len({topics[key] for key in asked})
-        expected = float(np.sum(1 - (1 - share) ** len(asked)))  # clusters as many random prompts would cover
+        covered = len({topic[key] for key in asked})
+        expected = float(np.sum(1 - (1 - topics.share) ** len(asked)))  # clusters as many random prompts would cover
         features[account] = {
             "topic_clusters": float(covered),
             "topic_coverage": covered / expected,
             "novelty_share": _novelty(np.stack([vectors[key] for key in asked])),
         }
     return features
+
+
+def traffic_topics(
+    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
+) -> Topics | None:
+    """The topics of all traffic, as `content_features` fits them on the accounts of `requests` (None: no text)."""
+    embedded = _embedded(connection, cache, sample)
+    return None if embedded is None else _fitted(*embedded)
+
+
+def _embedded(
+    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None, sample: int
+) -> tuple[dict[int, np.ndarray], dict[str, list[int]]] | None:
+    """The vectors of the accounts' sampled tasks by text key, and each account's keys (None: no prompt text)."""
+    load_prompts(connection)
+    tasks = account_tasks(connection, sample)
+    if not tasks:
+        return None
+    cache = cache if cache is not None else EmbeddingCache()
+    vectors = cache.embed({text_key(task): task for asked in tasks.values() for task in asked})
+    return vectors, {account: [text_key(task) for task in asked] for account, asked in tasks.items()}
 
 
 def sampled_prompts(connection: duckdb.DuckDBPyConnection, sample: int = SAMPLE) -> list[tuple[str, int, str]]:
@@ -107,15 +144,16 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _topics(vectors: dict[int, np.ndarray]) -> dict[int, int]:
-    """A topic cluster for each distinct prompt."""
+def _fitted(vectors: dict[int, np.ndarray], keys: dict[str, list[int]]) -> Topics:
+    """k-means over the distinct tasks' `vectors`; each topic's share of all accounts' samples (`keys`)."""
     hashes = list(vectors)
     clusters = min(CLUSTERS, max(1, len(hashes) // 4))
     if clusters == 1:
-        return dict.fromkeys(hashes, 0)
+        return Topics(None, np.ones(1))
     kmeans = MiniBatchKMeans(n_clusters=clusters, random_state=0, n_init=3, batch_size=1024)
-    labels = kmeans.fit_predict(np.stack([vectors[h] for h in hashes]))
-    return dict(zip(hashes, labels.tolist(), strict=True))
+    topic = dict(zip(hashes, kmeans.fit_predict(np.stack([vectors[h] for h in hashes])).tolist(), strict=True))
+    sampled = [topic[key] for asked in keys.values() for key in asked]
+    return Topics(kmeans, np.bincount(sampled, minlength=clusters) / len(sampled))
 
 
 def _novelty(embeddings: np.ndarray) -> float:

@@ -29,6 +29,7 @@ FEATURES = {
     "multi_sample_share": "requests asking for n > 1",
     "mean_temperature": "mean temperature asked for (1 when not set)",
     "answer_prompt_ratio": "completion tokens per prompt token",
+    "answer_tokens": "mean completion tokens per request",
     "distinct_addresses": "client addresses used",
     "distinct_user_agents": "user agents used",
     "newest_model_share": "requests to the newest model (released, not first seen, while the log was kept)",
@@ -117,6 +118,7 @@ per_account AS (
            avg(CASE WHEN s.multi_sample THEN 1 ELSE 0 END) AS multi_sample_share,
            avg(s.temperature) AS mean_temperature,
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
+           avg(s.completion_tokens) AS answer_tokens,
            avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
                AS newest_model_share,
            (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
@@ -138,7 +140,7 @@ SELECT p.account,
        coalesce(templated.templated, 0) / p.requests AS templated_share,
        prompts.shared_requests / p.requests AS shared_prompt_share,
        p.reasoning_cue_share, p.long_answer_share, p.logprobs_share,
-       p.multi_sample_share, p.mean_temperature, p.answer_prompt_ratio,
+       p.multi_sample_share, p.mean_temperature, p.answer_prompt_ratio, p.answer_tokens,
        clients.distinct_addresses, clients.distinct_user_agents, p.newest_model_share, p.hours_to_newest_model
 FROM per_account p
 JOIN hourly USING (account)

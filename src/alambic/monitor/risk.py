@@ -10,10 +10,12 @@ So risk is calibrated on benign traffic only: a threshold of 0.99 lets about 1% 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 
+from alambic.monitor.content import CONTENT_FEATURES
 from alambic.monitor.features import FEATURES
 
 # Which tail of each feature is the extraction side; features that say nothing either way are left out.
@@ -29,6 +31,7 @@ HIGH = (
     "logprobs_share",
     "multi_sample_share",
     "answer_prompt_ratio",
+    "answer_tokens",  # what a harvest keeps; a long template around each task hides it from the ratio above
     "distinct_addresses",
     "distinct_user_agents",
     "newest_model_share",
@@ -43,6 +46,7 @@ LOGGED = (
     "requests_per_active_day",
     "peak_per_hour",
     "answer_prompt_ratio",
+    "answer_tokens",
     "distinct_addresses",
     "distinct_user_agents",
     "hours_to_newest_model",
@@ -52,10 +56,11 @@ FAMILIES = (
     ("requests", "requests_per_active_day", "peak_per_hour"),
     ("distinct_addresses", "distinct_user_agents"),
     ("newest_model_share", "hours_to_newest_model"),
-    ("long_answer_share", "answer_prompt_ratio"),
+    ("long_answer_share", "answer_prompt_ratio", "answer_tokens"),
     ("logprobs_share", "multi_sample_share"),
     ("prompt_diversity", "templated_share"),
 )
+DESCRIBED = {**FEATURES, **CONTENT_FEATURES}  # what each feature measures, in the reasons
 TRUNCATE = 1.0
 NEIGHBOURS = 150
 MIN_SPREAD = 0.05  # the smallest tail scale (in the feature's units, or log units): a constant benign feature
@@ -154,14 +159,17 @@ class Reference:
         k = min(NEIGHBOURS, len(distance) - (exclude is not None))
         return np.argpartition(distance, k - 1)[:k]
 
-    def evidence(self, row: dict[str, float | None], exclude: int | None = None) -> list[Evidence]:
-        """Each feature's benign tail probability, strongest evidence first."""
+    def evidence(
+        self, row: dict[str, float | None], exclude: int | None = None, leave_out: Collection[str] = ()
+    ) -> list[Evidence]:
+        """Each feature's benign tail probability, strongest evidence first; features in `leave_out` are no evidence
+        (the size that picks the benign accounts compared with is still `requests`)."""
         near = self._neighbours(float(row["requests"]), exclude)
         everyone = np.arange(len(self.sizes)) if exclude is None else np.delete(np.arange(len(self.sizes)), exclude)
         found = []
         for name in self.features:
             value = _transformed(name, row.get(name))
-            if value is None:
+            if value is None or name in leave_out:
                 continue
             pool = everyone if name in VOLUME else near
             sample = self.values[name][pool]
@@ -176,9 +184,11 @@ class Reference:
     def _evidence_total(self, row: dict[str, float | None], exclude: int | None = None) -> float:
         return combined(self.evidence(row, exclude))
 
-    def assess(self, row: dict[str, float | None], account: str | None = None) -> Assessment:
+    def assess(
+        self, row: dict[str, float | None], account: str | None = None, leave_out: Collection[str] = ()
+    ) -> Assessment:
         """Risk in [0, 1]: 1 - the benign share with at least this account's evidence, and that evidence."""
-        evidence = self.evidence(row, exclude=self.index.get(account))
+        evidence = self.evidence(row, exclude=self.index.get(account), leave_out=leave_out)
         return Assessment(1.0 - tail_probability(self.scores, combined(evidence)), tuple(evidence))
 
 
@@ -200,7 +210,7 @@ def _reason(e: Evidence, references: int) -> str:
     side = "as low" if e.feature in LOW else "as high"
     peers = "benign median" if e.feature in VOLUME else "benign accounts of its size"
     return (
-        f"{FEATURES.get(e.feature, e.feature)}: {_shown(e.feature, e.value)} "
+        f"{DESCRIBED.get(e.feature, e.feature)}: {_shown(e.feature, e.value)} "
         f"({peers}: {_shown(e.feature, e.benign_median)}; {rarity} {side})"
     )
 
