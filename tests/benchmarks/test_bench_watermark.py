@@ -62,6 +62,8 @@ def test_a_suspect_served_through_the_gateway_is_read_by_the_answers_it_gave(sha
     monkeypatch.setattr(bench, "fresh_prompts_file", lambda: prompts)
     found = bench.api_answers_needed(suspect, KirchenbauerScheme("key"))
     assert list(found["by_answers"]) == [16, 20]  # doubling from 16, then every answer
-    assert all(0 < f["pvalue"] <= 1 and f["tokens_scored"] > 0 for f in found["by_answers"].values())
+    first, every = found["by_answers"][16], found["by_answers"][20]
+    assert 0 < first["pvalue"] <= 1 and 0 < every["pvalue"] <= 1
+    assert every["tokens_scored"] >= first["tokens_scored"]  # a tiny model's sampled answers may score none
     assert found["answers_for_1e-6"] is None  # a model that never saw the key
     assert len(list((suspect / "api-answers").glob("*.jsonl"))) >= 1
