@@ -5,8 +5,10 @@ turns, 128 new tokens forced (`min_tokens` for alambic, `ignore_eos` for llama-s
 streamed and not, at 1, 4, 16 and 32 concurrent streams, each level for at least `--seconds` and
 `--min-requests`. Each server runs alone on the machine; with `--rounds` above 1 the servers take turns
 (A, B, A, B) so that drift in the machine's speed falls on both. Both load the GGUF encoding alambic picks
-for this CPU (`--gguf-type auto`), and the CPU's flags are recorded beside the figures. The gateway's own
-cost per request (auth, policy, log) comes from its /metrics, idle and under 16 streams.
+for this CPU (`--gguf-type auto`), and the CPU's flags are recorded beside the figures. Both hold the same KV
+cells, 1,024 per stream, as llama-server's slots (`--kv-layout per-sequence`); `alambic-shared` is the
+gateway's default layout (one pool for all rows) on as many cells. The gateway's own cost per request (auth,
+policy, log) comes from its /metrics, idle and under 16 streams.
 
 llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
 llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 40 minutes, nothing else
@@ -37,7 +39,8 @@ from common import RESULTS, GatewayProcess, free_port, sharegpt_first_turns, wri
 MAX_TOKENS = 128
 TEMPERATURE = 0.7
 STREAMS = (1, 4, 16, 32)
-SERVERS = ("alambic", "alambic-kgw", "llama-server")
+SERVERS = ("alambic", "alambic-kgw", "alambic-shared", "llama-server")
+KV_CELLS_PER_STREAM = 1024
 LLAMA_SERVER = cache_dir() / "llama-server" / "llama-server"
 WATERMARK_KEY = "bench-serve-watermark-key"  # a benchmark's key: nothing it marks is kept
 MODEL = "smollm2"
@@ -52,7 +55,7 @@ class LlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [str(LLAMA_SERVER), "-m", str(gguf), "--port", str(self.port), "-t", "2", "-tb", "2"]
-        command += ["-np", str(slots), "-c", str(slots * 1024), "-cb", "--alias", MODEL, "--log-disable"]
+        command += ["-np", str(slots), "-c", str(slots * KV_CELLS_PER_STREAM), "-cb", "--alias", MODEL, "--log-disable"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_ready(self.url, alive=lambda: self.process.poll() is None, path="/health")
 
@@ -142,6 +145,9 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
             key = create_account(Store(db), "bench")
             options = ["--model", MODEL, "--backend", "llamacpp", "--gguf-type", gguf_type]
             options += ["--max-batch-size", str(max(args.streams))]
+            options += ["--kv-tokens", str(max(args.streams) * KV_CELLS_PER_STREAM)]
+            if name != "alambic-shared":
+                options += ["--kv-layout", "per-sequence"]
             if name == "alambic-kgw":
                 os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
                 options += ["--watermark", "kgw"]
@@ -214,9 +220,12 @@ async def main() -> None:
         },
         "by_server": by_server,
     }
-    if "alambic" in by_server and "llama-server" in by_server:
-        ours, peer = by_server["alambic"], by_server["llama-server"]
-        result["ratio_vs_llama_server"] = {level: ours[level]["tok_s"] / peer[level]["tok_s"] for level in peer}
+    if "llama-server" in by_server:
+        peer = by_server["llama-server"]
+        for name in ("alambic", "alambic-shared"):
+            if name in by_server:
+                ratios = {level: by_server[name][level]["tok_s"] / peer[level]["tok_s"] for level in peer}
+                result["ratio_vs_llama_server" + name.removeprefix("alambic").replace("-", "_")] = ratios
     if "alambic" in by_server and "alambic-kgw" in by_server:
         plain, marked = by_server["alambic"], by_server["alambic-kgw"]
         levels = [level for level, figures in plain.items() if isinstance(figures, dict)]

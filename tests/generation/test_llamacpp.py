@@ -10,6 +10,7 @@ import threading
 import pytest
 from test_engine import chat_ids
 
+from alambic.errors import InvalidRequestError
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams
 from alambic.generation.backends import load_backend
 from alambic.generation.backends.llamacpp import LlamaCppBackend
@@ -81,6 +82,34 @@ def test_a_request_joining_mid_batch_is_answered_as_if_alone(llama_engine, promp
     llama_engine.submit(long_request, sink_for("long"))
     assert both_done.acquire(timeout=60) and both_done.acquire(timeout=60)
     assert [completions["long"].token_ids, completions["late"].token_ids] == expected
+
+
+def test_rows_with_their_own_kv_cells_are_answered_as_if_alone(prompts):
+    """Per-sequence KV: a row that leaves frees a low sequence id, the next row takes it, and the batch then
+    runs its rows out of id order (llama.cpp is fed in id order and the logits put back in row order)."""
+    backend = load_backend(
+        "smollm2", "llamacpp", gguf_type="f16", max_sequences=3, kv_tokens=3 * 256, threads=1, kv_layout="per-sequence"
+    )
+    engine = GenerationEngine(backend, max_batch_size=3)
+    try:
+        assert (backend.context_length, backend.kv_capacity) == (256, None)
+        lengths = (40, 6, 40, 20)  # the second leaves first; the fourth joins in its slot, below the third's id
+        requests = [
+            GenerationRequest(p, SamplingParams(max_tokens=n, min_tokens=n, temperature=0))
+            for p, n in zip([*prompts, prompts[0]], lengths, strict=True)
+        ]
+        alone = [engine.generate([r])[0][0].token_ids for r in requests]
+        assert [c[0].token_ids for c in engine.generate(requests)] == alone
+        assert backend.sequence_ids == [] and sorted(backend.free_ids) == [0, 1, 2]
+    finally:
+        engine.close()
+
+
+def test_the_kv_layout_is_checked():
+    with pytest.raises(InvalidRequestError, match="KV layout 'paged'"):
+        load_backend("smollm2", "llamacpp", kv_layout="paged")
+    with pytest.raises(InvalidRequestError, match=r"llama\.cpp settings"):
+        load_backend("tiny", "transformers", kv_layout="per-sequence")
 
 
 def test_logprobs_agree_with_the_transformers_backend(llama_engine, hf_engine, prompts):

@@ -57,6 +57,16 @@ def serve(
         str | None, typer.Option(envvar="ALAMBIC_ADMIN_KEY", help="Enables the /admin API with this key.")
     ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated together.")] = 32,
+    kv_layout: Annotated[
+        str,
+        typer.Option(
+            help="llamacpp: shared (one pool of KV cells: any row up to the model's context) or per-sequence "
+            "(each row kv-tokens / max-batch-size cells of its own: faster attention with many rows)."
+        ),
+    ] = "shared",
+    kv_tokens: Annotated[
+        int | None, typer.Option(min=1, help="llamacpp: KV cells for all rows together [default: 32768].")
+    ] = None,
     default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
     instance: Annotated[
@@ -94,7 +104,14 @@ def serve(
         else None
     )
     with console.status(f"Loading {model} on {backend} (the first load of smollm2 converts its GGUF once)…"):
-        model_backend = load_backend(model, backend, gguf_type=gguf_type, max_sequences=max_batch_size)
+        model_backend = load_backend(
+            model,
+            backend,
+            gguf_type=gguf_type,
+            max_sequences=max_batch_size,
+            kv_tokens=kv_tokens,
+            kv_layout=kv_layout,
+        )
     engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
     settings = GatewaySettings(
         admin_key=admin_key,

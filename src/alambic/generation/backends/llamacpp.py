@@ -4,11 +4,19 @@ processors, logprobs and seeds behave as with the transformers backend.
 
 Each call to `llama_decode` releases the GIL for the whole forward pass, so the gateway's event loop
 runs freely beside it.
+
+Two KV layouts. `shared`: one pool of cells for all sequences, so short rows leave room for a long one; but a
+decode step's attention runs over every row's cells (masked), which at 16 rows of a few hundred tokens costs
+about a quarter of the step. `per-sequence` (llama-server's slots): each sequence has `kv_tokens //
+max_sequences` cells of its own and attends to them alone. llama.cpp then splits a batch into one forward pass
+per run of consecutive sequence ids with the same token count, so a row takes the lowest free id, a decode
+step goes to llama.cpp in id order, and each joining prompt is prefilled alone.
 """
 
 from __future__ import annotations
 
 import ctypes
+import heapq
 import sys
 import weakref
 from pathlib import Path
@@ -36,9 +44,12 @@ def require_llama_cpp():
     return llama_cpp
 
 
+KV_LAYOUTS = ("shared", "per-sequence")
+
+
 class LlamaCppBackend:
-    """Rows map to llama.cpp sequence ids; a row's KV lives in the shared cache under its id. `encoding` names
-    the GGUF's weight type where alambic chose it (bf16, f16, ...), shown in /healthz."""
+    """Rows map to llama.cpp sequence ids; a row's KV lives in the cache under its id, laid out as `kv_layout`
+    says. `encoding` names the GGUF's weight type where alambic chose it (bf16, f16, ...), shown in /healthz."""
 
     def __init__(
         self,
@@ -52,8 +63,10 @@ class LlamaCppBackend:
         kv_tokens: int = 32768,
         batch_tokens: int = 2048,
         threads: int | None = None,
+        kv_layout: str = "shared",
     ) -> None:
         require_llama_cpp()
+        self.per_sequence = kv_layout == "per-sequence"
         self.name, self.tokenizer, self.eos_token_ids, self.encoding = name, tokenizer, eos_token_ids, encoding
         self.model = llama_cpp.llama_model_load_from_file(
             str(gguf_path).encode(), llama_cpp.llama_model_default_params()
@@ -64,7 +77,7 @@ class LlamaCppBackend:
         params.n_ctx = kv_tokens
         params.n_batch = params.n_ubatch = batch_tokens
         params.n_seq_max = max_sequences
-        params.kv_unified = True  # one pool of KV cells shared by all sequences: short ones leave room
+        params.kv_unified = not self.per_sequence
         threads = threads or torch.get_num_threads()
         params.n_threads = params.n_threads_batch = threads
         self.context = llama_cpp.llama_init_from_model(self.model, params)
@@ -72,13 +85,15 @@ class LlamaCppBackend:
             raise AlambicError("llama.cpp could not create a context.")
         self.memory = llama_cpp.llama_get_memory(self.context)
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
-        self.context_length = min(llama_cpp.llama_model_n_ctx_train(self.model), kv_tokens)
-        self.kv_capacity = llama_cpp.llama_n_ctx(self.context)  # one pool for all sequences (kv_unified)
+        cells = llama_cpp.llama_n_ctx(self.context)
+        row_cells = cells // max_sequences if self.per_sequence else cells
+        self.context_length = min(llama_cpp.llama_model_n_ctx_train(self.model), row_cells)
+        self.kv_capacity = None if self.per_sequence else cells  # per-sequence: context_length bounds a row
         self.batch_tokens = batch_tokens
         self.batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
         # freed with the backend, or at exit before llama_cpp's module is torn down
         weakref.finalize(self, _free, self.batch, self.context, self.model)
-        self.free_ids = list(range(max_sequences - 1, -1, -1))
+        self.free_ids = list(range(max_sequences))  # a heap: the lowest free id first
         self.sequence_ids: list[int] = []  # per row
         self.positions: list[int] = []  # per row: the position its next token takes
 
@@ -86,42 +101,51 @@ class LlamaCppBackend:
         if len(prompts) > len(self.free_ids):
             raise ServerBusyError("llama.cpp has no free sequence slot.")
         running_rows = len(self.sequence_ids)
-        entries, last_of = [], {}
-        for prompt in prompts:
-            sequence_id = self.free_ids.pop()
-            self.sequence_ids.append(sequence_id)
-            self.positions.append(len(prompt))
-            for position, token in enumerate(prompt):
-                entries.append((token, position, sequence_id))
-            last_of[len(entries) - 1] = len(last_of)
         logits = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
         try:
-            for start in range(0, len(entries), self.batch_tokens):
-                chunk = entries[start : start + self.batch_tokens]
-                wanted = [i for i in range(len(chunk)) if start + i in last_of]
-                self._decode(chunk, wanted)
-                for i in wanted:
-                    logits[last_of[start + i]] = _floats(
-                        llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size
-                    )
+            groups = [[row] for row in range(len(prompts))] if self.per_sequence else [list(range(len(prompts)))]
+            for group in groups:
+                self._prefill_together(group, prompts, logits)
         except Exception:  # free the new rows' slots and whatever chunks of theirs went into the cache
             self.keep(list(range(running_rows)))
             raise
         return torch.from_numpy(logits)
 
+    def _prefill_together(self, rows: list[int], prompts: list[list[int]], logits: np.ndarray) -> None:
+        """Append `rows` (indices into `prompts`) in llama_decode calls of their own; their logits into `logits`."""
+        entries, last_of = [], {}
+        for row in rows:
+            prompt, sequence_id = prompts[row], heapq.heappop(self.free_ids)
+            self.sequence_ids.append(sequence_id)
+            self.positions.append(len(prompt))
+            entries.extend((token, position, sequence_id) for position, token in enumerate(prompt))
+            last_of[len(entries) - 1] = row
+        for start in range(0, len(entries), self.batch_tokens):
+            chunk = entries[start : start + self.batch_tokens]
+            wanted = [i for i in range(len(chunk)) if start + i in last_of]
+            self._decode(chunk, wanted)
+            for i in wanted:
+                logits[last_of[start + i]] = _floats(llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size)
+
     def decode(self, tokens: list[int]) -> torch.Tensor:
         entries = list(zip(tokens, self.positions, self.sequence_ids, strict=True))
+        order = sorted(range(len(entries)), key=self.sequence_ids.__getitem__) if self.per_sequence else None
+        if order is not None:
+            entries = [entries[row] for row in order]
         self._decode(entries, list(range(len(entries))))
         self.positions = [p + 1 for p in self.positions]
         outputs = _floats(llama_cpp.llama_get_logits(self.context), len(entries) * self.vocab_size)
-        return torch.from_numpy(outputs.reshape(len(entries), self.vocab_size))  # (B, V), valid until next decode
+        logits = torch.from_numpy(outputs.reshape(len(entries), self.vocab_size))  # (B, V), valid until next decode
+        if order is None or order == list(range(len(order))):
+            return logits
+        return logits[torch.tensor(order).argsort()]  # back to row order (a copy)
 
     def keep(self, rows: list[int]) -> None:
         kept = set(rows)
         for row, sequence_id in enumerate(self.sequence_ids):
             if row not in kept:
                 llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, -1, -1)
-                self.free_ids.append(sequence_id)
+                heapq.heappush(self.free_ids, sequence_id)
         self.sequence_ids = [self.sequence_ids[row] for row in rows]
         self.positions = [self.positions[row] for row in rows]
 
