@@ -47,6 +47,9 @@ def test_accounts_create_prints_the_key_alone_on_the_last_line(db):
         (["accounts", "policy", "alice", "sometimes"], "Invalid value"),
         (["serve", "--model", "/no/such/model"], "does not exist"),
         (["serve", "--watermark", "kgw", "--watermark-logprobs", "shifted"], "choose plain or marked"),
+        (["serve", "--model", "tiny", "--kv-layout", "per-sequence"], "llama.cpp settings"),
+        (["serve", "--model", "tiny", "--kv-tokens", "4096"], "llama.cpp settings"),
+        (["serve", "--backend", "llamacpp", "--kv-layout", "paged"], "Unknown KV layout 'paged'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(db, args, message):
