@@ -60,7 +60,7 @@ class Topics:
 @dataclass(frozen=True)
 class Content:
     """What one pass over the accounts' sampled prompts gives: each account's `CONTENT_FEATURES`, and the topics
-    they were read on (None: no prompt text)."""
+    they were read on (None: no prompt text to fit them on, and none given)."""
 
     features: dict[str, dict[str, float]]
     topics: Topics | None
@@ -73,9 +73,9 @@ def account_content(
     topics: Topics | None = None,
 ) -> Content:
     """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`), on `topics`: by default
-    those of these accounts, fitted on the same sample. Where `requests` holds linked groups as
-    accounts, pass the topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its
-    prompts too few samples to draw the clusters that its topic sweep would cover."""
+    those of these accounts, fitted on the same sample. Where `requests` holds linked groups as accounts, pass the
+    topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples
+    to draw the clusters that its topic sweep would cover."""
     embedded = _embedded(connection, cache, sample)
     if embedded is None:
         return Content({}, topics)
