@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import pytest
-from monitor_traffic import row, write
+from monitor_traffic import HashedWords, row, write
 
-from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, verdicts
+import alambic.monitor.content as content
+from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, feature_rows, verdicts
+from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
-from alambic.monitor.linking import Linking
+from alambic.monitor.linking import Linking, link_accounts
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
 from alambic.monitor.verdict import ACTIONS
@@ -125,3 +128,52 @@ def test_a_campaign_in_a_support_bot_s_template_is_rare_by_the_answers_it_takes(
     for verdict in found:
         if verdict.account in campaign_of:
             assert verdict.reasons[0].startswith("its campaign of 10 linked accounts, as one: mean completion tokens")
+
+
+@pytest.fixture(scope="module")
+def linked_week(tmp_path_factory):
+    out = tmp_path_factory.mktemp("linked") / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=13, days=2, scale=0.05, campaigns=("sharded", "hydra"))), out)
+    return out, json.loads((out.parent / "labels.json").read_text())
+
+
+def _one_thread(log):
+    """The log on one DuckDB thread: parallel sums of doubles (a mean temperature) may differ in their last bits."""
+    return open_log([log], duckdb.connect(config={"threads": 1}))
+
+
+@pytest.fixture(scope="module")
+def assessed_with_content(linked_week):
+    """An assessment with content signals, and the accounts of each pass over sampled prompts, in order."""
+    log, _ = linked_week
+    sampled: list[set[str]] = []
+    account_tasks = content.account_tasks
+
+    def counted(connection, sample=content.SAMPLE):
+        tasks = account_tasks(connection, sample)
+        sampled.append(set(tasks))
+        return tasks
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(content, "account_tasks", counted)
+        found = assess(_one_thread(log), content=EmbeddingCache(HashedWords()))
+    return found, sampled
+
+
+def test_an_assessment_with_content_samples_and_embeds_each_account_s_prompts_once(linked_week, assessed_with_content):
+    # The topics of all traffic and each account's content signals come from one pass over the accounts' sampled
+    # prompts; the campaigns, taken as accounts, are sampled apart (a pass of their own).
+    _, labels = linked_week
+    found, sampled = assessed_with_content
+    assert any(v.campaign is not None for v in found) and len(sampled) == 2
+    assert sampled.count(set(labels)) == 1
+
+
+def test_one_pass_gives_the_verdicts_of_topics_fitted_in_a_pass_of_their_own(linked_week, assessed_with_content):
+    log, _ = linked_week
+    connection, cache = _one_thread(log), EmbeddingCache(HashedWords())
+    topics = content.account_content(connection, cache).topics
+    rows = feature_rows(connection, cache, topics)
+    reference = Reference(list(rows.values()), list(rows))
+    apart = verdicts(connection, rows, reference, link_accounts(connection), cache, topics)
+    assert assessed_with_content[0] == apart

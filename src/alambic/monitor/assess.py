@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import duckdb
 
-from alambic.monitor.content import CONTENT_FEATURES, Topics, content_features, traffic_topics
+from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
@@ -38,8 +38,7 @@ def assess(
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
     """
-    topics = traffic_topics(connection, content) if content is not None else None
-    rows = feature_rows(connection, content, topics)
+    rows, topics = account_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
     return verdicts(connection, rows, reference, link_accounts(connection), content, topics)
 
@@ -49,12 +48,21 @@ def feature_rows(
 ) -> dict[str, dict[str, float | None]]:
     """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
     account with no prompt text) on `topics` (by default, those of these accounts)."""
+    return account_rows(connection, content, topics)[0]
+
+
+def account_rows(
+    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None, topics: Topics | None = None
+) -> tuple[dict[str, dict[str, float | None]], Topics | None]:
+    """`feature_rows`, and the topics its content signals were read on (fitted in the same pass unless given;
+    None without content or prompt text), which a campaign, taken as one account, is read on too."""
     rows = {f.account: f.values for f in account_features(connection)}
-    if content is not None:
-        found = content_features(connection, content, topics=topics)
-        for account, values in rows.items():
-            values.update(found.get(account, dict.fromkeys(CONTENT_FEATURES)))
-    return rows
+    if content is None:
+        return rows, topics
+    found = account_content(connection, content, topics=topics)
+    for account, values in rows.items():
+        values.update(found.features.get(account, dict.fromkeys(CONTENT_FEATURES)))
+    return rows, found.topics
 
 
 def verdicts(
@@ -101,7 +109,7 @@ def campaign_features(
     if not campaign_of:
         return {}
     if content is not None and topics is None:
-        topics = traffic_topics(connection, content)
+        topics = account_content(connection, content).topics
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")

@@ -57,19 +57,28 @@ class Topics:
         return [0] * len(vectors) if self.kmeans is None else self.kmeans.predict(vectors).tolist()
 
 
-def content_features(
+@dataclass(frozen=True)
+class Content:
+    """What one pass over the accounts' sampled prompts gives: each account's `CONTENT_FEATURES`, and the topics
+    they were read on (None: no prompt text to fit them on, and none given)."""
+
+    features: dict[str, dict[str, float]]
+    topics: Topics | None
+
+
+def account_content(
     connection: duckdb.DuckDBPyConnection,
     cache: EmbeddingCache | None = None,
     sample: int = SAMPLE,
     topics: Topics | None = None,
-) -> dict[str, dict[str, float]]:
+) -> Content:
     """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`), on `topics`: by default
-    those of these accounts (`traffic_topics`). Where `requests` holds linked groups as accounts, pass the topics of
-    the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples to draw
-    the clusters that its topic sweep would cover."""
+    those of these accounts, fitted on the same sample. Where `requests` holds linked groups as accounts, pass the
+    topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples
+    to draw the clusters that its topic sweep would cover."""
     embedded = _embedded(connection, cache, sample)
     if embedded is None:
-        return {}
+        return Content({}, topics)
     vectors, keys = embedded
     topics = topics or _fitted(vectors, keys)
     hashes = list(vectors)
@@ -83,15 +92,17 @@ def content_features(
             "topic_coverage": covered / expected,
             "novelty_share": _novelty(np.stack([vectors[key] for key in asked])),
         }
-    return features
+    return Content(features, topics)
 
 
-def traffic_topics(
-    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
-) -> Topics | None:
-    """The topics of all traffic, as `content_features` fits them on the accounts of `requests` (None: no text)."""
-    embedded = _embedded(connection, cache, sample)
-    return None if embedded is None else _fitted(*embedded)
+def content_features(
+    connection: duckdb.DuckDBPyConnection,
+    cache: EmbeddingCache | None = None,
+    sample: int = SAMPLE,
+    topics: Topics | None = None,
+) -> dict[str, dict[str, float]]:
+    """The features of `account_content`, without its topics."""
+    return account_content(connection, cache, sample, topics).features
 
 
 def _embedded(
