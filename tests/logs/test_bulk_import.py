@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 from unittest.mock import patch
 
@@ -243,3 +244,19 @@ def test_only_json_objects_are_vetted_in_bulk(sqlite_store, tmp_path):
     lines = [" \t" + json.dumps(v1("spaced")), '"a string"', "5", json.dumps(v1("plain"))]
     report = LogImporter(sqlite_store).import_files([write_jsonl(tmp_path / "log.jsonl", lines)])
     assert (report.imported, report.per_row, [r.line for r in report.rejected]) == (2, 2, [2, 3])
+
+
+def test_times_are_kept_whatever_the_databases_time_zone(store, tmp_path):
+    """Times travel to the store as UTC text: PostgreSQL must read them as UTC, not in its session's time zone."""
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{store.engine.url.database}\" SET timezone TO 'Asia/Tokyo'")
+            connection.commit()
+        store.engine.dispose()  # new sessions take the database's time zone
+    times = {"time": "2026-11-30T23:59:59.5-08:00", "admitted_at": 1764504001, "completed_at": "2026-12-01T08:00:02Z"}
+    LogImporter(store).import_files([write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1("t", **times))])])
+    [row] = v1_rows(store)
+    moments = [datetime.fromisoformat(row[name]) for name in times]
+    assert moments == [datetime.fromisoformat(text) for text in ("2026-12-01T07:59:59.5Z", "2025-11-30T12:00:01Z")] + [
+        datetime(2026, 12, 1, 8, 0, 2, tzinfo=UTC)
+    ]

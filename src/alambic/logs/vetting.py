@@ -16,7 +16,6 @@ import multiprocessing
 import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import cache
 from multiprocessing.process import BaseProcess
 from operator import attrgetter, itemgetter
@@ -24,11 +23,17 @@ from pathlib import Path
 from typing import Annotated, Any, Union, get_args
 
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from alambic.logs.format import V1_FIELDS, parse_time, schema
-from alambic.logs.records import COLUMN_DEFAULTS, COLUMN_EXTRA_TYPES, COLUMN_EXTRAS, TIME_FIELDS, batch_schema
+from alambic.logs.records import (
+    BATCH_COLUMNS,
+    COLUMN_DEFAULTS,
+    COLUMN_EXTRA_TYPES,
+    COLUMN_EXTRAS,
+    TIME_FIELDS,
+    Batch,
+    time_text,
+)
 from alambic.logs.sources import LineChunk, line_chunks
 from alambic.store.requestlog import MAX_LENGTHS
 
@@ -94,7 +99,7 @@ class Vouched:
     lines: list[int] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)  # each a `row_type()`
     fields: list[dict[str, msgspec.Raw]] = field(default_factory=list)
-    times: list[tuple[datetime, datetime | None, datetime | None]] = field(default_factory=list)  # time, TIME_FIELDS
+    times: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # time, TIME_FIELDS (`time_text`)
 
 
 class Vetter:
@@ -105,14 +110,14 @@ class Vetter:
         self.fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self.counting_tokens = counting_tokens
 
-    def vet(self, lines: list[int], texts: list[str]) -> tuple[pa.Table, list[int]]:
-        """The rows vouched for, as a batch (`records.batch_schema`), and the positions of the others."""
+    def vet(self, lines: list[int], texts: list[str]) -> tuple[Batch, list[int]]:
+        """The rows vouched for, as a batch, and the positions of the others."""
         vouched, others = Vouched(), []
         for position, (line, text) in enumerate(zip(lines, texts, strict=True)):
             try:
                 fields = self.fields.decode(text)  # an object: each field's JSON text
                 row = self.rows.decode(text)
-                times = (parse_time(row.time), *map(_optional_time, OTHER_TIMES(row)))
+                times = (time_text(parse_time(row.time)), *map(_optional_time, OTHER_TIMES(row)))
             except (msgspec.MsgspecError, ValueError, OverflowError, OSError):  # parse_time's BadRow is a ValueError
                 others.append(position)
                 continue
@@ -128,12 +133,12 @@ class Vetter:
         return batch(vouched), others
 
 
-def _optional_time(value: str | float | None) -> datetime | None:
-    return None if value is None else parse_time(value)
+def _optional_time(value: str | float | None) -> str | None:
+    return None if value is None else time_text(parse_time(value))
 
 
-def batch(vouched: Vouched) -> pa.Table:
-    """The rows as batch columns, as `records.to_columns` fills them, one column at a time."""
+def batch(vouched: Vouched) -> Batch:
+    """The rows as a batch, as `records.batch_row` fills it, one column at a time."""
     rows = vouched.rows
     params = [no_params() if row.params is None else row.params for row in rows]
 
@@ -143,13 +148,13 @@ def batch(vouched: Vouched) -> pa.Table:
     def param(name: str) -> list:
         return list(map(attrgetter(name), params))
 
-    def text(name: str, *, wrapped: bool = False) -> list[bytes | None]:
+    def text(name: str, *, wrapped: bool = False) -> list[str | None]:
         """The field's JSON text where it is not null (as a one-item array's if `wrapped`)."""
         values = value(name)
         if values.count(None) == len(values):  # most optional fields are null in every row of a chunk
             return values
         return [
-            None if v is None else b"[%b]" % f[name] if wrapped else bytes(f[name])
+            None if v is None else f"[{str(f[name], 'utf-8')}]" if wrapped else str(f[name], "utf-8")
             for v, f in zip(values, vouched.fields, strict=True)
         ]
 
@@ -166,10 +171,10 @@ def batch(vouched: Vouched) -> pa.Table:
         "client_address": value("client_ip"),
         "user_agent": value("user_agent"),
         "model": value("model"),
-        "stream": [stream is True for stream in param("stream")],
+        "stream": [int(stream is True) for stream in param("stream")],
         "max_tokens": [c or m for c, m in zip(param("max_completion_tokens"), param("max_tokens"), strict=True)],
-        "stop": [None if s is None else msgspec.json.encode([s] if isinstance(s, str) else s) for s in param("stop")],
-        "logprobs": [None if x is None else bool(x) for x in param("logprobs")],
+        "stop": [None if s is None else _json([s] if isinstance(s, str) else s) for s in param("stop")],
+        "logprobs": [None if x is None else int(bool(x)) for x in param("logprobs")],
         "parameters": [None if p is None or not p[1:-1].strip() else p for p in text("params")],  # {}: None
         "prompt": either(text("messages"), text("prompt", wrapped=True)),
         "response_texts": either(text("responses"), text("response", wrapped=True)),
@@ -184,13 +189,10 @@ def batch(vouched: Vouched) -> pa.Table:
             columns[column] = text(name) if COLUMN_EXTRA_TYPES.get(column) is list else value(name)
     for column, default in COLUMN_DEFAULTS.items():
         columns[column] = [x or default for x in columns[column]]
-    arrays = [pa.array(columns[f.name], f.type) for f in batch_schema()]
-    table = pa.Table.from_arrays(arrays, schema=batch_schema())
     for column, length in MAX_LENGTHS.items():
-        if column in columns:
-            position = table.schema.get_field_index(column)
-            table = table.set_column(position, column, pc.utf8_slice_codeunits(table.column(column), 0, length))
-    return table
+        if column in columns and max(map(len, filter(None, columns[column])), default=0) > length:
+            columns[column] = [None if x is None else x[:length] for x in columns[column]]
+    return Batch({name: columns[name] for name in BATCH_COLUMNS})
 
 
 @cache
@@ -200,8 +202,12 @@ def no_params() -> Any:
     return next(kind for kind in get_args(params) if kind is not type(None))()
 
 
-def _extra(fields: dict[str, msgspec.Raw]) -> bytes:
-    return msgspec.json.encode({name: text for name, text in fields.items() if name not in NAMED})
+def _extra(fields: dict[str, msgspec.Raw]) -> str:
+    return _json({name: text for name, text in fields.items() if name not in NAMED})
+
+
+def _json(value: Any) -> str:
+    return str(msgspec.json.encode(value), "utf-8")
 
 
 @dataclass
@@ -210,7 +216,7 @@ class VettedChunk:
     to the per-row path."""
 
     read: int
-    batch: pa.Table
+    batch: Batch
     others: LineChunk
 
 

@@ -6,13 +6,10 @@ names travel as one array (JSON text for SQLite), never as one bound parameter e
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 from sqlalchemy import Connection, Engine
 
 from alambic.errors import InvalidRequestError
@@ -76,38 +73,30 @@ def account_ids(connection: Connection, names: list[str]) -> tuple[dict[str, int
     return dict(rows.all()), created
 
 
-def insert_requests(connection: Connection, batch: pa.Table) -> None:
-    """Insert a batch of request-log rows: Arrow columns named as the table's, JSON columns as JSON text. A column
-    null in every row is left to its default (NULL): most of a log's optional columns are, and SQLite's driver
-    takes ~0.4 us to bind each None."""
-    given = [name for name in batch.column_names if batch.column(name).null_count < batch.num_rows]
-    batch = batch.select(given + [name for name in batch.column_names if name not in given and _has_default(name)])
-    columns = ", ".join(batch.column_names)
+def insert_requests(connection: Connection, columns: dict[str, list]) -> None:
+    """Insert a batch of request-log rows: lists of values by column, as the driver binds them with no type of
+    SQLAlchemy's between: times as UTC text as SQLAlchemy writes it into SQLite (`%Y-%m-%d %H:%M:%S.%f`, read as
+    UTC by PostgreSQL here), booleans as 0 and 1 (an int binds without the SQLite driver's slow path for other
+    types), JSON as its text. A column null in every row is left to its default (NULL): most of a log's optional
+    columns are, and SQLite's driver takes ~0.4 us to bind each None."""
+    rows = len(next(iter(columns.values())))
+    names = [name for name, values in columns.items() if values.count(None) < rows or _has_default(name)]
+    values = zip(*(columns[name] for name in names), strict=True)
     if _dialect(connection) == "sqlite":
-        values = [_as_sqlite_keeps(column) for column in batch.columns]
-        placeholders = ", ".join("?" * batch.num_columns)
+        placeholders = ", ".join("?" * len(names))
         cursor = connection.connection.cursor()
-        cursor.executemany(f"INSERT INTO {REQUESTS} ({columns}) VALUES ({placeholders})", zip(*values, strict=True))
+        cursor.executemany(f"INSERT INTO {REQUESTS} ({', '.join(names)}) VALUES ({placeholders})", values)
         return
-    text = io.BytesIO()
-    pa_csv.write_csv(batch, text, pa_csv.WriteOptions(include_header=False))  # strings quoted, nulls bare
     cursor = connection.connection.driver_connection.cursor()
-    with cursor, cursor.copy(f"COPY {REQUESTS} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-        copy.write(text.getbuffer())
+    with cursor:
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the times' text is UTC; the transaction's end resets it
+        with cursor.copy(f"COPY {REQUESTS} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
 
 
 def _has_default(column: str) -> bool:
     return RequestLog.__table__.columns[column].server_default is not None
-
-
-def _as_sqlite_keeps(column: pa.ChunkedArray) -> list:
-    """A column's Python values; times as the text SQLAlchemy writes (UTC, always six decimals), booleans as the
-    0 and 1 it writes (an int binds without the driver's slow path for other types)."""
-    if pa.types.is_timestamp(column.type):  # a cast writes six decimals, as SQLAlchemy does (and 17x faster)
-        column = column.cast(pa.timestamp("us")).cast(pa.string())
-    elif pa.types.is_boolean(column.type):
-        column = column.cast(pa.int64())
-    return column.to_pylist()
 
 
 def _dialect(connection: Connection) -> str:
