@@ -5,7 +5,9 @@ column; the others take the per-row path (the JSON Schema), which accepts them o
 Beyond the schema, a row goes the per-row way wherever the two could read it differently or the store could
 not hold it: an integer past 64 bits, a number past a double, a lone surrogate, `messages` and `prompt` both
 given, a time `parse_time` refuses (both paths read times with it), a null token count to count. A JSON-valued
-column keeps the row's own text of the value (msgspec's `Raw`): it is never decoded and encoded again.
+column keeps the row's own text of the value (msgspec's `Raw`): it is never decoded and encoded again. A line
+is decoded once, those values as text, each then checked on its own; only a row with fields v1 does not name is
+decoded again, to keep them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ CHECKED_KEYWORDS = {"type", "required", "properties", "items", "minimum", "maxim
 INT64 = (-(2**63), 2**63 - 1)  # the store's integers
 NAMED = frozenset((*V1_FIELDS, *COLUMN_EXTRAS.values()))  # any other field is an extra, kept as it came
 OTHER_TIMES = attrgetter(*TIME_FIELDS)
+# The fields whose columns hold their JSON text, `params` first (its values fill columns too).
+AS_TEXT = (
+    "params",
+    "messages",
+    "prompt",
+    "response",
+    "watermark_params",
+    *(COLUMN_EXTRAS[column] for column, kind in COLUMN_EXTRA_TYPES.items() if kind is list),
+)
 WAIT_S = 1.0  # how often the worker and its caller check that the other is still there
 
 
@@ -56,9 +67,21 @@ def bulk_schema() -> dict[str, Any]:
 
 
 @cache
-def row_type() -> type[msgspec.Struct]:
-    """The msgspec type of a row the bulk path vouches for."""
-    return _type(bulk_schema(), "v1")
+def field_types() -> dict[str, Any]:
+    """The msgspec type of each field of a row the bulk path vouches for."""
+    return {f.name: f.type for f in msgspec.structs.fields(_type(bulk_schema(), "v1"))}
+
+
+@cache
+def row_type(*, strict: bool) -> type[msgspec.Struct]:
+    """A row as decoded: the fields of `AS_TEXT` as their JSON text (`Raw`, None when absent), the others typed.
+    `strict`: a field v1 does not name is an error (such a row is decoded again, with the other type)."""
+    required = bulk_schema()["required"]
+    fields = [
+        (name, kind) if name in required else (name, msgspec.Raw if name in AS_TEXT else kind, None)
+        for name, kind in field_types().items()
+    ]
+    return msgspec.defstruct("v1", fields, kw_only=True, forbid_unknown_fields=strict)
 
 
 def _type(node: dict[str, Any], name: str) -> Any:
@@ -94,11 +117,14 @@ def _kind(kind: str, node: dict[str, Any], name: str) -> Any:
 
 @dataclass
 class Vouched:
-    """The rows the bulk path vouches for, in parallel lists: line, typed values, each field's JSON text, times."""
+    """The rows the bulk path vouches for, in parallel lists: line, decoded row, typed params, the JSON text of the
+    fields of `AS_TEXT` (None where null), the other fields' as one object (None: none), times."""
 
     lines: list[int] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)  # each a `row_type()`
-    fields: list[dict[str, msgspec.Raw]] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    texts: list[list[msgspec.Raw | None]] = field(default_factory=list)  # in `AS_TEXT` order
+    extras: list[str | None] = field(default_factory=list)
     times: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # time, TIME_FIELDS (`time_text`)
 
 
@@ -106,8 +132,11 @@ class Vetter:
     """Vets chunks of JSONL lines."""
 
     def __init__(self, *, counting_tokens: bool) -> None:
-        self.rows = msgspec.json.Decoder(row_type())
+        self.rows = msgspec.json.Decoder(row_type(strict=True))
+        self.rows_with_extras = msgspec.json.Decoder(row_type(strict=False))
         self.fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+        self.params = msgspec.json.Decoder(field_types()["params"]).decode
+        self.checks = [(name, msgspec.json.Decoder(field_types()[name]).decode) for name in AS_TEXT[1:]]
         self.counting_tokens = counting_tokens
 
     def vet(self, lines: list[int], texts: list[str]) -> tuple[Batch, list[int]]:
@@ -115,22 +144,36 @@ class Vetter:
         vouched, others = Vouched(), []
         for position, (line, text) in enumerate(zip(lines, texts, strict=True)):
             try:
-                fields = self.fields.decode(text)  # an object: each field's JSON text
-                row = self.rows.decode(text)
+                row, extra = self._decoded(text)
+                params = None if row.params is None else self.params(row.params)
+                kept = [
+                    None if (raw := getattr(row, name)) is None or check(raw) is None else raw
+                    for name, check in self.checks
+                ]  # each field's text, where the field is not null
                 times = (time_text(parse_time(row.time)), *map(_optional_time, OTHER_TIMES(row)))
             except (msgspec.MsgspecError, ValueError, OverflowError, OSError):  # parse_time's BadRow is a ValueError
                 others.append(position)
                 continue
-            if (row.messages is not None and row.prompt is not None) or (
+            if (kept[0] is not None and kept[1] is not None) or (  # messages and prompt
                 self.counting_tokens and (row.prompt_tokens is None or row.completion_tokens is None)
             ):  # both is a bad row; a null count is counted with the tokenizer, one row at a time
                 others.append(position)
                 continue
             vouched.lines.append(line)
             vouched.rows.append(row)
-            vouched.fields.append(fields)
+            vouched.params.append(params)
+            vouched.texts.append([None if params is None else row.params, *kept])
+            vouched.extras.append(extra)
             vouched.times.append(times)
         return batch(vouched), others
+
+    def _decoded(self, text: str) -> tuple[Any, str | None]:
+        """The row, and the fields v1 does not name as one JSON object (None: it has none)."""
+        try:
+            return self.rows.decode(text), None
+        except msgspec.ValidationError:  # perhaps a field v1 does not name
+            row, fields = self.rows_with_extras.decode(text), self.fields.decode(text)
+            return row, None if NAMED.issuperset(fields) else _extra(fields)
 
 
 def _optional_time(value: str | float | None) -> str | None:
@@ -140,7 +183,8 @@ def _optional_time(value: str | float | None) -> str | None:
 def batch(vouched: Vouched) -> Batch:
     """The rows as a batch, as `records.batch_row` fills it, one column at a time."""
     rows = vouched.rows
-    params = [no_params() if row.params is None else row.params for row in rows]
+    params = [no_params() if p is None else p for p in vouched.params]
+    texts = dict(zip(AS_TEXT, map(list, zip(*vouched.texts, strict=True)), strict=True)) if rows else {}
 
     def value(name: str) -> list:
         return list(map(attrgetter(name), rows))
@@ -150,13 +194,10 @@ def batch(vouched: Vouched) -> Batch:
 
     def text(name: str, *, wrapped: bool = False) -> list[str | None]:
         """The field's JSON text where it is not null (as a one-item array's if `wrapped`)."""
-        values = value(name)
+        values = texts.get(name, [])
         if values.count(None) == len(values):  # most optional fields are null in every row of a chunk
             return values
-        return [
-            None if v is None else f"[{str(f[name], 'utf-8')}]" if wrapped else str(f[name], "utf-8")
-            for v, f in zip(values, vouched.fields, strict=True)
-        ]
+        return [None if v is None else f"[{str(v, 'utf-8')}]" if wrapped else str(v, "utf-8") for v in values]
 
     def either(preferred: list, other: list) -> list:
         return [o if p is None else p for p, o in zip(preferred, other, strict=True)]
@@ -178,7 +219,7 @@ def batch(vouched: Vouched) -> Batch:
         "parameters": [None if p is None or not p[1:-1].strip() else p for p in text("params")],  # {}: None
         "prompt": either(text("messages"), text("prompt", wrapped=True)),
         "response_texts": either(text("responses"), text("response", wrapped=True)),
-        "extra": [None if NAMED.issuperset(fields) else _extra(fields) for fields in vouched.fields],
+        "extra": vouched.extras,
         **{name: param(name) for name in ("n", "temperature", "top_p", "seed", "top_logprobs")},
         **{name: value(name) for name in ("prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms")},
         **{name: value(name) for name in ("prompt_hash", "conversation", "gateway_instance", "watermark_key_id")},
@@ -198,8 +239,7 @@ def batch(vouched: Vouched) -> Batch:
 @cache
 def no_params() -> Any:
     """A row's `params` when it has none: every parameter null."""
-    [params] = [f.type for f in msgspec.structs.fields(row_type()) if f.name == "params"]
-    return next(kind for kind in get_args(params) if kind is not type(None))()
+    return next(kind for kind in get_args(field_types()["params"]) if kind is not type(None))()
 
 
 def _extra(fields: dict[str, msgspec.Raw]) -> str:
