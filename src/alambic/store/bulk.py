@@ -18,6 +18,9 @@ from alambic.store.schema import Account, RequestLog, utc_now
 REQUESTS, ACCOUNTS = RequestLog.__tablename__, Account.__tablename__
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy writes a datetime into SQLite
 IMPORT_CHECKPOINT_PAGES = 65_536  # 256 MiB of log written ahead (4 KiB pages) between checkpoints
+# SQLite's page cache while importing: a batch's pages (~10 MiB) and the indexes' hot pages stay in it, instead of
+# spilling to the log written ahead mid-transaction and being read back (2 MiB by default; ~13% less CPU a row).
+IMPORT_CACHE_KIB = 65_536
 
 
 @contextmanager
@@ -26,18 +29,22 @@ def import_connection(engine: Engine) -> Iterator[Connection]:
     is checkpointed into the database (which syncs it) at most every `IMPORT_CHECKPOINT_PAGES` instead of every
     1,000 pages, then once at the end: commits stay as safe as the store's others (WAL, synchronous=NORMAL: a
     crash of the process or the machine loses at most the last batches, never the database's consistency).
+    The page cache is `IMPORT_CACHE_KIB` meanwhile; both settings are the connection's own, and restored.
     """
     with engine.connect() as connection:
         sqlite = _dialect(connection) == "sqlite"
         if sqlite:
             default = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+            cache = connection.exec_driver_sql("PRAGMA cache_size").scalar()
             connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={IMPORT_CHECKPOINT_PAGES}")
+            connection.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
             connection.commit()  # SQLAlchemy began a transaction for the pragma; each batch begins its own
         try:
             yield connection
         finally:
             if sqlite:
                 connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={default}")
+                connection.exec_driver_sql(f"PRAGMA cache_size={cache}")
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 connection.commit()
 
