@@ -42,6 +42,9 @@ VARIED = [
     v1("refused", status=401, error_type="authentication_error", error_message="bad key", response=None),
     v1("long", user_agent="u" * 500, model="m" * 300, client_ip="f" * 80, endpoint="/v1/" + "e" * 80),
     v1("whole-second", time="2026-11-30T12:00:00Z", latency_ms=0, temperature=0),
+    v1("seven-digits", time="2026-11-30T12:00:00.1234567+00:00", admitted_at="2026-11-30T12:00:00,25Z"),
+    v1("space-minus-zero", time="2026-11-30 12:00:00.5-00:00", completed_at="2026-11-30T12:00:01+0000"),
+    v1("no-seconds", time="2026-11-30T12:00Z", admitted_at="2026-11-30T11:59:59.000001+00:00"),
     v1(
         "monitor-fields",
         prompt_hash="p-3f2a",

@@ -16,8 +16,10 @@ import copy
 import gc
 import multiprocessing
 import queue
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from multiprocessing.process import BaseProcess
 from operator import attrgetter, itemgetter
@@ -53,6 +55,8 @@ AS_TEXT = (
     "watermark_params",
     *(COLUMN_EXTRAS[column] for column, kind in COLUMN_EXTRA_TYPES.items() if kind is list),
 )
+# A UTC time as most logs write it: its store text is its own, rearranged (`_time_text`).
+UTC_ISO = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(?:Z|[+-]00:?00)")
 WAIT_S = 1.0  # how often the worker and its caller check that the other is still there
 
 
@@ -150,7 +154,12 @@ class Vetter:
                     None if (raw := getattr(row, name)) is None or check(raw) is None else raw
                     for name, check in self.checks
                 ]  # each field's text, where the field is not null
-                times = (time_text(parse_time(row.time)), *map(_optional_time, OTHER_TIMES(row)))
+                admitted, completed = OTHER_TIMES(row)
+                times = (
+                    _time_text(row.time),
+                    None if admitted is None else _time_text(admitted),
+                    None if completed is None else _time_text(completed),
+                )
             except (msgspec.MsgspecError, ValueError, OverflowError, OSError):  # parse_time's BadRow is a ValueError
                 others.append(position)
                 continue
@@ -176,25 +185,29 @@ class Vetter:
             return row, None if NAMED.issuperset(fields) else _extra(fields)
 
 
-def _optional_time(value: str | float | None) -> str | None:
-    return None if value is None else time_text(parse_time(value))
+def _time_text(value: str | float) -> str:
+    """`time_text(parse_time(value))`, ~3x quicker for a time of `UTC_ISO`'s shape (which `parse_time` reads
+    with `datetime.fromisoformat`, here only to check it)."""
+    shape = UTC_ISO.fullmatch(value) if isinstance(value, str) else None
+    if shape is None:
+        return time_text(parse_time(value))
+    datetime.fromisoformat(value)  # a ValueError for a day or an hour out of range, as parse_time's
+    day, clock, fraction = shape.groups()
+    return f"{day} {clock}.{(fraction or '').ljust(6, '0')}"
 
 
 def batch(vouched: Vouched) -> Batch:
     """The rows as a batch, as `records.batch_row` fills it, one column at a time."""
-    rows = vouched.rows
+    if not vouched.rows:
+        return Batch({name: [] for name in BATCH_COLUMNS})
     params = [no_params() if p is None else p for p in vouched.params]
-    texts = dict(zip(AS_TEXT, map(list, zip(*vouched.texts, strict=True)), strict=True)) if rows else {}
-
-    def value(name: str) -> list:
-        return list(map(attrgetter(name), rows))
-
-    def param(name: str) -> list:
-        return list(map(attrgetter(name), params))
+    value = _by_field(vouched.rows, [name for name in field_types() if name not in AS_TEXT]).__getitem__
+    param = _by_field(params, [f.name for f in msgspec.structs.fields(no_params())]).__getitem__
+    texts = dict(zip(AS_TEXT, map(list, zip(*vouched.texts, strict=True)), strict=True))
 
     def text(name: str, *, wrapped: bool = False) -> list[str | None]:
         """The field's JSON text where it is not null (as a one-item array's if `wrapped`)."""
-        values = texts.get(name, [])
+        values = texts[name]
         if values.count(None) == len(values):  # most optional fields are null in every row of a chunk
             return values
         return [None if v is None else f"[{str(v, 'utf-8')}]" if wrapped else str(v, "utf-8") for v in values]
@@ -234,6 +247,11 @@ def batch(vouched: Vouched) -> Batch:
         if column in columns and max(map(len, filter(None, columns[column])), default=0) > length:
             columns[column] = [None if x is None else x[:length] for x in columns[column]]
     return Batch({name: columns[name] for name in BATCH_COLUMNS})
+
+
+def _by_field(rows: list, names: list[str]) -> dict[str, list]:
+    """The rows' fields as columns, read in one pass over the rows."""
+    return dict(zip(names, map(list, zip(*map(attrgetter(*names), rows), strict=True)), strict=True))
 
 
 @cache
