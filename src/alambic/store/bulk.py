@@ -87,7 +87,11 @@ def insert_requests(connection: Connection, columns: dict[str, list]) -> None:
     types), JSON as its text. A column null in every row is left to its default (NULL): most of a log's optional
     columns are, and SQLite's driver takes ~0.4 us to bind each None."""
     rows = len(next(iter(columns.values())))
-    names = [name for name, values in columns.items() if values.count(None) < rows or _has_default(name)]
+    names = [  # the first row's value settles most columns without a look at the others
+        name
+        for name, values in columns.items()
+        if values[0] is not None or values.count(None) < rows or _has_default(name)
+    ]
     values = zip(*(columns[name] for name in names), strict=True)
     if _dialect(connection) == "sqlite":
         placeholders = ", ".join("?" * len(names))
