@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 from unittest.mock import patch
 
@@ -41,6 +42,9 @@ VARIED = [
     v1("refused", status=401, error_type="authentication_error", error_message="bad key", response=None),
     v1("long", user_agent="u" * 500, model="m" * 300, client_ip="f" * 80, endpoint="/v1/" + "e" * 80),
     v1("whole-second", time="2026-11-30T12:00:00Z", latency_ms=0, temperature=0),
+    v1("seven-digits", time="2026-11-30T12:00:00.1234567+00:00", admitted_at="2026-11-30T12:00:00,25Z"),
+    v1("space-minus-zero", time="2026-11-30 12:00:00.5-00:00", completed_at="2026-11-30T12:00:01+0000"),
+    v1("no-seconds", time="2026-11-30T12:00Z", admitted_at="2026-11-30T11:59:59.000001+00:00"),
     v1(
         "monitor-fields",
         prompt_hash="p-3f2a",
@@ -226,16 +230,16 @@ def test_an_import_syncs_as_the_store_does_and_leaves_checkpoints_as_they_were(s
     original = bulk.insert_requests
 
     def insert(connection, batch):
-        seen.append(
-            tuple(connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("synchronous", "wal_autocheckpoint"))
-        )
+        pragmas = ("synchronous", "wal_autocheckpoint", "cache_size")
+        seen.append(tuple(connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas))
         original(connection, batch)
 
     with patch.object(bulk, "insert_requests", insert):
         LogImporter(sqlite_store, batch_rows=2).import_files([log])
-    assert set(seen) == {(1, bulk.IMPORT_CHECKPOINT_PAGES)}  # synchronous NORMAL throughout
+    assert set(seen) == {(1, bulk.IMPORT_CHECKPOINT_PAGES, -bulk.IMPORT_CACHE_KIB)}  # synchronous NORMAL throughout
     with sqlite_store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -2000  # SQLite's default
     assert count(sqlite_store) == 5
 
 
@@ -243,3 +247,19 @@ def test_only_json_objects_are_vetted_in_bulk(sqlite_store, tmp_path):
     lines = [" \t" + json.dumps(v1("spaced")), '"a string"', "5", json.dumps(v1("plain"))]
     report = LogImporter(sqlite_store).import_files([write_jsonl(tmp_path / "log.jsonl", lines)])
     assert (report.imported, report.per_row, [r.line for r in report.rejected]) == (2, 2, [2, 3])
+
+
+def test_times_are_kept_whatever_the_databases_time_zone(store, tmp_path):
+    """Times travel to the store as UTC text: PostgreSQL must read them as UTC, not in its session's time zone."""
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{store.engine.url.database}\" SET timezone TO 'Asia/Tokyo'")
+            connection.commit()
+        store.engine.dispose()  # new sessions take the database's time zone
+    times = {"time": "2026-11-30T23:59:59.5-08:00", "admitted_at": 1764504001, "completed_at": "2026-12-01T08:00:02Z"}
+    LogImporter(store).import_files([write_jsonl(tmp_path / "log.jsonl", [json.dumps(v1("t", **times))])])
+    [row] = v1_rows(store)
+    moments = [datetime.fromisoformat(row[name]) for name in times]
+    assert moments == [datetime.fromisoformat(text) for text in ("2026-12-01T07:59:59.5Z", "2025-11-30T12:00:01Z")] + [
+        datetime(2026, 12, 1, 8, 0, 2, tzinfo=UTC)
+    ]

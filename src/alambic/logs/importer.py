@@ -17,13 +17,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy import Connection
 
 from alambic.logs.format import BadRow, LogRow, parse_row
 from alambic.logs.mapping import FieldMap
-from alambic.logs.records import batch_row, batch_schema
+from alambic.logs.records import Batch, batch_row
 from alambic.logs.sources import SourceRow, is_jsonl, read_rows
 from alambic.logs.vetting import vet_file_in_a_worker
 from alambic.store import Store, bulk
@@ -100,8 +98,7 @@ class LogImporter:
         for chunk in vet_file_in_a_worker(path, self.batch_rows, counting_tokens=self.count_tokens is not None):
             batch, left = chunk.batch, chunk.others
             if left.texts:
-                checked = self._checked(left.rows(range(len(left.texts))))
-                batch = pa.concat_tables([batch, checked]).sort_by("line")
+                batch = batch.joined(self._checked(left.rows(range(len(left.texts)))))
             self._write(connection, batch, chunk.read, left.path)
 
     def _import_rows(self, connection: Connection, rows: Iterable[SourceRow]) -> None:
@@ -109,7 +106,7 @@ class LogImporter:
         while chunk := list(islice(rows, self.batch_rows)):
             self._write(connection, self._checked(chunk), len(chunk), chunk[0].path)
 
-    def _checked(self, rows: Iterable[SourceRow]) -> pa.Table:
+    def _checked(self, rows: Iterable[SourceRow]) -> Batch:
         """The rows that follow v1, one by one, as a batch; the others rejected with the schema's reason."""
         parsed = list(self._parsed(rows))
         self.report.per_row += len(parsed)
@@ -120,7 +117,7 @@ class LogImporter:
                 batch.append(batch_row(source.line, row))
             except BadRow as error:
                 self._reject(source.line, source.path, str(error))
-        return pa.Table.from_pylist(batch, schema=batch_schema())
+        return Batch.of_rows(batch)
 
     def _parsed(self, rows: Iterable[SourceRow]) -> Iterator[tuple[SourceRow, LogRow]]:
         for row in rows:
@@ -138,20 +135,19 @@ class LogImporter:
     def _reject(self, line: int, path: str, reason: str) -> None:
         self._rejected.append(Rejected(path, line, reason))
 
-    def _write(self, connection: Connection, batch: pa.Table, read: int, path: str) -> None:
+    def _write(self, connection: Connection, batch: Batch, read: int, path: str) -> None:
         """One transaction for a batch in line order: rows whose id the store has are skipped (this run's:
         duplicates in the file)."""
         with connection.begin():
-            ids = batch.column("request_id").to_pylist()
+            ids = batch.columns["request_id"]
             unique = set(ids)
             known = bulk.known_requests(connection, list(unique))
             if known or len(unique) < len(ids):  # else every row is new
-                lines = batch.column("line").to_pylist()
-                batch = batch.filter(pa.array(self._fresh(ids, lines, known, path), pa.bool_()))
-            if batch.num_rows:
-                self._add_accounts(connection, batch.column("account"))
+                batch = batch.where(self._fresh(ids, batch.columns["line"], known, path))
+            if len(batch):
+                self._add_accounts(connection, batch.columns["account"])
                 bulk.insert_requests(connection, self._store_columns(batch))
-        self.report.imported += batch.num_rows
+        self.report.imported += len(batch)
         self.report.rejected += sorted(self._rejected, key=lambda r: r.line)
         self._rejected = []
         self.on_progress(read)
@@ -169,25 +165,20 @@ class LogImporter:
             seen.add(request_id)
         return fresh
 
-    def _add_accounts(self, connection: Connection, names: pa.ChunkedArray) -> None:
-        """Accounts named in the rows, created (without keys) where the store has none."""
-        wanted = [name for name in pc.unique(names).to_pylist() if name is not None and name not in self.accounts]
+    def _add_accounts(self, connection: Connection, names: list[str | None]) -> None:
+        """Accounts named in the rows, created (without keys) where the store has none, in the order named."""
+        wanted = [name for name in dict.fromkeys(names) if name is not None and name not in self.accounts]
         if wanted:
             ids, created = bulk.account_ids(connection, wanted)
             self.accounts.update(ids)
             self.report.accounts_created += created
 
-    def _store_columns(self, batch: pa.Table) -> pa.Table:
+    def _store_columns(self, batch: Batch) -> dict[str, list]:
         """The batch as the store's columns: the account's id for its name, this run's id, no line."""
-        names = pa.array(list(self.accounts), pa.string())
-        ids = pa.array(list(self.accounts.values()), pa.int64())
-        account_id = pc.take(ids, pc.index_in(batch.column("account"), value_set=names))
-        run = pa.array([self.run_id] * batch.num_rows, pa.string())
-        return (
-            batch.drop_columns(["line", "account"])
-            .append_column("account_id", account_id)
-            .append_column("imported_in", run)
-        )
+        columns = {name: values for name, values in batch.columns.items() if name not in ("line", "account")}
+        columns["account_id"] = list(map(self.accounts.get, batch.columns["account"]))  # None: no account
+        columns["imported_in"] = [self.run_id] * len(batch)
+        return columns
 
     def _fill_token_counts(self, rows: list[LogRow]) -> None:
         """v1 lets counts be null: then they are counted here, with the tokenizer the caller chose."""

@@ -2,19 +2,20 @@
 
 Columns the gateway fills that v1 does not name (finish reasons, errors, the watermark scheme, every
 choice's text) travel as extra fields named after their column, so the gateway's rows round-trip.
-An import moves rows in batches: Arrow tables of `batch_schema()`, the store's columns plus the row's line
-and account name, JSON columns as JSON text.
+An import moves rows in batches (`Batch`): columns of Python values as the store takes them, the store's columns
+plus the row's line and account name.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from itertools import compress
 from typing import Any
 
-import pyarrow as pa
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String
+import msgspec
+from sqlalchemy import JSON, Boolean, DateTime
 
 from alambic.logs.format import BadRow, LogRow
 from alambic.store.requestlog import MONITOR_FIELDS, fit_to_columns
@@ -41,38 +42,65 @@ NOT_IN_BATCH = ("id", "account_id", "api_key_id", "imported_in", "ingest_seq")
 JSON_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns if isinstance(c.type, JSON))
 
 
-@cache
-def batch_schema() -> pa.Schema:
-    """A batch's columns: the row's line, its account's name, and the store's columns that come from the row."""
-    fields = [pa.field("line", pa.int64()), pa.field("account", pa.string())]
-    for column in RequestLog.__table__.columns:
-        if column.name not in NOT_IN_BATCH:
-            fields.append(pa.field(column.name, _arrow_type(column.type)))
-    return pa.schema(fields)
+# A batch's columns: the row's line, its account's name, and the store's columns that come from the row.
+BATCH_COLUMNS = ("line", "account", *(c.name for c in RequestLog.__table__.columns if c.name not in NOT_IN_BATCH))
+TIME_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns if isinstance(c.type, DateTime))
+BOOLEAN_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns if isinstance(c.type, Boolean))
 
 
-def _arrow_type(kind) -> pa.DataType:
-    if isinstance(kind, JSON):
-        return pa.string()  # JSON text
-    if isinstance(kind, DateTime):
-        return pa.timestamp("us", tz="UTC")
-    if isinstance(kind, Boolean):
-        return pa.bool_()
-    if isinstance(kind, Float):
-        return pa.float64()
-    if isinstance(kind, Integer):  # BigInteger too
-        return pa.int64()
-    if isinstance(kind, String):  # Text too
-        return pa.string()
-    raise TypeError(f"no Arrow type for a {kind!r} column")
+@dataclass
+class Batch:
+    """Rows of an import as columns (`BATCH_COLUMNS`), each a list of values as the store takes them: times as
+    UTC text (`time_text`), booleans as 0 and 1, JSON as text. Plain lists cross from the vetting process and go
+    to the driver as they are, with no conversion on the writer's side."""
+
+    columns: dict[str, list]
+
+    @classmethod
+    def of_rows(cls, rows: list[dict[str, Any]]) -> Batch:
+        return cls({name: [row[name] for row in rows] for name in BATCH_COLUMNS})
+
+    def __len__(self) -> int:
+        return len(self.columns["line"])
+
+    def where(self, keep: list[bool]) -> Batch:
+        return Batch({name: list(compress(values, keep)) for name, values in self.columns.items()})
+
+    def __reduce__(self) -> tuple:
+        """Pickled (to the writer, from the vetting process) as MessagePack: ~2x quicker than pickling the lists."""
+        return _unpacked, (msgspec.msgpack.encode(self.columns),)
+
+    def joined(self, other: Batch) -> Batch:
+        """Both batches' rows, in line order."""
+        columns = {name: values + other.columns[name] for name, values in self.columns.items()}
+        order = sorted(range(len(columns["line"])), key=columns["line"].__getitem__)
+        return Batch({name: [values[i] for i in order] for name, values in columns.items()})
+
+
+def _unpacked(packed: bytes) -> Batch:
+    return Batch(msgspec.msgpack.decode(packed))
+
+
+def time_text(moment: datetime) -> str:
+    """A UTC time as the store's text: what SQLAlchemy writes into SQLite (six decimals always), and what
+    PostgreSQL reads as UTC in an import's transaction."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]  # without its offset, +00:00
 
 
 def batch_row(line: int, row: LogRow) -> dict[str, Any]:
-    """One v1 row as a batch row (`to_columns`, JSON columns as text)."""
+    """One v1 row as a batch row (`to_columns`, its values as a `Batch` holds them)."""
     columns = to_columns(row)
     for name in JSON_COLUMNS:
         if columns[name] is not None:
             columns[name] = json.dumps(columns[name])
+    for name in TIME_COLUMNS:
+        if columns[name] is not None:
+            columns[name] = time_text(columns[name])
+    for name in BOOLEAN_COLUMNS:
+        if columns[name] is not None:
+            columns[name] = int(columns[name])
     return {"line": line, "account": row.account, **columns}
 
 

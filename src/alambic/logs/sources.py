@@ -80,7 +80,7 @@ def line_chunks(path: Path, lines_per_chunk: int) -> Iterator[LineChunk]:
     with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
         chunk = LineChunk(str(path))
         for number, line in enumerate(lines, start=1):
-            if line.strip():
+            if not line.isspace():  # (strip would copy the line)
                 chunk.numbers.append(number)
                 chunk.texts.append(line)
                 if len(chunk.texts) >= lines_per_chunk:
