@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from monitor_traffic import HashedWords, row, write
 
+from alambic.monitor.content import SAMPLE, content_features
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.mmd_baseline import MmdBaseline, Window, account_windows
 from alambic.monitor.source import open_log
@@ -75,6 +76,20 @@ def test_campaign_accounts_move_no_calibration_and_no_benign_score(weeks):
     assert np.array_equal(baseline.benign_statistics, calibrated[2])
     assert set(with_campaigns) == set(labels)
     assert without == {a: s for a, s in with_campaigns.items() if labels[a]["kind"] == "benign"}
+
+
+def test_a_one_window_account_s_sample_is_the_content_signals_and_costs_no_encoding(weeks):
+    _, mixed, _, labels = weeks
+    connection, encoder = open_log([mixed]), HashedWords()
+    cache = EmbeddingCache(encoder)
+    content_features(connection, cache)
+    embedded = encoder.texts
+    windows = account_windows(connection, cache, window=10**9)
+    assert encoder.texts == embedded and set(windows) == set(labels)
+    assert all(len(found) == 1 and len(found[0].embeddings) <= SAMPLE for found in windows.values())
+    (bulk,) = [a for a, label in labels.items() if label["style"] == "bulk"]
+    assert len(account_windows(connection, cache, window=100)[bulk]) > 1  # its further windows: more to encode
+    assert encoder.texts > embedded
 
 
 def _log(directory, rows: list[tuple[str, str]]):

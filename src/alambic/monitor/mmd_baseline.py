@@ -2,7 +2,9 @@
 against a benign reference sample of prompts, with p-values from benign accounts' windows only.
 
 A window is `window` consecutive requests of one account (an account that sent fewer: one window of what it
-sent); the prompts (last user turn) of a deterministic random `sample` of its requests are embedded, and the
+sent). Up to `sample` of its distinct prompts (last user turn) are embedded, without the template they share,
+picked as the content signals pick theirs (`monitor.content`): a one-window account's embeddings are theirs, from
+the same cache, so the encoder's work grows only with large accounts' further windows. The
 window's statistic is the unbiased MMD² (`monitor.windows.mmd2`, Gaussian kernel, bandwidth the median distance of
 the reference) between them and the reference. Its p-value is its rank among benign calibration windows with as
 many embedded rows (the statistic's spread shrinks as they grow), with an exponential tail past the largest
@@ -20,20 +22,19 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from alambic.monitor.content import text_key
+from alambic.monitor.content import SAMPLE, task_texts, text_key
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.prompts import LAST_USER_TURN
 from alambic.monitor.risk import tail_probability
 from alambic.monitor.windows import median_bandwidth, mmd2, rbf_gamma, within
 
 WINDOW = 1500  # requests, as in the reference figure (0.3% benign FPR, 90.5% TPR at 5-50% attacker mix)
-SAMPLE = 32  # requests per window whose prompts are embedded: bounds the encoder's work per window
 MIN_REQUESTS = 20  # a window below this is not tested
 REFERENCE = 1000  # reference prompts every window is compared with
 NEIGHBOURS = 200  # benign windows, of the nearest sizes, a window's statistic is ranked among
 
-# Per account, its requests in time order cut into windows of $window; in each, $sample requests picked by a hash
-# (a deterministic random sample), with the window's request count.
+# Per account, its requests in time order cut into windows of $window; in each, up to $sample of its distinct
+# prompts, picked by the hash that picks the content signals' sample (`content.SAMPLED`), in time order.
 WINDOW_PROMPTS = f"""
 WITH numbered AS (
     SELECT account, {LAST_USER_TURN} AS prompt,
@@ -43,12 +44,16 @@ WITH numbered AS (
     SELECT account, position // $window AS window_index, position, prompt,
            count(*) OVER (PARTITION BY account, position // $window) AS requests
     FROM numbered
+), distinct_prompts AS (
+    SELECT account, window_index, any_value(requests) AS requests, hash(prompt) AS prompt_hash,
+           any_value(prompt) AS prompt, min(position) AS first_position
+    FROM windowed GROUP BY account, window_index, hash(prompt)
 )
 SELECT account, window_index, requests, prompt FROM (
-    SELECT *, row_number() OVER (PARTITION BY account, window_index ORDER BY hash(account, position)) AS pick
-    FROM windowed)
+    SELECT *, row_number() OVER (PARTITION BY account, window_index ORDER BY hash(prompt_hash, account)) AS pick
+    FROM distinct_prompts)
 WHERE pick <= $sample
-ORDER BY account, window_index, position
+ORDER BY account, window_index, first_position, prompt_hash
 """
 
 
@@ -57,25 +62,33 @@ class Window:
     account: str
     index: int  # the account's windows in time order, from 0
     requests: int
-    embeddings: np.ndarray  # (rows, dim): the sampled requests' prompts
+    embeddings: np.ndarray  # (rows, dim): the sampled distinct prompts' tasks
+
+    def tested(self, min_requests: int) -> bool:
+        """Whether the window is large enough to test (and has two distinct prompts to estimate MMD² from)."""
+        return self.requests >= min_requests and len(self.embeddings) >= 2
 
 
 def account_windows(
     connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache, window: int = WINDOW, sample: int = SAMPLE
 ) -> dict[str, list[Window]]:
-    """Every account's windows over the `requests` relation (`monitor.source`), embedded through `cache`."""
+    """Every account's windows over the `requests` relation (`monitor.source`): each window's sampled prompts
+    without the template they share (`content.task_texts`), embedded through `cache`."""
     if window < 1 or sample < 2:
         raise ValueError(f"a window needs at least 1 request and a sample of at least 2, got {window} and {sample}")
-    picked = connection.execute(WINDOW_PROMPTS, {"window": window, "sample": sample}).fetchall()
-    vectors = cache.embed({text_key(prompt): prompt for *_, prompt in picked})
-    rows: dict[tuple[str, int], list[np.ndarray]] = {}
+    prompts: dict[tuple[str, int], list[str]] = {}
     requests: dict[tuple[str, int], int] = {}
-    for account, index, count, prompt in picked:
-        rows.setdefault((account, index), []).append(vectors[text_key(prompt)])
-        requests[account, index] = count
+    for account, index, count, prompt in connection.execute(
+        WINDOW_PROMPTS, {"window": window, "sample": sample}
+    ).fetchall():
+        prompts.setdefault((account, index), []).append(prompt)
+        requests[account, index] = int(count)
+    tasks = {key: task_texts(asked) for key, asked in prompts.items()}
+    vectors = cache.embed({text_key(task): task for asked in tasks.values() for task in asked})
     found: dict[str, list[Window]] = {}
-    for (account, index), embedded in rows.items():
-        found.setdefault(account, []).append(Window(account, index, requests[account, index], np.stack(embedded)))
+    for (account, index), asked in tasks.items():
+        embedded = np.stack([vectors[text_key(task)] for task in asked])
+        found.setdefault(account, []).append(Window(account, index, requests[account, index], embedded))
     return found
 
 
@@ -103,7 +116,7 @@ class MmdBaseline:
         others' tested windows calibrate, so that no window is compared with a reference it is part of."""
         accounts = sorted(benign)
         pool = [w for a in accounts[::2] for w in benign[a]]
-        calibration = [w for a in accounts[1::2] for w in benign[a] if w.requests >= min_requests]
+        calibration = [w for a in accounts[1::2] for w in benign[a] if w.tested(min_requests)]
         if len(calibration) < 20 or not pool:
             raise ValueError(f"calibrating needs at least 40 benign accounts' windows, got {len(calibration)} to test")
         rows = np.vstack([w.embeddings for w in pool])
@@ -130,7 +143,7 @@ class MmdBaseline:
 
     def account_p_value(self, windows: list[Window]) -> float:
         """The smallest p-value of the account's tested windows, times their number (1: none tested)."""
-        tested = [self.p_value(w) for w in windows if w.requests >= self.min_requests]
+        tested = [self.p_value(w) for w in windows if w.tested(self.min_requests)]
         return min(1.0, len(tested) * min(tested)) if tested else 1.0
 
     def scores(self, accounts: Mapping[str, list[Window]]) -> dict[str, float]:
