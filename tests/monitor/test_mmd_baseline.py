@@ -48,6 +48,12 @@ def test_the_p_values_of_fresh_benign_windows_are_about_uniform():
     assert 0.05 <= np.mean(p <= 0.1) <= 0.15 and 0.35 <= np.mean(p <= 0.5) <= 0.65
 
 
+def test_too_few_benign_windows_to_calibrate_on_is_an_error():
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match="20 tested benign windows"):
+        MmdBaseline.calibrate(_benign_windows(rng, rng.standard_normal((5, 8)), 30))
+
+
 @pytest.fixture(scope="module")
 def weeks(tmp_path_factory):
     """A benign-only week to calibrate on; a week with campaigns to score, and the same week without them."""

@@ -118,7 +118,7 @@ class MmdBaseline:
         pool = [w for a in accounts[::2] for w in benign[a]]
         calibration = [w for a in accounts[1::2] for w in benign[a] if w.tested(min_requests)]
         if len(calibration) < 20 or not pool:
-            raise ValueError(f"calibrating needs at least 40 benign accounts' windows, got {len(calibration)} to test")
+            raise ValueError(f"calibrating needs 20 tested benign windows off the reference, got {len(calibration)}")
         rows = np.vstack([w.embeddings for w in pool])
         weights = np.concatenate([np.full(len(w.embeddings), w.requests / len(w.embeddings)) for w in pool])
         rng = np.random.default_rng(seed)
