@@ -35,6 +35,7 @@ from alambic.monitor.assess import assess, feature_rows
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
+from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag
 from alambic.monitor.risk import Reference
@@ -67,12 +68,18 @@ def embeddings() -> EmbeddingCache:
     return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{key}.parquet")
 
 
-def benign_reference(directory: Path, scale: float, content: EmbeddingCache | None) -> Reference:
-    rows = []
+def benign_reference(
+    directory: Path, scale: float, content: EmbeddingCache | None
+) -> tuple[Reference, MmdBaseline | None]:
+    """What the benign-only weeks calibrate: the monitor's risk and, with content, the MMD window baseline."""
+    rows, windows = [], {}
     for seed in REFERENCE_SEEDS:
         log, _ = simulate(directory, seed, scale, ())
         rows += list(feature_rows(open_log([log]), content).values())
-    return Reference(rows)
+        if content is not None:
+            for account, found in account_windows(open_log([log]), content).items():
+                windows[f"{seed}:{account}"] = found  # account ids may repeat across seeds
+    return Reference(rows), MmdBaseline.calibrate(windows) if windows else None
 
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:
@@ -136,7 +143,13 @@ def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, d
 
 
 def evaluate(
-    log: Path, labels: dict, reference: Reference, content: EmbeddingCache | None, tag: str, step: timedelta
+    log: Path,
+    labels: dict,
+    reference: Reference,
+    content: EmbeddingCache | None,
+    mmd: MmdBaseline | None,
+    tag: str,
+    step: timedelta,
 ) -> dict:
     """Scores keyed `tag:account`, so that seeds pool; actions; campaigns; the replay; seconds per step."""
     connection = open_log([log])
@@ -144,6 +157,9 @@ def evaluate(
     verdicts = assess(connection, reference, content)
     seconds = time.perf_counter() - started
     summaries = account_summaries(connection)
+    baselines = {name: score(summaries) for name, score in BASELINES.items()}
+    if mmd is not None and content is not None:
+        baselines["mmd"] = mmd.scores(account_windows(connection, content))
     replayed = replay_week(log, lambda c: assess(c, reference, content), step, labels)
     rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
@@ -154,9 +170,7 @@ def evaluate(
         "monitor": {f"{tag}:{v.account}": v.risk for v in verdicts},
         "actions": {f"{tag}:{v.account}": v.action for v in verdicts},
         "campaign_of": {f"{tag}:{v.account}": v.campaign and f"{tag}:{v.campaign}" for v in verdicts},
-        "baselines": {
-            name: {f"{tag}:{a}": s for a, s in score(summaries).items()} for name, score in BASELINES.items()
-        },
+        "baselines": {name: {f"{tag}:{a}": s for a, s in scores.items()} for name, scores in baselines.items()},
         "rules_fired": {f"{tag}:{s.account}": any(rule.fires(s) for rule in RULES) for s in summaries},
         "campaigns": {f"{tag}:{c}": figures for c, figures in replayed.pop("campaigns").items()},
         "rules_campaigns": {f"{tag}:{c}": figures for c, figures in rules_replayed.pop("campaigns").items()},
@@ -171,7 +185,7 @@ def pooled(runs: list[dict]) -> dict:
     keys = ("labels", "monitor", "actions", "campaign_of", "rules_fired", "campaigns", "rules_campaigns")
     merged = {key: {a: v for run in runs for a, v in run[key].items()} for key in keys}
     merged["baselines"] = {
-        name: {a: s for run in runs for a, s in run["baselines"][name].items()} for name in BASELINES
+        name: {a: s for run in runs for a, s in run["baselines"][name].items()} for name in runs[0]["baselines"]
     }
     return merged
 
@@ -331,12 +345,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as directory:
         directory = Path(directory)
         content = None if args.no_content else embeddings()
-        reference = benign_reference(directory, args.scale, content)
+        reference, mmd = benign_reference(directory, args.scale, content)
         print(f"reference: {len(reference)} benign accounts, {time.perf_counter() - begun:.0f} s", flush=True)
         runs = []
         for seed in args.seeds:
             log, labels = simulate(directory, seed, args.scale, campaigns)
-            runs.append(evaluate(log, labels, reference, content, str(seed), step))
+            runs.append(evaluate(log, labels, reference, content, mmd, str(seed), step))
             kinds = Counter(label["kind"] for label in labels.values())
             replay = runs[-1]["replay"]
             print(
@@ -363,6 +377,15 @@ def main(argv: list[str] | None = None) -> None:
             "requests_before_flag_target": TARGET,
             "million_rows_scale": args.million_scale,
             "extras_week": args.extras_week,
+            "mmd_baseline": None
+            if mmd is None
+            else {
+                "window": WINDOW,
+                "sample": SAMPLE,
+                "min_requests": mmd.min_requests,
+                "reference_prompts": len(mmd.reference),
+                "calibration_windows": len(mmd.benign_statistics),
+            },
         },
         "accounts": dict(Counter(label["kind"] for label in merged["labels"].values())),
         "benign_actions": dict(Counter(merged["actions"][a] for a in benign)),

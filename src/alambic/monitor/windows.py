@@ -12,34 +12,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
 
 WINDOW = 1500
 REFERENCE = 2000  # reference prompts each window is compared with
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
-
-
 def median_bandwidth(sample: np.ndarray) -> float:
     """The median pairwise distance of `sample` (at most 1,000 of its rows)."""
     rows = sample[:1000]
-    distances = np.sqrt(_squared_distances(rows, rows)[np.triu_indices(len(rows), 1)])
+    distances = euclidean_distances(rows)[np.triu_indices(len(rows), 1)]
     return float(np.median(distances)) or 1.0
 
 
-def _within(x: np.ndarray, scale: float) -> float:
-    """The mean kernel value between distinct rows of `x`."""
-    kxx = np.exp(scale * _squared_distances(x, x))
+def rbf_gamma(bandwidth: float) -> float:
+    """The RBF kernel's exp(-gamma |x - y|²) for a Gaussian of standard deviation `bandwidth`."""
+    return 1.0 / (2.0 * bandwidth * bandwidth)
+
+
+def within(x: np.ndarray, gamma: float) -> float:
+    """The mean kernel value between distinct rows of `x` (n >= 2 rows)."""
+    kxx = rbf_kernel(x, gamma=gamma)  # (n, n)
     return float((kxx.sum() - np.trace(kxx)) / (len(x) * (len(x) - 1)))
 
 
 def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float, y_within: float | None = None) -> float:
-    """The unbiased estimate of MMD² between samples `x` and `y` under a Gaussian kernel (`y_within`: `y`'s
-    own term, when it is the same reference every time)."""
-    scale = -1.0 / (2.0 * bandwidth * bandwidth)
-    y_within = _within(y, scale) if y_within is None else y_within
-    return _within(x, scale) + y_within - 2.0 * float(np.exp(scale * _squared_distances(x, y)).mean())
+    """The unbiased estimate of MMD² between samples `x` and `y` under a Gaussian kernel (Gretton et al. 2012,
+    eq. 3; `y_within`: `y`'s own term, when it is the same reference every time)."""
+    g = rbf_gamma(bandwidth)
+    y_within = within(y, g) if y_within is None else y_within
+    return within(x, g) + y_within - 2.0 * float(rbf_kernel(x, y, gamma=g).mean())
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,11 @@ class WindowTest:
             raise ValueError(f"calibrating at FPR {false_positive_rate} needs at least {needed} benign prompts")
         reference = benign[:REFERENCE]
         bandwidth = median_bandwidth(reference)
-        within = _within(reference, -1.0 / (2.0 * bandwidth * bandwidth))
-        untested = cls(reference, bandwidth, np.inf, within)
+        reference_within = within(reference, rbf_gamma(bandwidth))
+        untested = cls(reference, bandwidth, np.inf, reference_within)
         scores = np.sort([untested.score(rest[i * window : (i + 1) * window]) for i in range(windows)])
         allowed = int(np.floor(false_positive_rate * windows))  # benign windows that may score above it
-        return cls(reference, bandwidth, float(scores[windows - 1 - allowed]), within)
+        return cls(reference, bandwidth, float(scores[windows - 1 - allowed]), reference_within)
 
     def score(self, window: np.ndarray) -> float:
         return mmd2(window, self.reference, self.bandwidth, self.reference_within)
