@@ -90,6 +90,22 @@ def test_end_of_sequence_stops_and_is_not_counted(engine, tiny, prompts):
     assert completion.token_ids == words[:-1]
 
 
+def test_a_special_token_the_model_writes_is_in_the_text_as_in_its_logprobs(engine, tiny, prompts):
+    # Nothing the model wrote is lost: the text keeps a special token's text (only the end of sequence is left
+    # out), so the logprobs' tokens spell the text, and a harvester re-tokenizing the text gets the same ids.
+    tokenizer = tiny.tokenizer
+    special = next(i for i in tokenizer.all_special_ids if i not in engine.backend.eos_token_ids)
+    words = [*tokenizer.encode(" one"), special, *tokenizer.encode(" two")]
+    params = SamplingParams(
+        max_tokens=len(words), logprobs=True, logits_processors=(ForceTokens(len(prompts[0]), words),)
+    )
+    [[completion]] = engine.generate([GenerationRequest(prompts[0], params)])
+    assert completion.token_ids == words
+    assert completion.text == f" one{tokenizer.convert_ids_to_tokens(special)} two"
+    assert "".join(t.token for t in completion.logprobs) == completion.text
+    assert tokenizer.encode(completion.text, add_special_tokens=False) == words
+
+
 def test_min_tokens_holds_off_the_end_of_sequence(engine, tiny, prompts):
     def end_now(_input_ids, scores):  # the model would end at once
         scores = scores.clone()

@@ -51,11 +51,11 @@ def test_split_utf8_characters_are_not_released_half_done(assembler_for):
 def full_decode_reference(tokenizer, token_ids, stop):
     """What the assembler must produce: the full decode after each token, cut at the first stop string."""
     for count in range(1, len(token_ids) + 1):
-        text = tokenizer.decode(token_ids[:count], skip_special_tokens=True)
+        text = tokenizer.decode(token_ids[:count])
         hits = [text.find(s) for s in stop if s in text]
         if hits:
             return text[: min(hits)], count
-    return tokenizer.decode(token_ids, skip_special_tokens=True), None
+    return tokenizer.decode(token_ids), None
 
 
 def test_incremental_text_equals_the_full_decode_on_random_streams(tiny):
@@ -66,7 +66,7 @@ def test_incremental_text_equals_the_full_decode_on_random_streams(tiny):
     stopped = 0
     for _ in range(300):
         token_ids = [rng.choice(pool) for _ in range(rng.randint(1, 40))]
-        whole = tokenizer.decode(token_ids, skip_special_tokens=True)
+        whole = tokenizer.decode(token_ids)
         start = rng.randrange(len(whole) + 1)
         stop = rng.choice([(), ("STOP",), ("\n\nUser:", "東"), (whole[start : start + rng.randint(1, 4)],)])
         expected_text, expected_count = full_decode_reference(tokenizer, token_ids, [s for s in stop if s])
@@ -82,7 +82,7 @@ def test_incremental_text_equals_the_full_decode_on_random_streams(tiny):
         assert "".join(released) == assembler.text == expected_text, (token_ids, stop)
         assert (count if assembler.stopped else None) == expected_count
         stopped += assembler.stopped
-    assert stopped > 50  # the streams did exercise the stop strings
+    assert stopped > 40  # the streams did exercise the stop strings
 
 
 class CountingTokenizer:

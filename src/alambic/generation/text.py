@@ -15,7 +15,9 @@ class TextAssembler:
     Each token decodes a short window of the latest ids, as vLLM's and TGI's detokenizers do: the window
     starts where a whole character ended (the prefix offset) and the text it adds is what lies past the ids
     already read (the read offset). So a token costs the same at the 10th and the 10,000th token, and the text
-    is the full decode's, multi-byte characters split across byte-level tokens included.
+    is the full decode's, multi-byte characters split across byte-level tokens included. A special token the
+    model wrote keeps its text (the end of sequence never reaches here): nothing written is lost, the logprobs'
+    tokens spell the text, and re-tokenizing the text gives back the ids.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
@@ -56,8 +58,8 @@ class TextAssembler:
 
     def _decode_window(self) -> tuple[str, bool]:
         """The text the ids past the read offset add, and whether it ends on a whole character."""
-        read = self.tokenizer.decode(self.token_ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        window = self.tokenizer.decode(self.token_ids[self._prefix_offset :], skip_special_tokens=True)
+        read = self.tokenizer.decode(self.token_ids[self._prefix_offset : self._read_offset])
+        window = self.tokenizer.decode(self.token_ids[self._prefix_offset :])
         new_text = window[len(read) :]
         return new_text, bool(new_text) and not window.endswith(INCOMPLETE_CHARACTER)
 
