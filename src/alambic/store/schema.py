@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -73,7 +73,16 @@ class PolicyChange(Base):
 
 class RequestLog(Base):
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_account_time", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_requests_account_time", "account_id", "created_at"),
+        # Only rows with a hash (migration 0006): imported rows mostly have none, and lookups are by a hash.
+        Index(
+            "ix_requests_prompt_hash",
+            "prompt_hash",
+            sqlite_where=text("prompt_hash IS NOT NULL"),
+            postgresql_where=text("prompt_hash IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(index=True)  # when the request arrived
@@ -114,7 +123,7 @@ class RequestLog(Base):
     # What the monitor reads (migration 0005): the harvest's prompt_id of the user turns (and system prompt),
     # the same hash of the turns before the last user turn (follow-ups of one opener share it), times, the
     # gateway that served it, the watermark key's id and parameters (never the key).
-    prompt_hash: Mapped[str | None] = mapped_column(String(24), index=True)
+    prompt_hash: Mapped[str | None] = mapped_column(String(24))
     conversation: Mapped[str | None] = mapped_column(String(24))
     admitted_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
