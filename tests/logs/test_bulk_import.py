@@ -230,13 +230,14 @@ def test_an_import_syncs_as_the_store_does_and_leaves_checkpoints_as_they_were(s
     original = bulk.insert_requests
 
     def insert(connection, batch):
-        pragmas = ("synchronous", "wal_autocheckpoint", "cache_size")
-        seen.append(tuple(connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas))
+        pragmas = ("synchronous", "wal_autocheckpoint", "page_size", "cache_size")
+        synchronous, pages, page_size, cache = (connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas)
+        seen.append((synchronous, pages * page_size, cache))  # the log's length between checkpoints, in bytes
         original(connection, batch)
 
     with patch.object(bulk, "insert_requests", insert):
         LogImporter(sqlite_store, batch_rows=2).import_files([log])
-    assert set(seen) == {(1, bulk.IMPORT_CHECKPOINT_PAGES, -bulk.IMPORT_CACHE_KIB)}  # synchronous NORMAL throughout
+    assert set(seen) == {(1, bulk.IMPORT_CHECKPOINT_BYTES, -bulk.IMPORT_CACHE_KIB)}  # synchronous NORMAL throughout
     with sqlite_store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
         assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -2000  # SQLite's default

@@ -17,7 +17,7 @@ from alambic.store.schema import Account, RequestLog, utc_now
 
 REQUESTS, ACCOUNTS = RequestLog.__tablename__, Account.__tablename__
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy writes a datetime into SQLite
-IMPORT_CHECKPOINT_PAGES = 65_536  # 256 MiB of log written ahead (4 KiB pages) between checkpoints
+IMPORT_CHECKPOINT_BYTES = 256 << 20  # of log written ahead between checkpoints (a longer log slows every read)
 # SQLite's page cache while importing: a batch's pages (~10 MiB) and the indexes' hot pages stay in it, instead of
 # spilling to the log written ahead mid-transaction and being read back (2 MiB by default; ~13% less CPU a row).
 IMPORT_CACHE_KIB = 65_536
@@ -26,8 +26,8 @@ IMPORT_CACHE_KIB = 65_536
 @contextmanager
 def import_connection(engine: Engine) -> Iterator[Connection]:
     """One connection for a whole import, each batch its own transaction on it. On SQLite the log written ahead
-    is checkpointed into the database (which syncs it) at most every `IMPORT_CHECKPOINT_PAGES` instead of every
-    1,000 pages, then once at the end: commits stay as safe as the store's others (WAL, synchronous=NORMAL: a
+    is checkpointed into the database (which syncs it) every `IMPORT_CHECKPOINT_BYTES` instead of every 1,000
+    pages, then once at the end: commits stay as safe as the store's others (WAL, synchronous=NORMAL: a
     crash of the process or the machine loses at most the last batches, never the database's consistency).
     The page cache is `IMPORT_CACHE_KIB` meanwhile; both settings are the connection's own, and restored.
     """
@@ -36,7 +36,8 @@ def import_connection(engine: Engine) -> Iterator[Connection]:
         if sqlite:
             default = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
             cache = connection.exec_driver_sql("PRAGMA cache_size").scalar()
-            connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={IMPORT_CHECKPOINT_PAGES}")
+            page = connection.exec_driver_sql("PRAGMA page_size").scalar()
+            connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={IMPORT_CHECKPOINT_BYTES // page}")
             connection.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
             connection.commit()  # SQLAlchemy began a transaction for the pragma; each batch begins its own
         try:
