@@ -18,13 +18,13 @@ def record(seconds: int) -> RequestRecord:
 def test_a_row_committed_after_a_higher_id_is_still_read(store):
     create_account(store, "alice")
     slow = record(0)
-    slow_id = start_request(store, slow)  # admitted first, still answering
+    slow_row = start_request(store, slow)  # admitted first, still answering
     quick_id = log_request(store, record(1))
     assert stamp_ingest(store) == 1  # only what is final
     [(cursor, row)] = rows_after(store, 0)
-    assert row["id"].startswith("req-") and quick_id > slow_id
+    assert row["id"].startswith("req-") and quick_id > slow_row.id
     slow.status_code = 200
-    log_request(store, slow, slow_id)  # ends after the quick one: `id > cursor` would never see it again
+    log_request(store, slow, slow_row)  # ends after the quick one: `id > cursor` would never see it again
     assert stamp_ingest(store) == 1
     [(later, row)] = rows_after(store, cursor)
     assert later > cursor and row["time"] == START.isoformat(timespec="microseconds")

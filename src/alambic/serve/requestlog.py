@@ -40,7 +40,7 @@ class RequestJournal:
     async def open(self, state: dict) -> None:
         """Insert an admitted request's row, `in_progress` until `commit`."""
         state["record"].admitted_at = datetime.now(UTC)
-        state["row_id"] = self._bookkeeping(state, start_request, self.store, state["record"])
+        state["started_row"] = self._bookkeeping(state, start_request, self.store, state["record"])
 
     async def commit(self, state: dict) -> None:
         """Make the request's row final, once; a write that failed is tried again by the next call."""
@@ -69,7 +69,7 @@ class RequestJournal:
             account = authenticate(self.store, key)
             if account is not None:
                 record.account_id, record.api_key_id = account.account_id, account.api_key_id
-        log_request(self.store, record, state.get("row_id"))
+        log_request(self.store, record, state.get("started_row"))
 
     @staticmethod
     def _bookkeeping(state: dict, write: Callable[..., Any], *args: Any) -> Any:

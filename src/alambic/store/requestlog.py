@@ -78,19 +78,30 @@ class UsageWindow:
     oldest: datetime | None  # the earliest counted request, which leaves the window first
 
 
-def start_request(store: Store, record: RequestRecord) -> int:
+@dataclass(frozen=True)
+class StartedRow:
+    """The row `start_request` committed: its id, and the columns it wrote."""
+
+    id: int
+    columns: dict
+
+
+def start_request(store: Store, record: RequestRecord) -> StartedRow:
     """Commit the row of a request that is starting, `in_progress` until `log_request` makes it final."""
-    return _insert(store, _columns(record, IN_PROGRESS))
+    columns = _columns(record, IN_PROGRESS)
+    return StartedRow(_insert(store, columns), columns)
 
 
-def log_request(store: Store, record: RequestRecord, row_id: int | None = None) -> int:
-    """Commit a request's final row: the update of row `row_id` (from `start_request`) or a new row."""
+def log_request(store: Store, record: RequestRecord, started: StartedRow | None = None) -> int:
+    """Commit a request's final row, and return its id: a new row, or the update of the `started` one, which sets
+    only the columns that changed since (each indexed column set costs its index an entry removed and added)."""
     columns = _columns(record, COMPLETE)
-    if row_id is None:
+    if started is None:
         return _insert(store, columns)
+    changed = {name: value for name, value in columns.items() if started.columns.get(name) != value}
     with store.session.begin() as session:
-        session.execute(update(RequestLog).where(RequestLog.id == row_id).values(columns))
-    return row_id
+        session.execute(update(RequestLog).where(RequestLog.id == started.id).values(changed))
+    return started.id
 
 
 def fit_to_columns(columns: dict) -> dict:
