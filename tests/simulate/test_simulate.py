@@ -146,7 +146,7 @@ def test_the_rows_are_the_ones_benchmarks_were_built_on(tmp_path):
     out = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=1, days=2, scale=0.05)), out)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == (
-        "51a7601676cdc6b724694d2fb1602b814c5e42a6d10701734f1731ea4e3c4304"
+        "ecabf6cbb4cc93ec2ce3cc969762dec87e447e7fd645595f3a5f0801727395b7"
     )
 
 

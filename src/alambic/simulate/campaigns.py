@@ -24,11 +24,12 @@ from alambic.simulate.population import (
     World,
     address_in,
     chat,
+    chat_sessions,
 )
-from alambic.simulate.text import Prompts
+from alambic.simulate.text import FOLLOW_UPS, Prompts
 
 # Styles kept out of sight while the monitor is designed: it is scored on them last.
-HELD_OUT = ("low-and-slow", "mimic", "paraphrase")
+HELD_OUT = ("low-and-slow", "mimic", "paraphrase", "conversational")
 # Per hydra account, alive one or two days: fewer requests than the benign median account sends in a week.
 HYDRA_DAILY_VOLUME, HYDRA_REQUESTS = 8.0, (5, 14)
 
@@ -287,6 +288,35 @@ def paraphrase(world: World, campaign: str) -> list[Actor]:
     )
 
 
+def conversational(world: World, campaign: str) -> list[Actor]:
+    """Extraction dressed as people chatting: each task opens a session of follow-ups at a person's pace, from a
+    few accounts, each at its own home address, with a browser, in its own time zone, as a heavy chatter."""
+    accounts = 10
+    prompts = _prompt_set(world, 1500, accounts)
+    actors = []
+    for i in range(accounts):
+
+        def turns(actor: Actor, _world: World, rng: random.Random, tasks: Prompts = prompts[i::accounts]) -> list[str]:
+            position = actor.state["position"]
+            actor.state["position"] = position + 1
+            return [tasks[position % len(tasks)], *rng.sample(FOLLOW_UPS, rng.randint(0, 3))]
+
+        actors.append(
+            _campaign_actor(
+                world,
+                campaign,
+                "conversational",
+                world.rng.choice(BROWSER_AGENTS),
+                [address_in(world.rng, 88)],
+                chat_sessions(turns, {"temperature": 0.7, "stream": True}, EVENING_HOURS, (25, 180)),
+                tz=world.rng.randint(-10, 10),
+                active=0.95,
+                sessions=8.0,
+            )
+        )
+    return actors
+
+
 CAMPAIGNS: dict[str, Callable[[World, str], list[Actor]]] = {
     "bulk": bulk,
     "sharded": sharded,
@@ -296,4 +326,5 @@ CAMPAIGNS: dict[str, Callable[[World, str], list[Actor]]] = {
     "low-and-slow": low_and_slow,
     "mimic": mimic,
     "paraphrase": paraphrase,
+    "conversational": conversational,
 }

@@ -330,7 +330,7 @@ def _agent(actor: Actor, world: World, rng: random.Random, day: int) -> list[Req
     return requests
 
 
-def _sessions(
+def chat_sessions(
     turns: Callable[[Actor, World, random.Random], list[str]],
     params: dict,
     hours: list[float],
@@ -426,7 +426,7 @@ def programs(world: World) -> list[Actor]:
                 {"volume": math.exp(world.rng.uniform(math.log(20), math.log(600)))},
             )
         )
-    coding = _sessions(
+    coding = chat_sessions(
         lambda a, w, r: [w.text.code_question(r) for _ in range(r.randint(1, 5))],
         {"temperature": 0.2, "max_tokens": 1024, "stream": True},
         BUSINESS_HOURS,
@@ -455,7 +455,7 @@ def programs(world: World) -> list[Actor]:
 
 def people(world: World) -> list[Actor]:
     """People chatting at human pace in many time zones, many behind shared VPN or carrier NAT exits."""
-    talk = _sessions(
+    talk = chat_sessions(
         lambda a, w, r: w.text.conversation(r), {"temperature": 0.7, "stream": True}, EVENING_HOURS, (25, 180)
     )
     actors = []
