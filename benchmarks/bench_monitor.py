@@ -83,7 +83,9 @@ def benign_reference(
 
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:
-    """Per multi-account campaign: the share of its accounts in its largest linked group, and benign accounts in it."""
+    """Per multi-account campaign: the share of its accounts in its largest linked group (of all of them, and of
+    those that sent any of its prompts: one that sent only cover traffic holds none of its evidence), and benign
+    accounts in it."""
     members: dict[str, list[str]] = {}
     for account, label in labels.items():
         if label["kind"] == "campaign":
@@ -95,10 +97,13 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
         groups = Counter(campaign_of[a] for a in accounts if campaign_of[a] is not None)
         group, size = groups.most_common(1)[0] if groups else (None, 0)
         benign = sum(1 for a, g in campaign_of.items() if g == group and group and labels[a]["kind"] == "benign")
+        extracting = [a for a in accounts if labels[a].get("extraction_requests") != 0]
+        joined = sum(group is not None and campaign_of[a] == group for a in extracting)
         found[campaign] = {
             "style": labels[accounts[0]]["style"],
             "accounts": len(accounts),
             "largest_group_share": size / len(accounts),
+            "largest_group_share_sent_extraction": joined / len(extracting) if extracting else None,
             "benign_in_group": benign,
         }
     return found
@@ -210,6 +215,9 @@ def style_table(run: dict) -> dict:
                 run["actions"][a] == "block" for a, label in labels.items() if label["style"] == style
             ),
             "linking_worst_share": min((c["largest_group_share"] for c in per_style), default=None),
+            "linking_worst_share_sent_extraction": min(
+                (c["largest_group_share_sent_extraction"] for c in per_style), default=None
+            ),
             "linking_benign_in_groups": sum(c["benign_in_group"] for c in per_style) if per_style else None,
             "baselines": {
                 name: {
@@ -429,8 +437,14 @@ def _brief(row: dict) -> str:
     return (
         f"auc {row['auc']:.4f} tpr@0.1% {row['tpr_at_0.1pct_fpr']:.3f} tpr@1% {row['tpr_at_1pct_fpr']:.3f} "
         f"benign blocked {row['benign_blocked']} linked {row['linking_worst_share']} "
+        f"(cover-only accounts {row['accounts_cover_only']}: without them auc {_shown(row['auc_sent_extraction'])}, "
+        f"linked {row['linking_worst_share_sent_extraction']}) "
         f"before flag {row['requests_before_flag']} ({row['flagged_before_target']}/{row['campaigns']}) | {base}"
     )
+
+
+def _shown(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

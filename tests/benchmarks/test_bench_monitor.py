@@ -69,6 +69,21 @@ def test_the_style_table_reports_the_worst_campaign_and_a_never_flagged_one_as_n
     assert "requests_before_flag" not in hydra["baselines"]["volume"]  # a score, with no flag to replay
 
 
+def test_linking_is_also_measured_over_the_accounts_that_sent_the_campaign_s_prompts():
+    """A hydra account that sent only cover traffic holds none of the campaign's evidence: the share of the others
+    in the campaign's group is reported beside the share of all."""
+    hydra = {"kind": "campaign", "style": "hydra", "campaign_id": "c1"}
+    labels = {
+        "a": {**hydra, "extraction_requests": 4},
+        "b": {**hydra, "extraction_requests": 1},
+        "cover": {**hydra, "extraction_requests": 0},
+        "person": {"kind": "benign", "style": "person", "campaign_id": None, "extraction_requests": None},
+    }
+    found = bench_monitor.linking({"a": "g1", "b": "g1", "cover": None, "person": None}, labels)["c1"]
+    assert found["largest_group_share"] == 2 / 3 and found["largest_group_share_sent_extraction"] == 1.0
+    assert found["benign_in_group"] == 0
+
+
 def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss_and_cpu_time(tmp_path):
     log = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=2, days=1, scale=0.02, campaigns=("bulk",))), log)

@@ -81,6 +81,21 @@ def test_hydra_accounts_stay_under_the_benign_median_and_share_its_egress(small_
     assert len(shared) >= 5
 
 
+def test_campaign_labels_count_the_requests_that_carry_the_campaign_s_prompts(small_week):
+    """What a hydra account sent of its campaign's prompts, beside its cover traffic: an account that sent only
+    cover carries none of the campaign's evidence, and a benchmark must be able to say how many there are."""
+    rows, labels = small_week
+    per_account = Counter(r["account"] for r in rows)
+    assert all(label["extraction_requests"] is None for label in labels.values() if label["kind"] == "benign")
+    campaign = {a: label for a, label in labels.items() if label["kind"] == "campaign"}
+    assert all(0 <= label["extraction_requests"] <= per_account[a] for a, label in campaign.items())
+    bulk = [a for a, label in campaign.items() if label["style"] == "bulk"]
+    assert bulk and all(campaign[a]["extraction_requests"] == per_account[a] for a in bulk)
+    hydra = [a for a, label in campaign.items() if label["style"] == "hydra"]
+    cover = sum(per_account[a] - campaign[a]["extraction_requests"] for a in hydra) / sum(per_account[a] for a in hydra)
+    assert 0.15 < cover < 0.45, cover
+
+
 def test_the_new_model_is_adopted_gradually_and_the_pivot_follows_within_hours(small_week):
     rows, labels = small_week
     first_new = {}

@@ -20,19 +20,28 @@ def tpr_at_fpr(benign: list[float], flagged: list[float], fpr: float) -> float:
 
 
 def score_by_style(scores: dict[str, float], labels: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Per campaign style (accounts of that style against every benign account)."""
+    """Per campaign style (accounts of that style against every benign account); beside the scores over all of
+    them, the style's accounts that sent only cover traffic (labels' `extraction_requests` of 0: none of the
+    campaign's prompts, so none of its evidence) and the AUC over the others."""
     benign = [scores.get(a, 0.0) for a, label in labels.items() if label["kind"] == "benign"]
     styles = sorted({label["style"] for label in labels.values() if label["kind"] == "campaign"})
     results = {}
     for style in styles:
-        flagged = [scores.get(a, 0.0) for a, label in labels.items() if label["style"] == style]
-        truth = [0] * len(benign) + [1] * len(flagged)
+        accounts = {a: label for a, label in labels.items() if label["style"] == style}
+        flagged = [scores.get(a, 0.0) for a in accounts]
+        extracting = [scores.get(a, 0.0) for a, label in accounts.items() if label.get("extraction_requests") != 0]
         results[style] = {
             "accounts": len(flagged),
-            "auc": float(roc_auc_score(truth, benign + flagged)),
+            "auc": _auc(benign, flagged),
             **{name: tpr_at_fpr(benign, flagged, rate) for name, rate in FALSE_POSITIVE_RATES.items()},
+            "accounts_cover_only": len(flagged) - len(extracting),
+            "auc_sent_extraction": _auc(benign, extracting) if extracting else None,
         }
     return results
+
+
+def _auc(benign: list[float], flagged: list[float]) -> float:
+    return float(roc_auc_score([0] * len(benign) + [1] * len(flagged), benign + flagged))
 
 
 def before_flag_by_style(

@@ -71,9 +71,16 @@ class Simulation:
             self.actors += CAMPAIGNS[style](self.world, f"campaign-{number + 1}-{style}")
 
     def labels(self, accounts: set[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Who is who (of `accounts`, e.g. those that sent anything), never written into the log itself."""
+        """Who is who (of `accounts`, e.g. those that sent anything), never written into the log itself. Once the
+        rows are drawn, `extraction_requests` counts a campaign account's requests that carried its campaign's
+        prompts (the rest is cover traffic; None for a benign account)."""
         return {
-            a.account: {"kind": a.kind, "style": a.style, "campaign_id": a.campaign_id}
+            a.account: {
+                "kind": a.kind,
+                "style": a.style,
+                "campaign_id": a.campaign_id,
+                "extraction_requests": a.state["position"] if a.kind == "campaign" else None,
+            }
             for a in self.actors
             if accounts is None or a.account in accounts
         }
