@@ -73,7 +73,8 @@ class Simulation:
     def labels(self, accounts: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Who is who (of `accounts`, e.g. those that sent anything), never written into the log itself. Once the
         rows are drawn, `extraction_requests` counts a campaign account's requests that carried its campaign's
-        prompts (the rest is cover traffic; None for a benign account)."""
+        prompts (a `conversational` session once, follow-ups and all; the rest is cover traffic; None for a benign
+        account)."""
         return {
             a.account: {
                 "kind": a.kind,
