@@ -8,7 +8,8 @@ streamed and not, at 1, 4, 16 and 32 concurrent streams, each level for at least
 for this CPU (`--gguf-type auto`), and the CPU's flags are recorded beside the figures. Both hold the same KV
 cells, 1,024 per stream, as llama-server's slots (`--kv-layout per-sequence`); `alambic-shared` is the
 gateway's default layout (one pool for all rows) on as many cells. The gateway's own cost per request (auth,
-policy, log) comes from its /metrics, idle and under 16 streams.
+policy, log) comes from its /metrics, idle and under 16 streams. `results/serve.json` holds one run per kind of
+CPU (with bf16 instructions, with AVX-512 without them, without AVX-512): a run replaces its kind's alone.
 
 llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
 llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 40 minutes, nothing else
@@ -29,7 +30,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from alambic.models.cpu import cpu_flags
+from alambic.models.cpu import cpu_flags, native_bf16
 from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
 from alambic.paths import cache_dir
 from alambic.serve.server import wait_until_ready
@@ -235,7 +236,21 @@ async def main() -> None:
         "kgw_slowdown": "<= 0.05",
         "overhead_median_ms_under_16_streams": "<= 5",
     }
-    print("wrote", write_result("serve", result, directory=args.results))
+    print("wrote", record(result, args.results))
+
+
+def record(result: dict, directory: Path) -> Path:
+    """`serve.json` with `result` as this CPU kind's run: a run on a machine of another kind adds to it."""
+    return write_result("serve", {cpu_kind(): result}, update=True, directory=directory)
+
+
+def cpu_kind(flags: frozenset[str] | None = None) -> str:
+    """What decides the encodings' speed on a CPU (default: this one): bf16 instructions, AVX-512 without them, or
+    neither."""
+    flags = cpu_flags() if flags is None else flags
+    if native_bf16(flags):
+        return "cpu_with_bf16"
+    return "cpu_with_avx512" if any(flag.startswith("avx512") for flag in flags) else "cpu_without_avx512"
 
 
 if __name__ == "__main__":

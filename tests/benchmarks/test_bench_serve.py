@@ -1,0 +1,35 @@
+"""The serving benchmark keeps one run per kind of CPU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_serve
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, "cpu_with_bf16"),
+        ({"avx2", "amx_bf16"}, "cpu_with_bf16"),
+        ({"avx2", "avx512f", "avx512bw"}, "cpu_with_avx512"),
+        ({"avx2", "f16c"}, "cpu_without_avx512"),
+    ],
+)
+def test_the_cpu_kind_follows_its_flags(flags, kind):
+    assert bench_serve.cpu_kind(frozenset(flags)) == kind
+
+
+def test_a_run_on_one_kind_of_cpu_keeps_the_other_kind_s(tmp_path, monkeypatch):
+    for kind, tok_s in (("cpu_without_avx512", 1.0), ("cpu_with_bf16", 2.0), ("cpu_with_bf16", 3.0)):
+        monkeypatch.setattr(bench_serve, "cpu_kind", lambda kind=kind: kind)
+        bench_serve.record({"tok_s": tok_s}, tmp_path)
+    saved = json.loads((tmp_path / "serve.json").read_text())
+    assert saved["cpu_without_avx512"] == {"tok_s": 1.0}
+    assert saved["cpu_with_bf16"] == {"tok_s": 3.0}
+    assert set(saved["measured"]) == {"cpu_without_avx512", "cpu_with_bf16"}
