@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from monitor_traffic import HashedWords, row, write
 
+from alambic.monitor import content
 from alambic.monitor.assess import campaign_features
 from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
@@ -142,6 +143,18 @@ def test_a_linked_campaign_is_read_on_the_topics_of_all_traffic(tmp_path):
     (campaign,) = campaign_features(connection, members, cache).values()
     assert campaign["topic_clusters"] >= np.median([alone[a]["topic_clusters"] for a in members])
     assert campaign["topic_coverage"] >= 0.8 * np.median([alone[a]["topic_coverage"] for a in members])
+
+
+def test_a_campaign_s_features_read_no_account_s_content_features(tmp_path, monkeypatch):
+    """Without topics given, `campaign_features` fits them on the accounts' prompts, and reads content features for
+    the campaigns alone (before, it computed every account's features only to take their topics)."""
+    rows = [(f"sweep-{i % 4}", f"Explain concept {i} in detail.") for i in range(40)]
+    rows += [(f"person-{n}", f"Summarise my note number {n}: {p}") for n, p in enumerate(["a b", "c d", "e f"])]
+    connection, cache = open_log([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
+    read = []
+    monkeypatch.setattr(content, "_novelty", lambda embeddings: read.append(len(embeddings)) or 0.0)
+    campaign_features(connection, {f"sweep-{i}": "sweep" for i in range(4)}, cache)
+    assert len(read) == 4  # the campaign and the three people, the rows of the grouped pass; not the 4 members
 
 
 def _log(directory: Path, rows: list[tuple[str, str]]) -> Path:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import duckdb
 
-from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content
+from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content, account_topics
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
@@ -109,7 +109,7 @@ def campaign_features(
     if not campaign_of:
         return {}
     if content is not None and topics is None:
-        topics = account_content(connection, content).topics
+        topics = account_topics(connection, content)
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")

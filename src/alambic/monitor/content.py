@@ -96,6 +96,15 @@ def account_content(
     return Content(features, topics)
 
 
+def account_topics(
+    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
+) -> Topics | None:
+    """The topics `account_content` reads the accounts on by default, without their features (None: no prompt
+    text)."""
+    embedded = _embedded(connection, cache, sample)
+    return None if embedded is None else _fitted(*embedded)
+
+
 def content_features(
     connection: duckdb.DuckDBPyConnection,
     cache: EmbeddingCache | None = None,
