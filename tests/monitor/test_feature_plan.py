@@ -15,7 +15,15 @@ from alambic.monitor.features import ACCOUNT_FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
-BYTES = {"BOOLEAN": 1, "INTEGER": 4, "BIGINT": 8, "UBIGINT": 8, "DOUBLE": 8, "TIMESTAMP WITH TIME ZONE": 8}
+BYTES = {
+    "BOOLEAN": 1,
+    "INTEGER": 4,
+    "BIGINT": 8,
+    "UBIGINT": 8,
+    "DOUBLE": 8,
+    "DECIMAL(18,6)": 8,
+    "TIMESTAMP WITH TIME ZONE": 8,
+}
 VARCHAR_BYTES = 16  # DuckDB's string header, which holds up to 12 characters itself (account names, models)
 
 

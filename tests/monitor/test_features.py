@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import timedelta
 
 import pytest
-from monitor_traffic import MINUTE, row, write
+from monitor_traffic import MINUTE, START, row, write
 
 from alambic.monitor.features import FEATURES, account_features
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
+
+ROWS_FOR_THREADS = 300_000  # DuckDB aggregates a log this long on several threads
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,20 @@ def test_answer_tokens_are_the_mean_completion_tokens_whatever_the_prompt_s_leng
     found = {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
     assert found["a"]["answer_tokens"] == 325 and found["b"]["answer_tokens"] == 20
     assert found["a"]["answer_prompt_ratio"] < found["b"]["answer_prompt_ratio"]
+
+
+def test_the_same_log_gives_the_same_features_to_the_last_bit(tmp_path):
+    """Float sums add in whatever order DuckDB's threads meet: the timing and temperature features are summed
+    exactly (whole microseconds, millionths of a temperature), so that a log large enough for several threads gives
+    the same features every time (before: gap_cv, burstiness and mean_temperature a last bit apart)."""
+    rng, path, t = random.Random(0), tmp_path / "log.jsonl", 0
+    with open(path, "w") as out:
+        for n in range(ROWS_FOR_THREADS):
+            t += rng.randint(1, 5_000_000)
+            time = (START + timedelta(microseconds=t)).isoformat()
+            asked = row(n, f"a{n % 3}", 0) | {"time": time, "params": {"temperature": rng.random()}}
+            out.write(json.dumps(asked) + "\n")
+    connection = open_log([path])
+    connection.execute("SET threads = 2")
+    first, *others = [{f.account: f.values for f in account_features(connection)} for _ in range(3)]
+    assert all(other == first for other in others)

@@ -61,17 +61,23 @@ WITH shaped AS (
            coalesce(completion_tokens, 0) AS completion_tokens,
            coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
                     1000000) >= 1000 AS long_answer,
-           coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS temperature,
+           -- to the millionth, in DECIMAL: its sum is exact, whatever the order
+           CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
            coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
            coalesce(params->>'logprobs' = 'true', false) AS logprobs
     FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
           FROM requests
           WHERE account IS NOT NULL) AS request
 ),
+-- Sums of whole microseconds, exact (sum(g^2) <= (sum g)^2 <= the log's span^2 fits DECIMAL(38) for decades):
+-- a float sum adds in whatever order the threads meet, and the same log gave features a last bit apart.
 timing AS (
-    SELECT account, avg(gap) AS mean_gap, stddev_samp(gap) AS sd_gap
+    SELECT account, CAST(sum(gap) AS DOUBLE) / count(*) / 1e6 AS mean_gap,
+           sqrt(CAST(count(*) * sum(gap * gap) - sum(gap) * sum(gap) AS DOUBLE)
+                / nullif(count(*) * (count(*) - 1), 0)) / 1e6 AS sd_gap
     -- only the columns it orders: the window keeps every column it is given for the whole pass
-    FROM (SELECT account, ts - lag(ts) OVER (PARTITION BY account ORDER BY ts) AS gap
+    FROM (SELECT account, CAST(round((ts - lag(ts) OVER (PARTITION BY account ORDER BY ts)) * 1e6) AS DECIMAL(38, 0))
+                     AS gap
           FROM (SELECT account, epoch(t) AS ts FROM shaped) AS times) AS gaps
     WHERE gap IS NOT NULL
     GROUP BY account
@@ -116,7 +122,7 @@ per_account AS (
            avg(CASE WHEN s.long_answer THEN 1 ELSE 0 END) AS long_answer_share,
            avg(CASE WHEN s.logprobs THEN 1 ELSE 0 END) AS logprobs_share,
            avg(CASE WHEN s.multi_sample THEN 1 ELSE 0 END) AS multi_sample_share,
-           avg(s.temperature) AS mean_temperature,
+           CAST(avg(s.temperature) AS DOUBLE) AS mean_temperature,
            sum(s.completion_tokens) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
            avg(s.completion_tokens) AS answer_tokens,
            avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
