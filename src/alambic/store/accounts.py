@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 
 from alambic.errors import AccountNotFoundError, ConflictError, InvalidRequestError
 from alambic.store.database import Store
@@ -96,7 +96,7 @@ def issue_key(store: Store, name: str) -> str:
 
 _KEY_LOOKUP = (
     select(
-        Account.id.label("account_id"),
+        Account.id,
         ApiKey.id.label("api_key_id"),
         Account.name,
         Account.policy,
@@ -115,17 +115,7 @@ def authenticate(store: Store, key: str) -> AccountPolicy | None:
     # more than the query itself.
     with store.engine.connect() as connection:
         row = connection.execute(_KEY_LOOKUP, {"key_hash": hash_key(key)}).first()
-    if row is None:
-        return None
-    return AccountPolicy(
-        account_id=row.account_id,
-        api_key_id=row.api_key_id,
-        name=row.name,
-        policy=Policy(row.policy),
-        requests_per_minute=row.requests_per_minute,
-        tokens_per_minute=row.tokens_per_minute,
-        watermark=row.watermark,
-    )
+    return None if row is None else _policy_of(row, row.api_key_id)
 
 
 def set_policy(
@@ -281,7 +271,8 @@ def _add_key(session, account_id: int) -> str:
     return key
 
 
-def _policy_of(account: Account, api_key_id: int | None) -> AccountPolicy:
+def _policy_of(account: Account | Row, api_key_id: int | None) -> AccountPolicy:
+    """The policy of an account, or of a row with its columns."""
     return AccountPolicy(
         account_id=account.id,
         api_key_id=api_key_id,
