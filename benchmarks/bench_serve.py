@@ -1,19 +1,23 @@
 """Serving speed as a user gets it: alambic's gateway against llama.cpp's own `llama-server`, same client.
 
 Both servers are driven by the same openai async client with the same prompts and settings: ShareGPT first
-turns, 128 new tokens forced (`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7,
-streamed and not, at 1, 4, 16 and 32 concurrent streams, each level for at least `--seconds` and
-`--min-requests`. Each server runs alone on the machine; with `--rounds` above 1 the servers take turns
-(A, B, A, B) so that drift in the machine's speed falls on both. Both load the GGUF encoding alambic picks
-for this CPU (`--gguf-type auto`), and the CPU's flags are recorded beside the figures. Both hold the same KV
-cells, 1,024 per stream, as llama-server's slots (`--kv-layout per-sequence`); `alambic-shared` is the
-gateway's default layout (one pool for all rows) on as many cells. The gateway's own cost per request (auth,
-policy, log) comes from its /metrics, idle and under 16 streams. `results/serve.json` holds one run per kind of
-CPU (with bf16 instructions, with AVX-512 without them, without AVX-512): a run replaces its kind's alone.
+turns, each sent once per server run (llama-server keeps answered prompts' KV in RAM, 8 GiB by default, and a
+prompt sent again skips its prefill: a benchmark that cycles a few prompts measures that cache), 128 new
+tokens forced (`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7, streamed and not,
+at 1, 4, 16 and 32 concurrent streams, each level for at least `--seconds` and `--min-requests`.
+`llama-server` samples with its own defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature);
+`llama-server-full` is the same server asked for the whole distribution, as alambic samples. Each server runs
+alone on the machine; with `--rounds` above 1 the servers take turns (A, B, A, B) so that drift in the
+machine's speed falls on both. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and
+the CPU's flags are recorded beside the figures. Both hold the same KV cells, 1,024 per stream, as
+llama-server's slots (`--kv-layout per-sequence`); `alambic-shared` is the gateway's default layout (one pool
+for all rows) on as many cells. The gateway's own cost per request (auth, policy, log) comes from its /metrics,
+idle and under 16 streams. `results/serve.json` holds one run per kind of CPU (with bf16 instructions, with
+AVX-512 without them, without AVX-512): a run replaces its kind's alone.
 
 llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
-llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 40 minutes, nothing else
-on the machine): `.venv/bin/python benchmarks/bench_serve.py`.
+llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 50 minutes, nothing else
+on the machine): `.venv/bin/python benchmarks/bench_serve.py` (every server but `alambic-shared`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,15 @@ from alambic.store import Store, create_account
 from common import RESULTS, GatewayProcess, free_port, sharegpt_first_turns, write_result
 
 MAX_TOKENS = 128
+PROMPTS = 3000  # distinct prompts drawn: a full run sends about 1,100 requests to each server
 TEMPERATURE = 0.7
 STREAMS = (1, 4, 16, 32)
-SERVERS = ("alambic", "alambic-kgw", "alambic-shared", "llama-server")
+SERVERS = ("alambic", "alambic-kgw", "alambic-shared", "llama-server", "llama-server-full")
+MEASURED_BY_DEFAULT = ("alambic", "alambic-kgw", "llama-server", "llama-server-full")
+# What each llama-server is asked beside the shared settings: its own default sampler chain (top-k 40, top-p
+# 0.95, min-p 0.05 before the temperature), or the whole distribution at the temperature, as alambic samples
+# (OpenAI's defaults: top_p 1, no top-k)
+LLAMA_SERVER_SAMPLING = {"llama-server": {}, "llama-server-full": {"top_k": 0, "top_p": 1.0, "min_p": 0.0}}
 KV_CELLS_PER_STREAM = 1024
 LLAMA_SERVER = cache_dir() / "llama-server" / "llama-server"
 WATERMARK_KEY = "bench-serve-watermark-key"  # a benchmark's key: nothing it marks is kept
@@ -65,8 +75,22 @@ class LlamaServer:
         self.process.wait(timeout=60)
 
 
+class FreshPrompts:
+    """The prompts in order, each handed out once: no request repeats one the server has answered."""
+
+    def __init__(self, prompts: list) -> None:
+        self.prompts = prompts
+        self.taken = 0
+
+    def take(self) -> list[dict]:
+        if self.taken == len(self.prompts):
+            raise SystemExit(f"All {len(self.prompts)} prompts were sent: raise PROMPTS or shorten the levels.")
+        self.taken += 1
+        return self.prompts[self.taken - 1]
+
+
 async def load_level(
-    url: str, key: str, extra: dict, prompts: list, streams: int, stream: bool, args: argparse.Namespace
+    url: str, key: str, extra: dict, prompts: FreshPrompts, streams: int, stream: bool, args: argparse.Namespace
 ) -> tuple[int, float, int]:
     """`streams` clients ask in a loop until `args.seconds` have passed and `args.min_requests` were sent;
     returns (completion tokens, seconds from the first request to the last answer, requests)."""
@@ -92,7 +116,7 @@ async def load_level(
     async def worker() -> None:
         nonlocal sent, tokens
         while time.perf_counter() < deadline or sent < args.min_requests:
-            messages = prompts[sent % len(prompts)]
+            messages = prompts.take()
             sent += 1
             produced = await ask(messages)  # not `tokens += await ...`: that loses concurrent updates
             tokens += produced
@@ -138,9 +162,11 @@ def idle_overhead_ms(url: str, key: str, requests: int = 50) -> float:
 async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict:
     """Every level, streamed and not, on one server started for the purpose and stopped after."""
     figures: dict = {}
+    fresh = FreshPrompts(prompts)  # every server is sent the same prompts in the same order
     with tempfile.TemporaryDirectory() as scratch:
-        if name == "llama-server":
-            server, key, extra = LlamaServer(smollm2_gguf(gguf_type), max(args.streams)), "none", {"ignore_eos": True}
+        if name in LLAMA_SERVER_SAMPLING:
+            server, key = LlamaServer(smollm2_gguf(gguf_type), max(args.streams)), "none"
+            extra = {"ignore_eos": True, **LLAMA_SERVER_SAMPLING[name]}
         else:
             db = f"sqlite:///{Path(scratch) / 'bench.db'}"
             key = create_account(Store(db), "bench")
@@ -156,14 +182,14 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
         try:
             for stream in (True, False):
                 for streams in args.streams:
-                    before = overhead_histogram(server.url) if name != "llama-server" else None
-                    tokens, seconds, requests = await load_level(server.url, key, extra, prompts, streams, stream, args)
+                    before = overhead_histogram(server.url) if name not in LLAMA_SERVER_SAMPLING else None
+                    tokens, seconds, requests = await load_level(server.url, key, extra, fresh, streams, stream, args)
                     level = {"tok_s": tokens / seconds, "requests": requests, "seconds": seconds}
                     if before is not None:
                         level["overhead_median_ms"] = median_ms(before, overhead_histogram(server.url))
                     figures[f"{'streamed' if stream else 'whole'}_{streams}"] = level
                     print(f"{name:13s} {'streamed' if stream else 'whole   '} {streams:2d} streams: {level}")
-            if name != "llama-server":
+            if name not in LLAMA_SERVER_SAMPLING:
                 figures["overhead_idle_median_ms"] = idle_overhead_ms(server.url, key)
         finally:
             server.close()
@@ -183,7 +209,9 @@ def mean_of_rounds(rounds: list[dict]) -> dict:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
+    parser.add_argument(
+        "--servers", default=",".join(MEASURED_BY_DEFAULT), help="comma-separated: " + ", ".join(SERVERS)
+    )
     parser.add_argument("--streams", default=",".join(map(str, STREAMS)), help="concurrency levels")
     parser.add_argument("--seconds", type=float, default=60.0, help="least time per level")
     parser.add_argument("--min-requests", type=int, default=32, help="least requests per level")
@@ -201,7 +229,7 @@ async def main() -> None:
 
     from alambic.models import smollm2_directory
 
-    prompts = sharegpt_first_turns(max(64, 2 * max(args.streams)), AutoTokenizer.from_pretrained(smollm2_directory()))
+    prompts = sharegpt_first_turns(PROMPTS, AutoTokenizer.from_pretrained(smollm2_directory()))
     rounds: dict[str, list[dict]] = {name: [] for name in servers}
     for _ in range(args.rounds):
         for name in servers:
@@ -221,12 +249,12 @@ async def main() -> None:
         },
         "by_server": by_server,
     }
-    if "llama-server" in by_server:
-        peer = by_server["llama-server"]
+    for peer_name in LLAMA_SERVER_SAMPLING.keys() & by_server.keys():
+        peer = by_server[peer_name]
         for name in ("alambic", "alambic-shared"):
             if name in by_server:
                 ratios = {level: by_server[name][level]["tok_s"] / peer[level]["tok_s"] for level in peer}
-                result["ratio_vs_llama_server" + name.removeprefix("alambic").replace("-", "_")] = ratios
+                result[f"ratio_vs_{peer_name}{name.removeprefix('alambic')}".replace("-", "_")] = ratios
     if "alambic" in by_server and "alambic-kgw" in by_server:
         plain, marked = by_server["alambic"], by_server["alambic-kgw"]
         levels = [level for level, figures in plain.items() if isinstance(figures, dict)]

@@ -33,3 +33,11 @@ def test_a_run_on_one_kind_of_cpu_keeps_the_other_kind_s(tmp_path, monkeypatch):
     assert saved["cpu_without_avx512"] == {"tok_s": 1.0}
     assert saved["cpu_with_bf16"] == {"tok_s": 3.0}
     assert set(saved["measured"]) == {"cpu_without_avx512", "cpu_with_bf16"}
+
+
+def test_no_prompt_is_sent_twice_to_a_server():
+    prompts = [[{"role": "user", "content": str(i)}] for i in range(3)]
+    fresh = bench_serve.FreshPrompts(prompts)
+    assert [fresh.take() for _ in prompts] == prompts
+    with pytest.raises(SystemExit, match="All 3 prompts were sent"):
+        fresh.take()

@@ -107,6 +107,47 @@ def test_rows_with_their_own_kv_cells_are_answered_as_if_alone(prompts):
         engine.close()
 
 
+def test_a_conversation_s_next_turn_is_prefilled_past_what_its_slot_holds(prompts):
+    """Per-sequence KV: a row that leaves keeps its cells; the next turn of its conversation takes its slot (not
+    the lowest free one) and feeds llama.cpp only the tokens past the shared prefix, with the same answer."""
+
+    def per_sequence_backend():
+        return load_backend(
+            "smollm2",
+            "llamacpp",
+            gguf_type="f16",
+            max_sequences=2,
+            kv_tokens=2 * 256,
+            threads=1,
+            kv_layout="per-sequence",
+        )
+
+    backend, fresh = per_sequence_backend(), per_sequence_backend()
+    engine, fresh_engine = GenerationEngine(backend, max_batch_size=2), GenerationEngine(fresh, max_batch_size=2)
+    try:
+        greedy = SamplingParams(max_tokens=16, temperature=0)
+        # slot 0 takes another conversation, slot 1 the one that goes on
+        first = engine.generate([GenerationRequest(prompts[0], greedy), GenerationRequest(prompts[1], greedy)])
+        answer = backend.tokenizer.decode(first[1][0].token_ids, skip_special_tokens=True)
+        turns = [{"role": "user", "content": QUESTIONS[1]}, {"role": "assistant", "content": answer}]
+        turns.append({"role": "user", "content": "And why?"})
+        follow_up = backend.tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        fed, decode = [], backend._decode
+        backend._decode = lambda entries, wanted: (
+            fed.append([sequence for _, _, sequence in entries]) or decode(entries, wanted)
+        )
+        second = engine.generate([GenerationRequest(follow_up, greedy)])[0][0].token_ids
+        prefill = fed[0]
+        assert set(prefill) == {1}  # the slot of the conversation's first turn, though not the lowest free one
+        assert len(prefill) <= len(follow_up) - len(prompts[1])
+        assert second == fresh_engine.generate([GenerationRequest(follow_up, greedy)])[0][0].token_ids
+    finally:
+        engine.close()
+        fresh_engine.close()
+
+
 def test_the_kv_layout_is_checked():
     with pytest.raises(InvalidRequestError, match="KV layout 'paged'"):
         load_backend("smollm2", "llamacpp", kv_layout="paged")

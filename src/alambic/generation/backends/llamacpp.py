@@ -11,6 +11,11 @@ about a quarter of the step. `per-sequence` (llama-server's slots): each sequenc
 max_sequences` cells of its own and attends to them alone. llama.cpp then splits a batch into one forward pass
 per run of consecutive sequence ids with the same token count, so a row takes the lowest free id, a decode
 step goes to llama.cpp in id order, and each joining prompt is prefilled alone.
+
+Per sequence, a row that leaves keeps its cells (as llama-server's slots do): a new prompt is prefilled only
+past the longest prefix it shares with what its slot holds, which is the chat template's system prompt for any
+chat and the whole conversation so far for its next turn. It takes the lowest free slot, unless another holds
+`REUSE_OVER_LOWEST` of the prompt more (a gap among the running ids costs every step a forward pass).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def require_llama_cpp():
 
 
 KV_LAYOUTS = ("shared", "per-sequence")
+REUSE_OVER_LOWEST = 0.25
 
 
 class LlamaCppBackend:
@@ -96,6 +102,8 @@ class LlamaCppBackend:
         self.free_ids = list(range(max_sequences))  # a heap: the lowest free id first
         self.sequence_ids: list[int] = []  # per row
         self.positions: list[int] = []  # per row: the position its next token takes
+        # per sequence id (per-sequence layout): the tokens its cells hold, a running row's so far
+        self.held: dict[int, list[int]] = {}
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         if len(prompts) > len(self.free_ids):
@@ -107,6 +115,8 @@ class LlamaCppBackend:
             for group in groups:
                 self._prefill_together(group, prompts, logits)
         except Exception:  # free the new rows' slots and whatever chunks of theirs went into the cache
+            for sequence_id in self.sequence_ids[running_rows:]:
+                self.held[sequence_id] = []
             self.keep(list(range(running_rows)))
             raise
         return torch.from_numpy(logits)
@@ -115,10 +125,14 @@ class LlamaCppBackend:
         """Append `rows` (indices into `prompts`) in llama_decode calls of their own; their logits into `logits`."""
         entries, last_of = [], {}
         for row in rows:
-            prompt, sequence_id = prompts[row], heapq.heappop(self.free_ids)
+            prompt = prompts[row]
+            sequence_id, reused = self._slot_for(prompt)
             self.sequence_ids.append(sequence_id)
             self.positions.append(len(prompt))
-            entries.extend((token, position, sequence_id) for position, token in enumerate(prompt))
+            if self.per_sequence:
+                llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, reused, -1)
+                self.held[sequence_id] = list(prompt)
+            entries.extend((prompt[p], p, sequence_id) for p in range(reused, len(prompt)))
             last_of[len(entries) - 1] = row
         for start in range(0, len(entries), self.batch_tokens):
             chunk = entries[start : start + self.batch_tokens]
@@ -127,6 +141,19 @@ class LlamaCppBackend:
             for i in wanted:
                 logits[last_of[start + i]] = _floats(llama_cpp.llama_get_logits_ith(self.context, i), self.vocab_size)
 
+    def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
+        """A free sequence id for `prompt`, and how many of its first tokens that id's cells hold already (never
+        all: the last is fed again for its logits)."""
+        if not self.per_sequence:
+            return heapq.heappop(self.free_ids), 0
+        lowest = self.free_ids[0]
+        reuse = {i: _common_prefix(self.held.get(i, ()), prompt, len(prompt) - 1) for i in self.free_ids}
+        best = max(self.free_ids, key=lambda i: (reuse[i], -i))
+        chosen = best if reuse[best] - reuse[lowest] >= REUSE_OVER_LOWEST * len(prompt) else lowest
+        self.free_ids.remove(chosen)
+        heapq.heapify(self.free_ids)
+        return chosen, reuse[chosen]
+
     def decode(self, tokens: list[int]) -> torch.Tensor:
         entries = list(zip(tokens, self.positions, self.sequence_ids, strict=True))
         order = sorted(range(len(entries)), key=self.sequence_ids.__getitem__) if self.per_sequence else None
@@ -134,6 +161,9 @@ class LlamaCppBackend:
             entries = [entries[row] for row in order]
         self._decode(entries, list(range(len(entries))))
         self.positions = [p + 1 for p in self.positions]
+        if self.per_sequence:
+            for token, sequence_id in zip(tokens, self.sequence_ids, strict=True):
+                self.held[sequence_id].append(token)
         outputs = _floats(llama_cpp.llama_get_logits(self.context), len(entries) * self.vocab_size)
         logits = torch.from_numpy(outputs.reshape(len(entries), self.vocab_size))  # (B, V), valid until next decode
         if order is None or order == list(range(len(order))):
@@ -143,8 +173,9 @@ class LlamaCppBackend:
     def keep(self, rows: list[int]) -> None:
         kept = set(rows)
         for row, sequence_id in enumerate(self.sequence_ids):
-            if row not in kept:
-                llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, -1, -1)
+            if row not in kept:  # per sequence, its cells stay for the next prompt that shares their prefix
+                held = len(self.held.get(sequence_id, ())) if self.per_sequence else 0
+                llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, held, -1)
                 heapq.heappush(self.free_ids, sequence_id)
         self.sequence_ids = [self.sequence_ids[row] for row in rows]
         self.positions = [self.positions[row] for row in rows]
@@ -164,6 +195,12 @@ class LlamaCppBackend:
             raise ServerBusyError("llama.cpp's KV cache is full; retry when fewer requests are running.")
         if status != 0:
             raise AlambicError(f"llama_decode failed with status {status}.")
+
+
+def _common_prefix(held: list[int], prompt: list[int], at_most: int) -> int:
+    """How many first tokens `held` and `prompt` share, up to `at_most`."""
+    length = min(len(held), at_most)
+    return next((i for i in range(length) if held[i] != prompt[i]), length)
 
 
 def _free(batch, context, model) -> None:
