@@ -138,11 +138,13 @@ def test_a_conversation_s_next_turn_is_prefilled_past_what_its_slot_holds(prompt
         backend._decode = lambda entries, wanted: (
             fed.append([sequence for _, _, sequence in entries]) or decode(entries, wanted)
         )
-        second = engine.generate([GenerationRequest(follow_up, greedy)])[0][0].token_ids
+        [[second]] = engine.generate([GenerationRequest(follow_up, greedy)])
         prefill = fed[0]
         assert set(prefill) == {1}  # the slot of the conversation's first turn, though not the lowest free one
         assert len(prefill) <= len(follow_up) - len(prompts[1])
-        assert second == fresh_engine.generate([GenerationRequest(follow_up, greedy)])[0][0].token_ids
+        assert second.cached_tokens == len(follow_up) - len(prefill)
+        [[alone]] = fresh_engine.generate([GenerationRequest(follow_up, greedy)])
+        assert (second.token_ids, alone.cached_tokens) == (alone.token_ids, 0)
     finally:
         engine.close()
         fresh_engine.close()
@@ -219,3 +221,26 @@ def test_the_gateway_serves_the_llamacpp_backend(llama_engine, sqlite_store):
             model="smollm2", messages=question, max_tokens=16, temperature=0, stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed) == answer.choices[0].message.content
+        assert answer.usage.prompt_tokens_details.cached_tokens == 0  # one pool for all rows: nothing kept
+
+
+def test_the_gateway_reports_the_prompt_tokens_a_slot_held(sqlite_store):
+    backend = load_backend(
+        "smollm2", "llamacpp", gguf_type="f16", max_sequences=2, kv_tokens=2 * 512, kv_layout="per-sequence"
+    )
+    engine = GenerationEngine(backend, max_batch_size=2)
+    try:
+        for gateway in start_gateway(engine, sqlite_store):
+            client = gateway.client(gateway.key("alice"))
+            turns = [{"role": "user", "content": "What is the capital of France?"}]
+            first = client.chat.completions.create(model="smollm2", messages=turns, max_tokens=8, temperature=0)
+            turns += [{"role": "assistant", "content": first.choices[0].message.content}]
+            turns += [{"role": "user", "content": "And of Spain?"}]
+            streamed = client.chat.completions.create(
+                model="smollm2", messages=turns, max_tokens=8, stream=True, stream_options={"include_usage": True}
+            )
+            (usage,) = [c.usage for c in streamed if c.usage]
+            assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+            assert first.usage.prompt_tokens <= usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    finally:
+        engine.close()

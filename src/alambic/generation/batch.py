@@ -42,6 +42,7 @@ class Sequence:
     is_cancelled: Callable[[], bool]
     processors: tuple[LogitsProcessor, ...] = ()  # the params' own, or a fresh one for processors with state
     kv_cells: int = 0  # KV cells the sample may fill: its prompt and every token it may generate
+    cached_tokens: int = 0  # of its prompt, tokens the backend held already
     logprobs: list[TokenLogprob] | None = None
     generated: list[int] = field(default_factory=list)
     context: TokenHistory | None = None  # prompt + generated as a tensor, kept only for logits processors
@@ -71,7 +72,9 @@ class Sequence:
 
     def finish(self, reason: FinishReason) -> None:
         rest = self.assembler.flush()
-        completion = Completion(self.index, self.assembler.text, self.generated, reason, self.logprobs)
+        completion = Completion(
+            self.index, self.assembler.text, self.generated, reason, self.logprobs, self.cached_tokens
+        )
         self.emit(FinishEvent(self.index, completion, rest))
 
     def fail(self, error: Exception) -> None:
@@ -113,6 +116,7 @@ class DecodeBatch:
     def __init__(self, backend: ModelBackend) -> None:
         self.backend = backend
         self.tokens = TokenPieces(backend.tokenizer)
+        self.eos_ids = torch.tensor(sorted(backend.eos_token_ids))
         self.sequences: list[Sequence] = []
         self.next_logits: torch.Tensor | None = None  # (B, V) logits for each row's next token
 
@@ -127,6 +131,8 @@ class DecodeBatch:
         if self.next_logits is not None:
             self.next_logits = self.next_logits.clone()
         logits = self.backend.prefill([s.prompt_ids for s in joining])
+        for sequence, cached in zip(joining, self.backend.cached_tokens, strict=True):
+            sequence.cached_tokens = cached
         self.next_logits = logits if self.next_logits is None else torch.cat([self.next_logits, logits])
         self.sequences.extend(joining)
 
@@ -202,8 +208,7 @@ class DecodeBatch:
         logits processors, so that a watermark chooses among the tokens allowed."""
         too_short = [row for row, s in enumerate(self.sequences) if len(s.generated) < s.params.min_tokens]
         if too_short:
-            eos = torch.tensor(sorted(self.backend.eos_token_ids))
-            logits[torch.tensor(too_short).unsqueeze(1), eos] = -torch.inf
+            logits[torch.tensor(too_short).unsqueeze(1), self.eos_ids] = -torch.inf
         return logits
 
     def _apply_logits_processors(self, logits: torch.Tensor, failed: dict[int, Exception]) -> torch.Tensor:

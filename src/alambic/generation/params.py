@@ -78,6 +78,7 @@ class Completion:
     token_ids: list[int]
     finish_reason: FinishReason
     logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0  # of the prompt, tokens the backend held from an earlier request and did not compute
 
 
 @dataclass(frozen=True)

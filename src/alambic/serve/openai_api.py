@@ -130,7 +130,7 @@ class Gateway:
                 "model": self.model_name,
                 "system_fingerprint": FINGERPRINT,
                 "choices": [fmt.choice(c) for c in completions],
-                "usage": _usage(record),
+                "usage": _usage(record, completions),
             }
         )
 
@@ -188,7 +188,7 @@ class Gateway:
                         yield "".join(frames)
             self._record_result(record, sorted(completions, key=lambda c: c.index))
             if body.stream_options is not None and body.stream_options.include_usage:
-                yield chunk([], usage=_usage(record))
+                yield chunk([], usage=_usage(record, completions))
             await self.journal.commit(request.scope["state"])
             yield "data: [DONE]\n\n"
         except AlambicError as error:
@@ -259,9 +259,17 @@ class Gateway:
         record.completion_tokens = sum(len(c.token_ids) for c in completions)
 
 
-def _usage(record: RequestRecord) -> dict[str, int]:
+def _usage(record: RequestRecord, completions: list[Completion]) -> dict[str, Any]:
+    """OpenAI's usage; the prompt's cached tokens are those of its first sample (each sample of `n` is
+    prefilled on its own, the prompt counted once)."""
     prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = next((c.cached_tokens for c in completions if c.index == 0), 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

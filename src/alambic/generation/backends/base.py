@@ -22,6 +22,9 @@ class ModelBackend(Protocol):
     # KV cells shared by all rows (a row fills one per prompt or generated token), or None when the cache
     # grows as needed; the engine admits a request only when its prompt + max_tokens fits in what is left.
     kv_capacity: int | None
+    # After `prefill`: how many of each new row's first prompt tokens the backend held already and did not compute
+    # (a prefix cache; OpenAI's `usage.prompt_tokens_details.cached_tokens`)
+    cached_tokens: list[int]
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Append one row per prompt; the logits of each new row's next token, (len(prompts), V).

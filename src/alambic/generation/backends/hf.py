@@ -23,6 +23,7 @@ class TransformersBackend:
         self.eos_token_ids = loaded.eos_token_ids
         self.kv_capacity = None  # the DynamicCache grows with the rows, as far as memory goes
         self.pad_token_id = self.tokenizer.pad_token_id or min(self.eos_token_ids)
+        self.cached_tokens: list[int] = []  # always none: each prompt is computed whole
         self.cache: DynamicCache | None = None
         self.attention_mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L) 1 where the cache holds a token
 
@@ -36,6 +37,7 @@ class TransformersBackend:
             mask[row, width - len(prompt) :] = 1
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(input_ids, mask, cache)
+        self.cached_tokens = [0] * len(prompts)
         if self.cache is None:
             self.cache, self.attention_mask = cache, mask
         else:

@@ -104,12 +104,14 @@ class LlamaCppBackend:
         self.positions: list[int] = []  # per row: the position its next token takes
         # per sequence id (per-sequence layout): the tokens its cells hold, a running row's so far
         self.held: dict[int, list[int]] = {}
+        self.cached_tokens: list[int] = []
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         if len(prompts) > len(self.free_ids):
             raise ServerBusyError("llama.cpp has no free sequence slot.")
         running_rows = len(self.sequence_ids)
         logits = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
+        self.cached_tokens = [0] * len(prompts)
         try:
             groups = [[row] for row in range(len(prompts))] if self.per_sequence else [list(range(len(prompts)))]
             for group in groups:
@@ -127,6 +129,7 @@ class LlamaCppBackend:
         for row in rows:
             prompt = prompts[row]
             sequence_id, reused = self._slot_for(prompt)
+            self.cached_tokens[row] = reused
             self.sequence_ids.append(sequence_id)
             self.positions.append(len(prompt))
             if self.per_sequence:
