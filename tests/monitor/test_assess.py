@@ -8,7 +8,9 @@ import duckdb
 import pytest
 from monitor_traffic import HashedWords, row, write
 
+import alambic.monitor.assess as assessing
 import alambic.monitor.content as content
+import alambic.monitor.near_duplicates as near_duplicates
 from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, feature_rows, verdicts
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
@@ -144,10 +146,11 @@ def _one_thread(log):
 
 @pytest.fixture(scope="module")
 def assessed_with_content(linked_week):
-    """An assessment with content signals, and the accounts of each pass over sampled prompts, in order."""
+    """An assessment with content signals, the accounts of each pass over sampled prompts, in order, and how many
+    times the prompt tables were built."""
     log, _ = linked_week
     sampled: list[set[str]] = []
-    account_tasks = content.account_tasks
+    account_tasks, load_prompts, loads = content.account_tasks, content.load_prompts, []
 
     def counted(connection, sample=content.SAMPLE):
         tasks = account_tasks(connection, sample)
@@ -156,17 +159,24 @@ def assessed_with_content(linked_week):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(content, "account_tasks", counted)
+        for module in (assessing, content, near_duplicates):  # each imports it by name
+            patch.setattr(module, "load_prompts", lambda connection: loads.append(1) or load_prompts(connection))
         found = assess(_one_thread(log), content=EmbeddingCache(HashedWords()))
-    return found, sampled
+    return found, sampled, len(loads)
 
 
 def test_an_assessment_with_content_samples_and_embeds_each_account_s_prompts_once(linked_week, assessed_with_content):
     # The topics of all traffic and each account's content signals come from one pass over the accounts' sampled
     # prompts; the campaigns, taken as accounts, are sampled apart (a pass of their own).
     _, labels = linked_week
-    found, sampled = assessed_with_content
+    found, sampled, _ = assessed_with_content
     assert any(v.campaign is not None for v in found) and len(sampled) == 2
     assert sampled.count(set(labels)) == 1
+
+
+def test_an_assessment_reads_the_requests_prompts_once(assessed_with_content):
+    # every request's JSON is read for its last user turn once, for the content, linking and campaign passes
+    assert assessed_with_content[2] == 1
 
 
 def test_one_pass_gives_the_verdicts_of_topics_fitted_in_a_pass_of_their_own(linked_week, assessed_with_content):

@@ -14,6 +14,7 @@ from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content, a
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
+from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import Assessment, Reference, action_for
 from alambic.monitor.verdict import ACTIONS, Verdict
 
@@ -38,28 +39,37 @@ def assess(
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
     """
-    rows, topics = account_rows(connection, content)
+    load_prompts(connection)  # once: the content, linking and campaign passes read its tables
+    rows, topics = account_rows(connection, content, prompts_loaded=True)
     reference = reference or Reference(list(rows.values()), list(rows))
-    return verdicts(connection, rows, reference, link_accounts(connection), content, topics)
+    linking = link_accounts(connection, prompts_loaded=True)
+    return verdicts(connection, rows, reference, linking, content, topics, prompts_loaded=True)
 
 
 def feature_rows(
-    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None, topics: Topics | None = None
+    connection: duckdb.DuckDBPyConnection,
+    content: EmbeddingCache | None = None,
+    topics: Topics | None = None,
+    prompts_loaded: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
-    account with no prompt text) on `topics` (by default, those of these accounts)."""
-    return account_rows(connection, content, topics)[0]
+    account with no prompt text) on `topics` (by default, those of these accounts). `prompts_loaded`: the tables
+    of `prompts.load_prompts` are those of `requests` now (else the content pass builds them)."""
+    return account_rows(connection, content, topics, prompts_loaded)[0]
 
 
 def account_rows(
-    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None, topics: Topics | None = None
+    connection: duckdb.DuckDBPyConnection,
+    content: EmbeddingCache | None = None,
+    topics: Topics | None = None,
+    prompts_loaded: bool = False,
 ) -> tuple[dict[str, dict[str, float | None]], Topics | None]:
     """`feature_rows`, and the topics its content signals were read on (fitted in the same pass unless given;
     None without content or prompt text), which a campaign, taken as one account, is read on too."""
     rows = {f.account: f.values for f in account_features(connection)}
     if content is None:
         return rows, topics
-    found = account_content(connection, content, topics=topics)
+    found = account_content(connection, content, topics=topics, prompts_loaded=prompts_loaded)
     for account, values in rows.items():
         values.update(found.features.get(account, dict.fromkeys(CONTENT_FEATURES)))
     return rows, found.topics
@@ -72,11 +82,13 @@ def verdicts(
     linking: Linking,
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
+    prompts_loaded: bool = False,
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
-    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked)."""
+    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked).
+    `prompts_loaded` as in `feature_rows`."""
     campaign_of = linking.campaign_of
-    campaigns = campaign_features(connection, campaign_of, content, topics)
+    campaigns = campaign_features(connection, campaign_of, content, topics, prompts_loaded)
     members = Counter(campaign_of.values())
     judged = {c: reference.assess(values, leave_out=MEMBER_COUNTS) for c, values in campaigns.items()}
     out = []
@@ -102,14 +114,18 @@ def campaign_features(
     campaign_of: Mapping[str, str],
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
+    prompts_loaded: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """The features of each campaign, its members' requests relabelled as one account's (the same passes). Its
     topics are those of the accounts (`topics`, or fitted here on them), so that a campaign covers as many as its
-    members do."""
+    members do. Its prompts are the accounts' (`prompts.load_prompts`, built here unless `prompts_loaded`),
+    relabelled."""
     if not campaign_of:
         return {}
+    if content is not None and not prompts_loaded:
+        load_prompts(connection)
     if content is not None and topics is None:
-        topics = account_topics(connection, content)
+        topics = account_topics(connection, content, prompts_loaded=True)
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")
@@ -118,9 +134,17 @@ def campaign_features(
         SELECT r.* REPLACE (coalesce(m.campaign, r.account) AS account)
         FROM main.requests r LEFT JOIN campaign_members m ON r.account = m.account
     """)
+    if content is not None:
+        connection.execute(f"""
+            CREATE OR REPLACE VIEW {CAMPAIGN_SCHEMA}.account_prompts AS
+            SELECT coalesce(m.campaign, p.account) AS account, p.prompt_hash, sum(p.requests) AS requests,
+                   min(p.first_t) AS first_t
+            FROM main.account_prompts p LEFT JOIN campaign_members m ON p.account = m.account
+            GROUP BY ALL
+        """)
     connection.execute(f"SET search_path = '{CAMPAIGN_SCHEMA},main'")
     try:
-        grouped = feature_rows(connection, content, topics)
+        grouped = feature_rows(connection, content, topics, prompts_loaded=content is not None)
     finally:
         connection.execute("RESET search_path")
     ids = set(campaign_of.values())

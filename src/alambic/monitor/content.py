@@ -72,12 +72,14 @@ def account_content(
     cache: EmbeddingCache | None = None,
     sample: int = SAMPLE,
     topics: Topics | None = None,
+    prompts_loaded: bool = False,
 ) -> Content:
     """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`), on `topics`: by default
     those of these accounts, fitted on the same sample. Where `requests` holds linked groups as accounts, pass the
     topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples
-    to draw the clusters that its topic sweep would cover."""
-    embedded = _embedded(connection, cache, sample)
+    to draw the clusters that its topic sweep would cover. `prompts_loaded`: the tables of `prompts.load_prompts`
+    are those of `requests` now (else they are built here)."""
+    embedded = _embedded(connection, cache, sample, prompts_loaded)
     if embedded is None:
         return Content({}, topics)
     vectors, keys = embedded
@@ -97,11 +99,14 @@ def account_content(
 
 
 def account_topics(
-    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None = None, sample: int = SAMPLE
+    connection: duckdb.DuckDBPyConnection,
+    cache: EmbeddingCache | None = None,
+    sample: int = SAMPLE,
+    prompts_loaded: bool = False,
 ) -> Topics | None:
     """The topics `account_content` reads the accounts on by default, without their features (None: no prompt
     text)."""
-    embedded = _embedded(connection, cache, sample)
+    embedded = _embedded(connection, cache, sample, prompts_loaded)
     return None if embedded is None else _fitted(*embedded)
 
 
@@ -116,10 +121,11 @@ def content_features(
 
 
 def _embedded(
-    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None, sample: int
+    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None, sample: int, prompts_loaded: bool
 ) -> tuple[dict[int, np.ndarray], dict[str, list[int]]] | None:
     """The vectors of the accounts' sampled tasks by text key, and each account's keys (None: no prompt text)."""
-    load_prompts(connection)
+    if not prompts_loaded:
+        load_prompts(connection)
     tasks = account_tasks(connection, sample)
     if not tasks:
         return None

@@ -147,9 +147,10 @@ class Linking:
     campaign_of: dict[str, str]  # account -> group id, for accounts linked to at least one other
 
 
-def link_accounts(connection: duckdb.DuckDBPyConnection) -> Linking:
-    """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first."""
-    load_buckets(connection)
+def link_accounts(connection: duckdb.DuckDBPyConnection, prompts_loaded: bool = False) -> Linking:
+    """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first (`prompts_loaded`:
+    as in `load_buckets`)."""
+    load_buckets(connection, prompts_loaded)
     connection.execute(RARE_FAMILIES)
     found = linked_groups(connection.execute(EDGES).fetchall())
     campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}

@@ -78,10 +78,12 @@ def _confirmed(signatures: np.ndarray, candidates: np.ndarray) -> list[int]:
     return kept if len(kept) > 1 else []
 
 
-def load_buckets(connection: duckdb.DuckDBPyConnection) -> int:
+def load_buckets(connection: duckdb.DuckDBPyConnection, prompts_loaded: bool = False) -> int:
     """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts, from
-    `requests` as it is now (replay redefines it on one connection). Returns the number of distinct prompts signed."""
-    load_prompts(connection)
+    `requests` as it is now (replay redefines it on one connection), through the tables of `prompts.load_prompts`
+    (built here unless `prompts_loaded`). Returns the number of distinct prompts signed."""
+    if not prompts_loaded:
+        load_prompts(connection)
     shingled = connection.execute(SHINGLES).fetchnumpy()
     hashes, signatures = _signatures(shingled["prompt_hash"], shingled["shingle"])
     buckets, members = [], []

@@ -1,5 +1,9 @@
 """Each account's distinct prompts (the last user turn of a request), as DuckDB tables the content and
-linking passes share: `prompt_texts(prompt_hash, prompt)` and `account_prompts(account, prompt_hash, ...)`."""
+linking passes share: `prompt_texts(prompt_hash, prompt)` and `account_prompts(account, prompt_hash, ...)`.
+
+They are built once per scoring (reading every request's JSON is the costly part), in the schema first on the
+search path and not as temporary tables, so that a schema ahead of it can hold its own `account_prompts` (a
+campaign's, read from these) where a temporary table would shadow it."""
 
 from __future__ import annotations
 
@@ -15,10 +19,10 @@ ACCOUNT_PROMPTS = f"""
 CREATE OR REPLACE TEMP TABLE request_prompts AS
 SELECT account, t, {LAST_USER_TURN} AS prompt FROM requests WHERE account IS NOT NULL;
 
-CREATE OR REPLACE TEMP TABLE prompt_texts AS
+CREATE OR REPLACE TABLE prompt_texts AS
 SELECT DISTINCT hash(prompt) AS prompt_hash, prompt FROM request_prompts;
 
-CREATE OR REPLACE TEMP TABLE account_prompts AS
+CREATE OR REPLACE TABLE account_prompts AS
 SELECT account, hash(prompt) AS prompt_hash, count(*) AS requests, min(t) AS first_t
 FROM request_prompts GROUP BY ALL;
 
