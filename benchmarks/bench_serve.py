@@ -218,7 +218,8 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="new tokens per request, forced")
     parser.add_argument("--rounds", type=int, default=1, help="turns of each server, interleaved")
     parser.add_argument("--gguf-type", default="auto", help="the GGUF both servers load (auto: alambic's choice)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of serve.json")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the results file")
+    parser.add_argument("--name", default="serve", help="the results file's name (serve: the full run)")
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
     servers = args.servers.split(",")
@@ -264,12 +265,12 @@ async def main() -> None:
         "kgw_slowdown": "<= 0.05",
         "overhead_median_ms_under_16_streams": "<= 5",
     }
-    print("wrote", record(result, args.results))
+    print("wrote", record(result, args.results, args.name))
 
 
-def record(result: dict, directory: Path) -> Path:
-    """`serve.json` with `result` as this CPU kind's run: a run on a machine of another kind adds to it."""
-    return write_result("serve", {cpu_kind(): result}, update=True, directory=directory)
+def record(result: dict, directory: Path, name: str = "serve") -> Path:
+    """`{name}.json` with `result` as this CPU kind's run: a run on a machine of another kind adds to it."""
+    return write_result(name, {cpu_kind(): result}, update=True, directory=directory)
 
 
 def cpu_kind(flags: frozenset[str] | None = None) -> str:
