@@ -163,8 +163,9 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
     """Every level, streamed and not, on one server started for the purpose and stopped after."""
     figures: dict = {}
     fresh = FreshPrompts(prompts)  # every server is sent the same prompts in the same order
+    gateway = name not in LLAMA_SERVER_SAMPLING  # alambic's: it has /metrics
     with tempfile.TemporaryDirectory() as scratch:
-        if name in LLAMA_SERVER_SAMPLING:
+        if not gateway:
             server, key = LlamaServer(smollm2_gguf(gguf_type), max(args.streams)), "none"
             extra = {"ignore_eos": True, **LLAMA_SERVER_SAMPLING[name]}
         else:
@@ -182,14 +183,14 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
         try:
             for stream in (True, False):
                 for streams in args.streams:
-                    before = overhead_histogram(server.url) if name not in LLAMA_SERVER_SAMPLING else None
+                    before = overhead_histogram(server.url) if gateway else None
                     tokens, seconds, requests = await load_level(server.url, key, extra, fresh, streams, stream, args)
                     level = {"tok_s": tokens / seconds, "requests": requests, "seconds": seconds}
                     if before is not None:
                         level["overhead_median_ms"] = median_ms(before, overhead_histogram(server.url))
                     figures[f"{'streamed' if stream else 'whole'}_{streams}"] = level
                     print(f"{name:13s} {'streamed' if stream else 'whole   '} {streams:2d} streams: {level}")
-            if name not in LLAMA_SERVER_SAMPLING:
+            if gateway:
                 figures["overhead_idle_median_ms"] = idle_overhead_ms(server.url, key)
         finally:
             server.close()
