@@ -8,6 +8,7 @@ equality between batched and one-at-a-time generation is a fair test of the batc
 import threading
 
 import pytest
+import torch
 from test_engine import chat_ids
 
 from alambic.errors import InvalidRequestError
@@ -148,6 +149,27 @@ def test_a_conversation_s_next_turn_is_prefilled_past_what_its_slot_holds(prompt
     finally:
         engine.close()
         fresh_engine.close()
+
+
+def test_torch_samples_on_one_thread_beside_llama_cpp_and_on_its_own_beside_transformers(
+    llama_engine, hf_engine, prompts
+):
+    """llama.cpp decodes on its own threads: torch's workers, idle-spinning after each sampling op, would take
+    a core from it (a third slower at one row). Torch ops in a transformers engine keep the threads it had."""
+    seen = {}
+
+    def threads_of(name):
+        def processor(input_ids, scores):
+            seen[name] = torch.get_num_threads()
+            return scores
+
+        return processor
+
+    for name, engine in (("llamacpp", llama_engine), ("transformers", hf_engine)):
+        params = SamplingParams(max_tokens=2, temperature=0.7, logits_processors=(threads_of(name),))
+        engine.generate([GenerationRequest(prompts[0], params)])
+    assert seen == {"llamacpp": 1, "transformers": torch.get_num_threads()}
+    assert torch.get_num_threads() > 1  # this process has cores to give
 
 
 def test_the_kv_layout_is_checked():

@@ -14,6 +14,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+import torch
+
 from alambic.errors import ContextLengthError, InvalidRequestError, ServerBusyError
 from alambic.generation.backends import ModelBackend
 from alambic.generation.batch import DecodeBatch, Sequence
@@ -176,6 +178,7 @@ class GenerationEngine:
                 self._thread.start()
 
     def _run(self) -> None:
+        torch.set_num_threads(self.backend.torch_threads)  # this thread's, and the default of threads started after
         while not self._stopping.is_set():
             joining = self._take_joining()
             if joining:

@@ -25,6 +25,9 @@ class ModelBackend(Protocol):
     # After `prefill`: how many of each new row's first prompt tokens the backend held already and did not compute
     # (a prefix cache; OpenAI's `usage.prompt_tokens_details.cached_tokens`)
     cached_tokens: list[int]
+    # Threads for torch's own ops in the engine's thread (sampling, logits processors): a backend that runs the model
+    # on its own threads (llama.cpp) takes one, as torch's pool, spinning idle after each op, would slow them down
+    torch_threads: int
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Append one row per prompt; the logits of each new row's next token, (len(prompts), V).

@@ -24,6 +24,7 @@ class TransformersBackend:
         self.kv_capacity = None  # the DynamicCache grows with the rows, as far as memory goes
         self.pad_token_id = self.tokenizer.pad_token_id or min(self.eos_token_ids)
         self.cached_tokens: list[int] = []  # always none: each prompt is computed whole
+        self.torch_threads = torch.get_num_threads()  # the model's forward passes are torch's
         self.cache: DynamicCache | None = None
         self.attention_mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L) 1 where the cache holds a token
 
