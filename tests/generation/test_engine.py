@@ -253,3 +253,14 @@ async def test_events_a_slow_reader_left_waiting_come_at_once(engine, prompts):
     rest = stream.ready()
     assert isinstance(first, TokenEvent) and len(rest) == 8 and isinstance(rest[-1], FinishEvent)
     assert stream.ready() == [] and [event async for event in stream] == []
+
+
+async def test_a_whole_answer_wakes_the_event_loop_once_a_sample_not_once_a_token(engine, prompts):
+    """A wake-up runs the loop's Python beside the model's forward pass; an unstreamed answer needs none a token."""
+    loop, wakes = asyncio.get_running_loop(), []
+    wake = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *args: wakes.append(args) or wake(*args)
+    request = GenerationRequest(prompts[0], SamplingParams(max_tokens=12, min_tokens=12, temperature=0), n=2)
+    completions = await engine.complete(request)
+    assert [len(c.token_ids) for c in completions] == [12, 12]
+    assert len(wakes) == 2

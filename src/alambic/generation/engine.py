@@ -19,7 +19,7 @@ import torch
 from alambic.errors import ContextLengthError, InvalidRequestError, ServerBusyError
 from alambic.generation.backends import ModelBackend
 from alambic.generation.batch import DecodeBatch, Sequence
-from alambic.generation.params import Completion, FinishEvent, GenerationEvent, GenerationRequest
+from alambic.generation.params import Completion, FinishEvent, GenerationEvent, GenerationRequest, TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +123,15 @@ class GenerationEngine:
             raise ServerBusyError("The server has too many queued requests; retry later.") from None
         return handle
 
-    def stream(self, request: GenerationRequest) -> EventStream:
-        """Submits the request now (so a refusal raises here, before any event) and returns its events."""
+    def stream(self, request: GenerationRequest, tokens: bool = True) -> EventStream:
+        """Submits the request now (so a refusal raises here, before any event) and returns its events: without
+        `tokens`, only each sample's `FinishEvent` (the event loop is not woken for every token)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | Exception] = asyncio.Queue()
 
         def deliver(event: GenerationEvent | Exception) -> None:
+            if not tokens and isinstance(event, TokenEvent):
+                return
             # A caller whose loop has closed (a server shut down mid-request) has left: drop its events rather
             # than raise in the worker thread, which would stop the engine for every other caller.
             with contextlib.suppress(RuntimeError):
@@ -138,7 +141,7 @@ class GenerationEngine:
 
     async def complete(self, request: GenerationRequest) -> list[Completion]:
         """All `n` completions of a request, in sample order."""
-        done = [e.completion async for e in self.stream(request) if isinstance(e, FinishEvent)]
+        done = [e.completion async for e in self.stream(request, tokens=False) if isinstance(e, FinishEvent)]
         return sorted(done, key=lambda c: c.index)
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
