@@ -50,15 +50,14 @@ def choose_tokens(
     # argmax (with indices) is 15x slower than amax over a vocabulary: taken only for the greedy rows
     tokens = torch.zeros(len(params), dtype=torch.long)
     if greedy:
-        tokens[greedy] = (logits if len(greedy) == len(params) else logits[greedy]).argmax(dim=-1)
+        tokens[greedy] = _rows(logits, greedy).argmax(dim=-1)
     if rows:
-        best = logits.amax(dim=-1)
+        chosen = _rows(logits, rows)
         sampled = [params[row] for row in rows]
         # (logits - best) / temperature in one pass: the scaled scores, their maximum 0 (exp cannot overflow)
         inverse_temperatures = torch.tensor([[1.0 / p.temperature] for p in sampled])
-        chosen = logits if len(rows) == len(params) else logits[rows]
         scores = torch.addcmul(
-            -best[rows].float().unsqueeze(1) * inverse_temperatures, chosen.float(), inverse_temperatures
+            -chosen.amax(dim=-1, keepdim=True).float() * inverse_temperatures, chosen.float(), inverse_temperatures
         )
         _top_k(scores, [p.top_k for p in sampled])
         _top_p(scores, [p.top_p for p in sampled])
@@ -68,6 +67,11 @@ def choose_tokens(
         # -log(u) ~ Exp(1); a draw u = 0 gives +inf, which no token wins with
         tokens[rows] = scores.exp_().div_(draws.log_().neg_()).argmax(dim=-1)
     return tokens.tolist()
+
+
+def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """`logits[rows]`, without a copy when that is every row."""
+    return logits if len(rows) == len(logits) else logits[rows]
 
 
 def _top_k(scores: torch.Tensor, top_k: list[int]) -> None:
