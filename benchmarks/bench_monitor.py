@@ -36,6 +36,7 @@ from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_
 from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
 from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
+from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag
 from alambic.monitor.risk import Reference
@@ -165,7 +166,8 @@ def evaluate(
     baselines = {name: score(summaries) for name, score in BASELINES.items()}
     if mmd is not None and content is not None:
         baselines["mmd"] = mmd.scores(account_windows(connection, content))
-    replayed = replay_week(log, lambda c: assess(c, reference, content), step, labels)
+    signatures = Signatures()  # kept from step to step, as the CLI's replay keeps them
+    replayed = replay_week(log, lambda c: assess(c, reference, content, signatures), step, labels)
     rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
         "labels": {

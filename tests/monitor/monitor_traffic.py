@@ -1,5 +1,5 @@
 """A small log whose flag times are known, a stand-in for the scoring that flags by request count, and one for
-the sentence encoder."""
+the sentence encoder; a log opened with its prompt tables."""
 
 import json
 from datetime import UTC, datetime, timedelta
@@ -8,6 +8,8 @@ import duckdb
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from alambic.monitor.prompts import load_prompts
+from alambic.monitor.source import open_log
 from alambic.monitor.verdict import Verdict
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
@@ -26,7 +28,14 @@ class HashedWords:
         return self.vectorizer.transform(texts).toarray().astype(np.float32)
 
 
-def counting(connection: duckdb.DuckDBPyConnection, reference=None, content=None) -> list[Verdict]:
+def opened(files, connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """The log's `requests` and the prompt tables the content and linking passes read (`prompts.load_prompts`)."""
+    connection = open_log(files, connection)
+    load_prompts(connection)
+    return connection
+
+
+def counting(connection: duckdb.DuckDBPyConnection, reference=None, content=None, signatures=None) -> list[Verdict]:
     """A stand-in for the scoring: flag an account at 3 requests, block it at 5."""
     counts = connection.execute("SELECT account, count(*) FROM requests GROUP BY account ORDER BY account").fetchall()
     action = {n: "block" if n >= 5 else "flag" if n >= 3 else "none" for _, n in counts}

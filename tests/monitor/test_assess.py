@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import duckdb
 import pytest
-from monitor_traffic import HashedWords, row, write
+from monitor_traffic import HashedWords, opened, row, write
 
-import alambic.monitor.assess as assessing
 import alambic.monitor.content as content
-import alambic.monitor.near_duplicates as near_duplicates
+import alambic.monitor.prompts as prompts
 from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, feature_rows, verdicts
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
@@ -62,7 +62,7 @@ def test_a_hydra_s_accounts_take_the_risk_of_their_campaign_scored_as_one(simula
     # family of three features, so a Bonferroni factor of 3: about the 2% benign tail); counted as one account, its
     # 90 accounts' addresses, agents and volume would make any group rarer.
     log, labels = simulated
-    connection = open_log([log])
+    connection = opened([log])
     rows = {f.account: f.values for f in account_features(connection)}
     reference = Reference([v for a, v in rows.items() if labels[a]["kind"] == "benign"])
     hydra = {a: "hydra" for a, label in labels.items() if label["style"] == "hydra"}
@@ -100,7 +100,7 @@ def test_a_group_is_not_judged_by_the_volume_its_members_add_up_to(tmp_path, ben
     # addresses, counts its members; each member's own volume is judged on its own.
     pupils = [f"pupil-{n:02d}" for n in range(40)]
     rows = [row(40 * k + n, pupil, k + n / 40) for k in range(25) for n, pupil in enumerate(pupils)]
-    connection = open_log(write(tmp_path / "log.jsonl", rows))
+    connection = opened(write(tmp_path / "log.jsonl", rows))
     features = {f.account: f.values for f in account_features(connection)}
     class_of = dict.fromkeys(pupils, "class")
     (group,) = campaign_features(connection, class_of).values()
@@ -120,7 +120,7 @@ def test_a_campaign_in_a_support_bot_s_template_is_rare_by_the_answers_it_takes(
     # Tasks wrapped in a company's long rules, as a support bot's: the prompt tokens grow with the wrapper, so the
     # answers per prompt token look like an integration's; the answers themselves are as long as a harvest wants.
     log, labels = mimic_week
-    connection = open_log([log])
+    connection = opened([log])
     rows = {f.account: f.values for f in account_features(connection)}
     campaign_of = {a: "mimic" for a, label in labels.items() if label["style"] == "mimic"}
     (group,) = campaign_features(connection, campaign_of).values()
@@ -141,7 +141,7 @@ def linked_week(tmp_path_factory):
 
 def _one_thread(log):
     """The log on one DuckDB thread: parallel sums of doubles (a mean temperature) may differ in their last bits."""
-    return open_log([log], duckdb.connect(config={"threads": 1}))
+    return opened([log], duckdb.connect(config={"threads": 1}))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def assessed_with_content(linked_week):
     times the prompt tables were built."""
     log, _ = linked_week
     sampled: list[set[str]] = []
-    account_tasks, load_prompts, loads = content.account_tasks, content.load_prompts, []
+    account_tasks, load_prompts, loads = content.account_tasks, prompts.load_prompts, []
 
     def counted(connection, sample=content.SAMPLE):
         tasks = account_tasks(connection, sample)
@@ -159,8 +159,9 @@ def assessed_with_content(linked_week):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(content, "account_tasks", counted)
-        for module in (assessing, content, near_duplicates):  # each imports it by name
-            patch.setattr(module, "load_prompts", lambda connection: loads.append(1) or load_prompts(connection))
+        for module in [m for name, m in sys.modules.items() if name.startswith("alambic.monitor.")]:
+            if hasattr(module, "load_prompts"):  # each imports it by name
+                patch.setattr(module, "load_prompts", lambda connection: loads.append(1) or load_prompts(connection))
         found = assess(_one_thread(log), content=EmbeddingCache(HashedWords()))
     return found, sampled, len(loads)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_traffic import HashedWords, row, write
+from monitor_traffic import HashedWords, opened, row, write
 
 from alambic.monitor import content
 from alambic.monitor.assess import campaign_features
-from alambic.monitor.content import CONTENT_FEATURES, content_features, sampled_prompts, task_texts
+from alambic.monitor.content import CONTENT_FEATURES, account_content, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
-from alambic.monitor.near_duplicates import load_buckets
+from alambic.monitor.near_duplicates import Signatures, load_buckets
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -33,7 +33,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features(world):
     log, _ = world
-    return content_features(open_log([log]), EmbeddingCache(HashedWords()), sample=12)
+    return account_content(opened([log]), EmbeddingCache(HashedWords()), sample=12).features
 
 
 def _by_style(features, labels, name):
@@ -41,6 +41,25 @@ def _by_style(features, labels, name):
     for account, values in features.items():
         styles.setdefault(labels[account]["style"], []).append(values[name])
     return styles
+
+
+def test_a_growing_log_signs_each_prompt_once_and_buckets_as_if_signed_afresh(world):
+    # Replay and follow score a log that only grows: the signatures of the prompts scored before are kept, by hash.
+    log, _ = world
+    connection = open_log([log], name="log")
+    connection.execute("CREATE VIEW requests AS SELECT * FROM log WHERE t < (SELECT min(t) FROM log) + INTERVAL 1 DAY")
+    load_prompts(connection)
+    signatures = Signatures()
+    early = load_buckets(connection, signatures)
+    assert signatures.signed == early > 0
+    connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
+    load_prompts(connection)
+    every = load_buckets(connection, signatures)
+    kept = connection.execute("SELECT * FROM prompt_buckets ORDER BY ALL").fetchall()
+    assert early < every == signatures.signed == len(signatures.hashes)  # each distinct prompt signed once
+    assert load_buckets(connection) == every
+    assert connection.execute("SELECT * FROM prompt_buckets ORDER BY ALL").fetchall() == kept
+    assert len(kept) > 0
 
 
 def test_every_account_gets_every_content_feature(world, features):
@@ -51,7 +70,7 @@ def test_every_account_gets_every_content_feature(world, features):
 
 def test_near_duplicates_are_found_across_accounts(world):
     log, labels = world
-    connection = open_log([log])
+    connection = opened([log])
     load_buckets(connection)
     spread = connection.execute("""
         SELECT list(DISTINCT ap.account) FROM prompt_buckets b JOIN account_prompts ap USING (prompt_hash)
@@ -120,7 +139,7 @@ def test_a_campaign_in_a_support_bot_s_template_is_read_by_its_tasks(tmp_path):
     classify = "Classify the sentiment of this review as positive or negative.\n\nReview: {}"
     rows += [("integration", classify.format(review)) for review in REVIEWS]
     rows += [(f"person-{i}", prompt) for i, prompts in enumerate(PEOPLE) for prompt in prompts]
-    features = content_features(open_log([_log(tmp_path, rows)]), EmbeddingCache(minilm_encoder()))
+    features = account_content(opened([_log(tmp_path, rows)]), EmbeddingCache(minilm_encoder())).features
     assert features["campaign"]["topic_clusters"] >= 3
     assert features["campaign"]["novelty_share"] >= 0.9
 
@@ -137,9 +156,9 @@ def test_a_linked_campaign_is_read_on_the_topics_of_all_traffic(tmp_path):
     text = TextBank()
     makers = [text.summarise, text.extract, text.classify, text.translate, text.product, text.code_question]
     rows += [(f"benign-{n}", makers[n % len(makers)](rng)) for n in range(30) for _ in range(16)]
-    connection, cache = open_log([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
+    connection, cache = opened([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
     members = {f"sweep-{i}": "sweep" for i in range(40)}
-    alone = content_features(connection, cache)
+    alone = account_content(connection, cache).features
     (campaign,) = campaign_features(connection, members, cache).values()
     assert campaign["topic_clusters"] >= np.median([alone[a]["topic_clusters"] for a in members])
     assert campaign["topic_coverage"] >= 0.8 * np.median([alone[a]["topic_coverage"] for a in members])
@@ -150,7 +169,7 @@ def test_a_campaign_s_features_read_no_account_s_content_features(tmp_path, monk
     the campaigns alone (before, it computed every account's features only to take their topics)."""
     rows = [(f"sweep-{i % 4}", f"Explain concept {i} in detail.") for i in range(40)]
     rows += [(f"person-{n}", f"Summarise my note number {n}: {p}") for n, p in enumerate(["a b", "c d", "e f"])]
-    connection, cache = open_log([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
+    connection, cache = opened([_log(tmp_path, rows)]), EmbeddingCache(HashedWords())
     read = []
     monkeypatch.setattr(content, "_novelty", lambda embeddings: read.append(len(embeddings)) or 0.0)
     campaign_features(connection, {f"sweep-{i}": "sweep" for i in range(4)}, cache)
@@ -168,22 +187,21 @@ def _log(directory: Path, rows: list[tuple[str, str]]) -> Path:
 
 def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
     log, _ = world
-    connection, encoder = open_log([log]), HashedWords()
+    connection, encoder = opened([log]), HashedWords()
     cache = EmbeddingCache(encoder, path=tmp_path / "embeddings.parquet")
-    first = content_features(connection, cache, sample=4)
+    first = account_content(connection, cache, sample=4).features
     embedded = encoder.texts
     assert embedded == cache.embedded > 0 and cache.cached_share < 1
-    again = content_features(connection, cache, sample=4)
+    again = account_content(connection, cache, sample=4).features
     assert encoder.texts == embedded and cache.reused >= embedded
     reloaded = EmbeddingCache(HashedWords(), path=tmp_path / "embeddings.parquet")
-    assert content_features(connection, reloaded, sample=4) == first == again
+    assert account_content(connection, reloaded, sample=4).features == first == again
     assert reloaded.encoder.texts == 0 and reloaded.cached_share == 1
 
 
 def test_what_is_embedded_is_a_bounded_sample_of_each_accounts_distinct_prompts_in_time_order(world):
     log, labels = world
-    connection = open_log([log])
-    load_prompts(connection)
+    connection = opened([log])
     sampled = sampled_prompts(connection, sample=5)
     by_account: dict[str, list] = {}
     for account, prompt_hash, prompt in sampled:
@@ -209,4 +227,4 @@ def test_the_shipped_encoder_loads_offline_and_ranks_paraphrases_closest():
 def test_a_log_without_accounts_has_no_content_features(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"time": "2026-11-02T10:00:00+00:00", "messages": [{"role": "user", "content": "hi"}]}))
-    assert content_features(open_log([log]), EmbeddingCache(HashedWords())) == {}
+    assert account_content(opened([log]), EmbeddingCache(HashedWords())).features == {}

@@ -7,8 +7,10 @@ import random
 from collections import Counter
 
 import pytest
+from monitor_traffic import opened
 
 from alambic.monitor.linking import EVIDENCE, Linking, link_accounts, linked_groups
+from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -20,7 +22,7 @@ def linked(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"seed{request.param}") / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=request.param, days=2, scale=0.2, campaigns=VISIBLE)), out)
     labels = json.loads((out.parent / "labels.json").read_text())
-    return link_accounts(open_log([out])), labels
+    return link_accounts(opened([out])), labels
 
 
 def test_each_campaign_is_one_group_without_benign_accounts(linked):
@@ -59,7 +61,7 @@ def test_a_lone_account_links_to_nothing(tmp_path):
     log = tmp_path / "log.jsonl"
     row = {"time": "2026-11-02T10:00:00+00:00", "account": "solo", "messages": [{"role": "user", "content": "hi"}]}
     log.write_text(json.dumps(row) + "\n")
-    assert link_accounts(open_log([log])) == Linking({}, {})
+    assert link_accounts(opened([log])) == Linking({}, {})
 
 
 def test_linking_reads_the_relation_as_it_is_now(tmp_path):
@@ -68,9 +70,11 @@ def test_linking_reads_the_relation_as_it_is_now(tmp_path):
     write_jsonl(Simulation(SimulationSettings(seed=4, days=2, scale=0.1, campaigns=("sharded",))), out)
     connection = open_log([out], name="log")
     connection.execute("CREATE VIEW requests AS SELECT * FROM log WHERE t < (SELECT min(t) FROM log) + INTERVAL 2 HOUR")
+    load_prompts(connection)
     link_accounts(connection)
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
-    assert link_accounts(connection).campaign_of == link_accounts(open_log([out])).campaign_of
+    load_prompts(connection)
+    assert link_accounts(connection).campaign_of == link_accounts(opened([out])).campaign_of
 
 
 def _public_bank(directory):
@@ -102,7 +106,7 @@ def test_prompts_from_one_public_bank_put_no_benign_account_in_a_campaign(tmp_pa
     bank = _public_bank(tmp_path / "data")
     write_jsonl(Simulation(SimulationSettings(seed=0, days=2, scale=0.2, campaigns=VISIBLE, data=bank)), out)
     labels = json.loads((out.parent / "labels.json").read_text())
-    linking = link_accounts(open_log([out]))
+    linking = link_accounts(opened([out]))
     for group in linking.groups.values():
         kinds = Counter(labels[a]["style"] for a in group.members)
         assert len({labels[a]["kind"] for a in group.members}) == 1, kinds
@@ -141,7 +145,7 @@ def _split_sets(pairs: int) -> dict[str, list[str]]:
 
 
 def test_a_log_without_addresses_links_with_no_address_evidence(tmp_path):
-    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", _split_sets(12))))
+    linking = link_accounts(opened(_log(tmp_path / "log.jsonl", _split_sets(12))))
     assert len(linking.groups) == 12
     for group in linking.groups.values():
         assert group.evidence["address_shared_share"] == group.evidence["address_exclusivity"] == 0.0
@@ -152,6 +156,6 @@ def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
     prompts = _split_sets(12)
     prompts["a"] = [f"Tell me a joke about {k}a {k}b {k}c, please" for k in "VWXYZ"]
     prompts["b"] = [f"tell me a  joke about {k}A {k}B {k}C, Please " for k in "vwxyz"]
-    linking = link_accounts(open_log(_log(tmp_path / "log.jsonl", prompts)))
+    linking = link_accounts(opened(_log(tmp_path / "log.jsonl", prompts)))
     assert "a" not in linking.campaign_of and "b" not in linking.campaign_of
     assert len(linking.groups) == 12

@@ -8,9 +8,9 @@ import random
 
 import numpy as np
 import pytest
-from monitor_traffic import HashedWords, row, write
+from monitor_traffic import HashedWords, opened, row, write
 
-from alambic.monitor.content import SAMPLE, content_features
+from alambic.monitor.content import SAMPLE, account_content
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.mmd_baseline import MmdBaseline, Window, account_windows
 from alambic.monitor.source import open_log
@@ -86,9 +86,9 @@ def test_campaign_accounts_move_no_calibration_and_no_benign_score(weeks):
 
 def test_a_one_window_account_s_sample_is_the_content_signals_and_costs_no_encoding(weeks):
     _, mixed, _, labels = weeks
-    connection, encoder = open_log([mixed]), HashedWords()
+    connection, encoder = opened([mixed]), HashedWords()
     cache = EmbeddingCache(encoder)
-    content_features(connection, cache)
+    account_content(connection, cache)
     embedded = encoder.texts
     windows = account_windows(connection, cache, window=10**9)
     assert encoder.texts == embedded and set(windows) == set(labels)

@@ -109,7 +109,7 @@ def test_act_blocks_and_the_running_gateway_refuses_the_next_request(gateway, mo
     for key in (mallory, gina):
         assert gateway.post("/v1/chat/completions", key, json=CHAT).status_code == 200
 
-    def verdicts(connection, reference=None, content=None):
+    def verdicts(connection, reference=None, content=None, signatures=None):
         from alambic.monitor.verdict import Verdict
 
         return [

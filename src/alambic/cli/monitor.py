@@ -138,12 +138,16 @@ def _embeddings():
 
 
 def _assess(reference, embeddings):
-    """The scoring, against `reference` (None: the log itself); a log too small to calibrate on is bad input."""
+    """The scoring, against `reference` (None: the log itself), keeping the prompts' signatures from one scoring of
+    a growing log to the next; a log too small to calibrate on is bad input."""
     import alambic.monitor.assess as assessing
+    from alambic.monitor.near_duplicates import Signatures
+
+    signatures = Signatures()
 
     def assess(connection):
         try:
-            return assessing.assess(connection, reference, embeddings)
+            return assessing.assess(connection, reference, embeddings, signatures)
         except ValueError as error:  # too few accounts to calibrate risk on
             raise InvalidRequestError(f"{error}; give a benign --reference log.") from None
 

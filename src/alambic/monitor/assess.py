@@ -14,6 +14,7 @@ from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content, a
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
+from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import Assessment, Reference, action_for
 from alambic.monitor.verdict import ACTIONS, Verdict
@@ -30,7 +31,10 @@ MEMBER_COUNTS = ("requests", "requests_per_active_day", "peak_per_hour", "distin
 
 
 def assess(
-    connection: duckdb.DuckDBPyConnection, reference: Reference | None = None, content: EmbeddingCache | None = None
+    connection: duckdb.DuckDBPyConnection,
+    reference: Reference | None = None,
+    content: EmbeddingCache | None = None,
+    signatures: Signatures | None = None,
 ) -> list[Verdict]:
     """A verdict for every account of the `requests` relation (`monitor.source`), in account order.
 
@@ -38,38 +42,39 @@ def assess(
     `feature_rows`, taken with content if these are). By default it is fitted on this log's own accounts, taken
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
+    `signatures` keeps the prompts' MinHash signatures from one scoring of a growing log to the next (replay).
     """
     load_prompts(connection)  # once: the content, linking and campaign passes read its tables
-    rows, topics = account_rows(connection, content, prompts_loaded=True)
+    rows, topics = account_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
-    linking = link_accounts(connection, prompts_loaded=True)
-    return verdicts(connection, rows, reference, linking, content, topics, prompts_loaded=True)
+    linking = link_accounts(connection, signatures)
+    return verdicts(connection, rows, reference, linking, content, topics)
 
 
 def feature_rows(
     connection: duckdb.DuckDBPyConnection,
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
-    prompts_loaded: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
-    account with no prompt text) on `topics` (by default, those of these accounts). `prompts_loaded`: the tables
-    of `prompts.load_prompts` are those of `requests` now (else the content pass builds them)."""
-    return account_rows(connection, content, topics, prompts_loaded)[0]
+    account with no prompt text) on `topics` (by default, those of these accounts)."""
+    if content is not None:
+        load_prompts(connection)
+    return account_rows(connection, content, topics)[0]
 
 
 def account_rows(
     connection: duckdb.DuckDBPyConnection,
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
-    prompts_loaded: bool = False,
 ) -> tuple[dict[str, dict[str, float | None]], Topics | None]:
-    """`feature_rows`, and the topics its content signals were read on (fitted in the same pass unless given;
-    None without content or prompt text), which a campaign, taken as one account, is read on too."""
+    """`feature_rows` from the prompt tables built already (`prompts.load_prompts`), and the topics its content
+    signals were read on (fitted in the same pass unless given; None without content or prompt text), which a
+    campaign, taken as one account, is read on too."""
     rows = {f.account: f.values for f in account_features(connection)}
     if content is None:
         return rows, topics
-    found = account_content(connection, content, topics=topics, prompts_loaded=prompts_loaded)
+    found = account_content(connection, content, topics=topics)
     for account, values in rows.items():
         values.update(found.features.get(account, dict.fromkeys(CONTENT_FEATURES)))
     return rows, found.topics
@@ -82,13 +87,12 @@ def verdicts(
     linking: Linking,
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
-    prompts_loaded: bool = False,
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
-    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked).
-    `prompts_loaded` as in `feature_rows`."""
+    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked). The
+    prompt tables are those of `requests` (`prompts.load_prompts`)."""
     campaign_of = linking.campaign_of
-    campaigns = campaign_features(connection, campaign_of, content, topics, prompts_loaded)
+    campaigns = campaign_features(connection, campaign_of, content, topics)
     members = Counter(campaign_of.values())
     judged = {c: reference.assess(values, leave_out=MEMBER_COUNTS) for c, values in campaigns.items()}
     out = []
@@ -114,18 +118,14 @@ def campaign_features(
     campaign_of: Mapping[str, str],
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
-    prompts_loaded: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """The features of each campaign, its members' requests relabelled as one account's (the same passes). Its
     topics are those of the accounts (`topics`, or fitted here on them), so that a campaign covers as many as its
-    members do. Its prompts are the accounts' (`prompts.load_prompts`, built here unless `prompts_loaded`),
-    relabelled."""
+    members do. Its prompts are the accounts' (the tables `prompts.load_prompts` built), relabelled."""
     if not campaign_of:
         return {}
-    if content is not None and not prompts_loaded:
-        load_prompts(connection)
     if content is not None and topics is None:
-        topics = account_topics(connection, content, prompts_loaded=True)
+        topics = account_topics(connection, content)
     connection.execute("CREATE OR REPLACE TEMP TABLE campaign_members (account VARCHAR PRIMARY KEY, campaign VARCHAR)")
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")
@@ -144,7 +144,7 @@ def campaign_features(
         """)
     connection.execute(f"SET search_path = '{CAMPAIGN_SCHEMA},main'")
     try:
-        grouped = feature_rows(connection, content, topics, prompts_loaded=content is not None)
+        grouped = account_rows(connection, content, topics)[0]
     finally:
         connection.execute("RESET search_path")
     ids = set(campaign_of.values())

@@ -24,7 +24,6 @@ from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from alambic.monitor.embeddings import EmbeddingCache
-from alambic.monitor.prompts import load_prompts
 
 CONTENT_FEATURES = {
     "topic_clusters": "topic clusters (k-means of prompt embeddings) its sampled distinct prompts fall in",
@@ -72,14 +71,12 @@ def account_content(
     cache: EmbeddingCache | None = None,
     sample: int = SAMPLE,
     topics: Topics | None = None,
-    prompts_loaded: bool = False,
 ) -> Content:
-    """Every account's `CONTENT_FEATURES` over the `requests` relation (`monitor.source`), on `topics`: by default
-    those of these accounts, fitted on the same sample. Where `requests` holds linked groups as accounts, pass the
+    """Every account's `CONTENT_FEATURES` over the tables `prompts.load_prompts` built, on `topics`: by default
+    those of these accounts, fitted on the same sample. Where the tables hold linked groups as accounts, pass the
     topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples
-    to draw the clusters that its topic sweep would cover. `prompts_loaded`: the tables of `prompts.load_prompts`
-    are those of `requests` now (else they are built here)."""
-    embedded = _embedded(connection, cache, sample, prompts_loaded)
+    to draw the clusters that its topic sweep would cover."""
+    embedded = _embedded(connection, cache, sample)
     if embedded is None:
         return Content({}, topics)
     vectors, keys = embedded
@@ -102,30 +99,17 @@ def account_topics(
     connection: duckdb.DuckDBPyConnection,
     cache: EmbeddingCache | None = None,
     sample: int = SAMPLE,
-    prompts_loaded: bool = False,
 ) -> Topics | None:
     """The topics `account_content` reads the accounts on by default, without their features (None: no prompt
     text)."""
-    embedded = _embedded(connection, cache, sample, prompts_loaded)
+    embedded = _embedded(connection, cache, sample)
     return None if embedded is None else _fitted(*embedded)
 
 
-def content_features(
-    connection: duckdb.DuckDBPyConnection,
-    cache: EmbeddingCache | None = None,
-    sample: int = SAMPLE,
-    topics: Topics | None = None,
-) -> dict[str, dict[str, float]]:
-    """The features of `account_content`, without its topics."""
-    return account_content(connection, cache, sample, topics).features
-
-
 def _embedded(
-    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None, sample: int, prompts_loaded: bool
+    connection: duckdb.DuckDBPyConnection, cache: EmbeddingCache | None, sample: int
 ) -> tuple[dict[int, np.ndarray], dict[str, list[int]]] | None:
     """The vectors of the accounts' sampled tasks by text key, and each account's keys (None: no prompt text)."""
-    if not prompts_loaded:
-        load_prompts(connection)
     tasks = account_tasks(connection, sample)
     if not tasks:
         return None

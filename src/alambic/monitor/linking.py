@@ -22,7 +22,7 @@ import duckdb
 import networkx as nx
 import pyarrow as pa
 
-from alambic.monitor.near_duplicates import load_buckets
+from alambic.monitor.near_duplicates import Signatures, load_buckets
 from alambic.monitor.prompts import LAST_USER_TURN
 
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
@@ -147,10 +147,10 @@ class Linking:
     campaign_of: dict[str, str]  # account -> group id, for accounts linked to at least one other
 
 
-def link_accounts(connection: duckdb.DuckDBPyConnection, prompts_loaded: bool = False) -> Linking:
-    """Groups of linked accounts over the `requests` relation (`monitor.source`), largest first (`prompts_loaded`:
-    as in `load_buckets`)."""
-    load_buckets(connection, prompts_loaded)
+def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> Linking:
+    """Groups of linked accounts over the `requests` relation (`monitor.source`) and the tables
+    `prompts.load_prompts` built from it, largest first; prompts signed through `signatures` (`load_buckets`)."""
+    load_buckets(connection, signatures)
     connection.execute(RARE_FAMILIES)
     found = linked_groups(connection.execute(EDGES).fetchall())
     campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}

@@ -4,7 +4,8 @@ Broder's MinHash estimates the Jaccard similarity of two prompts' 3-gram sets; L
 prompts of similarity >= THRESHOLD share a bucket with high probability, and each bucket keeps the members whose
 estimated similarity to another member reaches it. The buckets (never all pairs) become the table
 `prompt_buckets(bucket, prompt_hash)`, which SQL joins to the accounts. Signatures and bands are computed for
-all distinct prompts at once with numpy, from datasketch's permutations and band parameters.
+all distinct prompts at once with numpy, from datasketch's permutations and band parameters, and kept by prompt
+hash between scorings of a growing log (`Signatures`): replay and follow sign each prompt once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import numpy as np
 import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 
-from alambic.monitor.prompts import load_prompts
-
 THRESHOLD = 0.5  # Jaccard of word 3-gram sets: a reworded tail or a swapped name still matches
 PERMUTATIONS = 64
 CONFIRM_MAX = 256  # members of one bucket compared pairwise (larger buckets: their first ones)
+COMPARED_MAX = 1 << 24  # signature values compared at once when confirming buckets (bytes of a boolean block)
 
 SEED = 1
 # Each distinct prompt's word 3-grams, hashed to 32 bits in SQL (prompts of under three words: the whole text),
@@ -31,7 +31,8 @@ SELECT prompt_hash,
                    ELSE list_transform(range(1, len(words) - 1),
                                        lambda i: hash(words[i], words[i + 1], words[i + 2]) % 4294967296)
               END)::UINTEGER AS shingle
-FROM (SELECT prompt_hash, string_split_regex(lower(trim(prompt)), '\\s+') AS words FROM prompt_texts)
+FROM (SELECT prompt_hash, string_split_regex(lower(trim(prompt)), '\\s+') AS words FROM prompt_texts
+      WHERE prompt_hash NOT IN (SELECT prompt_hash FROM signed_prompts))
 ORDER BY prompt_hash
 """
 
@@ -52,42 +53,77 @@ def _signatures(prompts: np.ndarray, shingles: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _candidates(signatures: np.ndarray) -> Iterator[np.ndarray]:
-    """LSH: for each band of rows of the signatures, the prompts (row indices) that agree on all of its rows.
+    """LSH: for each band of rows of the signatures, the prompts (row indices, ascending) that agree on all of its
+    rows.
 
     The bands and rows are those datasketch's `MinHashLSH` picks for `THRESHOLD` (balancing false positives
-    and negatives); the bucketing itself is a sort, for all prompts at once."""
+    and negatives); the bucketing itself is a sort of each band's rows, for all prompts at once."""
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
     for band in range(lsh.b):
         block = signatures[:, band * lsh.r : (band + 1) * lsh.r]
-        _, inverse, counts = np.unique(block, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.ravel()
-        shared = np.flatnonzero(counts[inverse] > 1)
-        shared = shared[np.argsort(inverse[shared], kind="stable")]
-        yield from np.split(shared, np.flatnonzero(np.diff(inverse[shared])) + 1) if len(shared) else ()
+        order = np.lexsort(block.T[::-1])  # rows in lexicographic order; equal rows by ascending index
+        ordered = block[order]
+        starts = np.flatnonzero(np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)])
+        sizes = np.diff(np.r_[starts, len(order)])
+        yield from (order[start : start + size] for start, size in zip(starts, sizes, strict=True) if size > 1)
 
 
-def _confirmed(signatures: np.ndarray, candidates: np.ndarray) -> list[int]:
-    """The candidates of one LSH bucket whose estimated Jaccard to another one reaches `THRESHOLD`.
+def _confirmed(signatures: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+    """The buckets of `candidates` (LSH buckets of row indices) that keep two or more members once only the members
+    whose estimated Jaccard to another member of their bucket reaches `THRESHOLD` stay: banding lets through pairs
+    well below it (prompts built from one template and a small vocabulary). Buckets of over `CONFIRM_MAX` members
+    are judged by their first ones; buckets of one size are compared together, a bounded block at a time."""
+    by_size: dict[int, list[np.ndarray]] = {}
+    for bucket in candidates:
+        by_size.setdefault(min(len(bucket), CONFIRM_MAX), []).append(bucket[:CONFIRM_MAX])
+    confirmed = []
+    for size, buckets in sorted(by_size.items()):
+        step = max(1, COMPARED_MAX // (size * size * PERMUTATIONS))
+        for first in range(0, len(buckets), step):
+            members = np.stack(buckets[first : first + step])  # (buckets, size)
+            block = signatures[members]  # (buckets, size, PERMUTATIONS)
+            similarity = (block[:, :, None, :] == block[:, None, :, :]).mean(axis=3)  # (buckets, size, size)
+            similarity[:, np.arange(size), np.arange(size)] = 0.0
+            kept = similarity.max(axis=2) >= THRESHOLD
+            confirmed += [row[keep] for row, keep in zip(members, kept, strict=True) if keep.sum() > 1]
+    return confirmed
 
-    Banding lets through pairs well below it (prompts built from one template and a small vocabulary)."""
-    indices = candidates[:CONFIRM_MAX].tolist()
-    block = signatures[indices]  # (k, PERMUTATIONS)
-    similarity = (block[:, None, :] == block[None, :, :]).mean(axis=2)  # (k, k)
-    np.fill_diagonal(similarity, 0.0)
-    kept = [i for i, row in zip(indices, similarity, strict=True) if row.max() >= THRESHOLD]
-    return kept if len(kept) > 1 else []
+
+class Signatures:
+    """The MinHash signatures of the distinct prompts of `prompt_texts`, by prompt hash (sorted), kept from one
+    scoring to the next: a scoring signs only the prompts the last one did not hold, and keeps only those it holds
+    (so it grows with the distinct prompts scored, never with the rows)."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.signatures = np.empty((0, PERMUTATIONS), dtype=np.uint32)
+        self.signed = 0  # prompts signed so far, by all scorings
+
+    def update(self, connection: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes and signatures of the prompts of `prompt_texts` now, signing those not seen before."""
+        connection.register("signed_prompts", pa.table({"prompt_hash": pa.array(self.hashes, pa.uint64())}))
+        try:
+            shingled = connection.execute(SHINGLES).fetchnumpy()
+        finally:
+            connection.unregister("signed_prompts")
+        new, signed = _signatures(shingled["prompt_hash"], shingled["shingle"])
+        self.signed += len(new)
+        known = connection.execute("SELECT DISTINCT prompt_hash FROM prompt_texts ORDER BY 1").fetchnumpy()
+        held = np.asarray(known["prompt_hash"], dtype=np.uint64)
+        hashes = np.concatenate([self.hashes, new])
+        order = np.argsort(hashes, kind="stable")
+        hashes, signatures = hashes[order], np.concatenate([self.signatures, signed])[order]
+        self.hashes, self.signatures = held, signatures[np.searchsorted(hashes, held)]
+        return self.hashes, self.signatures
 
 
-def load_buckets(connection: duckdb.DuckDBPyConnection, prompts_loaded: bool = False) -> int:
-    """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts, from
-    `requests` as it is now (replay redefines it on one connection), through the tables of `prompts.load_prompts`
-    (built here unless `prompts_loaded`). Returns the number of distinct prompts signed."""
-    if not prompts_loaded:
-        load_prompts(connection)
-    shingled = connection.execute(SHINGLES).fetchnumpy()
-    hashes, signatures = _signatures(shingled["prompt_hash"], shingled["shingle"])
+def load_buckets(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> int:
+    """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts of the
+    tables `prompts.load_prompts` built, signed through `signatures` (a fresh `Signatures` unless given: all of
+    them). Returns the number of distinct prompts."""
+    hashes, signed = (signatures or Signatures()).update(connection)
     buckets, members = [], []
-    for bucket, indices in enumerate(_confirmed(signatures, c) for c in _candidates(signatures)):
+    for bucket, indices in enumerate(_confirmed(signed, list(_candidates(signed)))):
         buckets += [bucket] * len(indices)
         members += hashes[indices].tolist()
     table = pa.table({"bucket": pa.array(buckets, pa.int64()), "prompt_hash": pa.array(members, pa.uint64())})

@@ -1,9 +1,11 @@
 """Each account's distinct prompts (the last user turn of a request), as DuckDB tables the content and
 linking passes share: `prompt_texts(prompt_hash, prompt)` and `account_prompts(account, prompt_hash, ...)`.
 
-They are built once per scoring (reading every request's JSON is the costly part), in the schema first on the
-search path and not as temporary tables, so that a schema ahead of it can hold its own `account_prompts` (a
-campaign's, read from these) where a temporary table would shadow it."""
+They are built once per scoring (reading every request's JSON is the costly part) by its entry points
+(`assess.assess`, `assess.feature_rows`); the passes that read them expect them built, and whoever redefines
+`requests` (replay) scores again through an entry point. They live in the schema first on the search path and
+not as temporary tables, so that a schema ahead of it can hold its own `account_prompts` (a campaign's, read from
+these) where a temporary table would shadow it."""
 
 from __future__ import annotations
 
