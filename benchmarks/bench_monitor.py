@@ -85,8 +85,8 @@ def benign_reference(
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:
     """Per multi-account campaign: the share of its accounts in its largest linked group (of all of them, and of
-    those that sent any of its prompts: one that sent only cover traffic holds none of its evidence), and benign
-    accounts in it."""
+    those that sent any of its prompts: one that sent only cover traffic holds none of its evidence), and the benign
+    accounts and the campaigns (itself included) with accounts in that group."""
     members: dict[str, list[str]] = {}
     for account, label in labels.items():
         if label["kind"] == "campaign":
@@ -97,7 +97,8 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
             continue
         groups = Counter(campaign_of[a] for a in accounts if campaign_of[a] is not None)
         group, size = groups.most_common(1)[0] if groups else (None, 0)
-        benign = sum(1 for a, g in campaign_of.items() if g == group and group and labels[a]["kind"] == "benign")
+        in_group = [a for a, g in campaign_of.items() if group and g == group]
+        benign = sum(labels[a]["kind"] == "benign" for a in in_group)
         extracting = [a for a in accounts if labels[a].get("extraction_requests") != 0]
         joined = sum(group is not None and campaign_of[a] == group for a in extracting)
         found[campaign] = {
@@ -106,6 +107,7 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
             "largest_group_share": size / len(accounts),
             "largest_group_share_sent_extraction": joined / len(extracting) if extracting else None,
             "benign_in_group": benign,
+            "campaigns_in_group": len({labels[a]["campaign_id"] for a in in_group} - {None}),
         }
     return found
 
@@ -221,6 +223,7 @@ def style_table(run: dict) -> dict:
                 (c["largest_group_share_sent_extraction"] for c in per_style), default=None
             ),
             "linking_benign_in_groups": sum(c["benign_in_group"] for c in per_style) if per_style else None,
+            "linking_most_campaigns_in_group": max((c["campaigns_in_group"] for c in per_style), default=None),
             "baselines": {
                 name: {
                     **scores[style],
@@ -439,6 +442,7 @@ def _brief(row: dict) -> str:
     return (
         f"auc {row['auc']:.4f} tpr@0.1% {row['tpr_at_0.1pct_fpr']:.3f} tpr@1% {row['tpr_at_1pct_fpr']:.3f} "
         f"benign blocked {row['benign_blocked']} linked {row['linking_worst_share']} "
+        f"(campaigns in its group {row['linking_most_campaigns_in_group']}) "
         f"(cover-only accounts {row['accounts_cover_only']}: without them auc {_shown(row['auc_sent_extraction'])}, "
         f"linked {row['linking_worst_share_sent_extraction']}) "
         f"before flag {row['requests_before_flag']} ({row['flagged_before_target']}/{row['campaigns']}) | {base}"

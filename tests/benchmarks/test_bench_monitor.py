@@ -84,6 +84,23 @@ def test_linking_is_also_measured_over_the_accounts_that_sent_the_campaign_s_pro
     assert found["benign_in_group"] == 0
 
 
+def test_linking_counts_the_campaigns_that_share_a_campaign_s_group():
+    """Distinct campaigns merged into one group are one actor to the monitor: reported beside the shares."""
+    labels = {
+        "a": {"kind": "campaign", "style": "hydra", "campaign_id": "c1"},
+        "b": {"kind": "campaign", "style": "hydra", "campaign_id": "c1"},
+        "c": {"kind": "campaign", "style": "sharded", "campaign_id": "c2"},
+        "d": {"kind": "campaign", "style": "sharded", "campaign_id": "c2"},
+        "e": {"kind": "campaign", "style": "mimic", "campaign_id": "c3"},
+        "f": {"kind": "campaign", "style": "mimic", "campaign_id": "c3"},
+        "person": {"kind": "benign", "style": "person", "campaign_id": None},
+    }
+    groups = {"a": "g1", "b": "g1", "c": "g1", "d": "g1", "e": "g2", "f": "g2", "person": None}
+    found = bench_monitor.linking(groups, labels)
+    assert {c: f["campaigns_in_group"] for c, f in found.items()} == {"c1": 2, "c2": 2, "c3": 1}
+    assert all(f["largest_group_share"] == 1.0 and f["benign_in_group"] == 0 for f in found.values())
+
+
 def test_the_feature_pass_runs_in_a_child_that_reports_its_peak_rss_and_cpu_time(tmp_path):
     log = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=2, days=1, scale=0.02, campaigns=("bulk",))), log)
