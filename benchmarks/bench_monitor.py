@@ -1,6 +1,7 @@
 """The monitor against the baselines on simulated weeks it was not tuned on: per campaign style ROC AUC, TPR at 0.1%
-and 1% benign FPR, benign accounts blocked, linking, and each campaign's requests (all its accounts) before the
-replay first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of
+and 1% benign FPR, benign accounts blocked, linking (also with each campaign alone in a week of its own, where no
+other campaign's prompts bridge its accounts), and each campaign's requests (all its accounts) before the replay
+first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of
 the rows), the same SQL on Spark, and the embeddings' prompts/s and share served from the cache.
 
 Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels. Every setting was
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import tempfile
 import time
 import warnings
@@ -35,6 +37,7 @@ from alambic.monitor.assess import assess, feature_rows
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
+from alambic.monitor.linking import link_accounts
 from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
@@ -110,6 +113,33 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
             "campaigns_in_group": len({labels[a]["campaign_id"] for a in in_group} - {None}),
         }
     return found
+
+
+def linking_alone(directory: Path, seeds: list[int], scale: float, campaigns: tuple[str, ...]) -> dict[str, dict]:
+    """Per multi-account style, its campaign linked in weeks (one a seed) where it is the only campaign, so that no
+    other campaign's prompts bridge its accounts: the worst share of its accounts in its largest linked group (of
+    all of them, and of those that sent a campaign prompt), and the benign accounts in those groups."""
+    found: dict[str, list[dict]] = {}
+    for seed in seeds:
+        for style in campaigns:
+            log, labels = simulate(directory / f"alone-{style}", seed, scale, (style,))
+            connection = open_log([log])
+            load_prompts(connection)
+            campaign_of = link_accounts(connection).campaign_of
+            found.setdefault(style, []).extend(linking({a: campaign_of.get(a) for a in labels}, labels).values())
+            shutil.rmtree(log.parent)
+    return {
+        style: {
+            "campaigns": len(linked),
+            "worst_share": min(c["largest_group_share"] for c in linked),
+            "worst_share_sent_extraction": min(
+                (share for c in linked if (share := c["largest_group_share_sent_extraction"]) is not None), default=None
+            ),
+            "benign_in_groups": sum(c["benign_in_group"] for c in linked),
+        }
+        for style, linked in found.items()
+        if linked
+    }
 
 
 def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, dict]) -> dict:
@@ -374,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
             )
             for style, row in style_table(runs[-1]).items():
                 print(f"  {style}: {_brief(row)}", flush=True)
+        alone = linking_alone(directory, args.seeds, args.scale, campaigns)
+        for style, linked in alone.items():
+            print(f"  {style} alone in its weeks: linked {linked}", flush=True)
         scaled = at_a_million_rows(directory, args.million_scale, args.extras_week)
     merged = pooled(runs)
     benign = [a for a, label in merged["labels"].items() if label["kind"] == "benign"]
@@ -427,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             "campaigns": merged["campaigns"],
             "rules_campaigns": merged["rules_campaigns"],
             "by_seed": {str(seed): style_table(run) for seed, run in zip(args.seeds, runs, strict=True)},
+            "linking_alone": alone,
             "assess_seconds_per_week": [run["assess_seconds"] for run in runs],
             "at_a_million_rows": scaled,
             "run_seconds": time.perf_counter() - begun,

@@ -132,6 +132,8 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     assert counts and all(count is None or count > 0 for count in counts)
     assert written["replay"]["monitor"]["rows_per_s"] > 0 and written["replay"]["rules"]["rows_per_s"] > 0
     assert all("requests_before_flag" in f["baselines"]["rules"] for f in written["styles"].values())
+    alone = written["linking_alone"]  # the multi-account styles that linked any accounts in their own weeks
+    assert alone and "bulk" not in alone and all(0 <= f["worst_share"] <= 1 for f in alone.values())
     scaled = written["at_a_million_rows"]
     assert scaled["feature_pass"]["full"]["rows"] > scaled["feature_pass"]["quarter"]["rows"] > 0
     assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["spark"]["rows"] == 1
