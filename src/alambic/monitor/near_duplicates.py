@@ -106,13 +106,13 @@ class Signatures:
             shingled = connection.execute(SHINGLES).fetchnumpy()
         finally:
             connection.unregister("signed_prompts")
-        new, signed = _signatures(shingled["prompt_hash"], shingled["shingle"])
+        new, new_signatures = _signatures(shingled["prompt_hash"], shingled["shingle"])
         self.signed += len(new)
         known = connection.execute("SELECT DISTINCT prompt_hash FROM prompt_texts ORDER BY 1").fetchnumpy()
         held = np.asarray(known["prompt_hash"], dtype=np.uint64)
         hashes = np.concatenate([self.hashes, new])
         order = np.argsort(hashes, kind="stable")
-        hashes, signatures = hashes[order], np.concatenate([self.signatures, signed])[order]
+        hashes, signatures = hashes[order], np.concatenate([self.signatures, new_signatures])[order]
         self.hashes, self.signatures = held, signatures[np.searchsorted(hashes, held)]
         return self.hashes, self.signatures
 
@@ -121,9 +121,9 @@ def load_buckets(connection: duckdb.DuckDBPyConnection, signatures: Signatures |
     """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts of the
     tables `prompts.load_prompts` built, signed through `signatures` (a fresh `Signatures` unless given: all of
     them). Returns the number of distinct prompts."""
-    hashes, signed = (signatures or Signatures()).update(connection)
+    hashes, matrix = (signatures or Signatures()).update(connection)
     buckets, members = [], []
-    for bucket, indices in enumerate(_confirmed(signed, list(_candidates(signed)))):
+    for bucket, indices in enumerate(_confirmed(matrix, list(_candidates(matrix)))):
         buckets += [bucket] * len(indices)
         members += hashes[indices].tolist()
     table = pa.table({"bucket": pa.array(buckets, pa.int64()), "prompt_hash": pa.array(members, pa.uint64())})
