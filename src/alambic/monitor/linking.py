@@ -11,11 +11,17 @@ gives by chance. Popular prompts ("hello", a product-description template that a
 everything that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per
 group, weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
 customers read as what they are. One chance match between two groups does not merge them: a bridge (an edge whose
-removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` accounts or more.
+removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` accounts or more. Two actors
+drawing on one bank (a public data set, one generator's templates) match each other's texts as often as one actor's
+accounts match among themselves, but they also send some of the same texts, which a split set never does: each rare
+text two accounts both sent weighs `SAME_TEXT_WEIGHT` matched prompts against linking them, and accounts are
+partitioned on that signed graph before its groups are read.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import defaultdict
 from dataclasses import dataclass
 
 import duckdb
@@ -30,6 +36,8 @@ FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a s
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
 COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
 BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smaller side is an account joining
+SAME_TEXT_WEIGHT = 30.0  # matched prompts one rare text sent by both outweighs (20 to 1e6: the same groups, seeds 0-2)
+REFINE_ROUNDS = 20  # of moving accounts between clusters; it settles in a few
 
 # Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
 RARE_FAMILIES = f"""
@@ -50,7 +58,8 @@ FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
-# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance.
+# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance;
+# weighed by the prompts matched (the fewer of the two sides).
 EDGES = f"""
 WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
 coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
@@ -61,11 +70,18 @@ matched AS (
       ON x.family = y.family AND x.account < y.account AND x.wording <> y.wording
     GROUP BY ALL
 )
-SELECT a, b FROM matched
+SELECT a, b, least(in_a, in_b) FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
 WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
    OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
+"""
+
+# Two accounts that sent the same rare texts, and how many: two actors drawing on one bank, as a split set is disjoint.
+SAME_TEXTS = """
+WITH texts AS (SELECT DISTINCT account, wording FROM rare_holdings)
+SELECT x.account, y.account, count(*) FROM texts x JOIN texts y ON x.wording = y.wording AND x.account < y.account
+GROUP BY ALL
 """
 
 # Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
@@ -152,7 +168,9 @@ def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures 
     `prompts.load_prompts` built from it, largest first; prompts signed through `signatures` (`load_buckets`)."""
     load_buckets(connection, signatures)
     connection.execute(RARE_FAMILIES)
-    found = linked_groups(connection.execute(EDGES).fetchall())
+    edges = connection.execute(EDGES).fetchall()
+    actor_of = actors(edges, connection.execute(SAME_TEXTS).fetchall())
+    found = linked_groups([(a, b) for a, b, _ in edges if actor_of[a] == actor_of[b]])
     campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}
     if not campaign_of:
         return Linking({}, {})
@@ -168,6 +186,73 @@ def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures 
         for e in [evidence[f"group-{n + 1}"]]
     }
     return Linking(groups, campaign_of)
+
+
+Signed = dict[str, dict[str, float]]  # a symmetric weighted graph: node -> neighbour -> weight
+
+
+def actors(edges: list[tuple[str, str, int]], same_texts: list[tuple[str, str, int]]) -> dict[str, str]:
+    """Each account of `edges` -> a representative of its actor, on the signed graph of prompts matched (`edges`)
+    less `SAME_TEXT_WEIGHT` per rare text both sent: greedy additive edge contraction, then rounds that move each
+    account to the cluster it weighs most towards and contract the clusters again, until none moves (GAEC and
+    Kernighan-Lin-style refinement for correlation clustering, Keuper et al. 2015)."""
+    weight: Signed = defaultdict(dict)
+    for a, b, w in [*edges, *((a, b, -SAME_TEXT_WEIGHT * n) for a, b, n in same_texts)]:
+        weight[a][b] = weight[b][a] = weight[a].get(b, 0.0) + w
+    accounts = {a for a, _, _ in edges} | {b for _, b, _ in edges}  # the rest have no positive weight to anyone
+    actor_of = _contracted({a: {b: w for b, w in weight[a].items() if b in accounts} for a in accounts})
+    for _ in range(REFINE_ROUNDS):
+        moved = _moved(weight, actor_of)
+        between: Signed = defaultdict(dict)
+        for a in accounts:
+            for b, w in weight[a].items():
+                x, y = moved[a], moved.get(b)
+                if y is not None and x != y:
+                    between[x][y] = between[x].get(y, 0.0) + w
+        merged = _contracted({x: between[x] for x in set(moved.values())})
+        refined = {a: merged[x] for a, x in moved.items()}
+        if refined == actor_of:
+            break
+        actor_of = refined
+    return actor_of
+
+
+def _contracted(weight: Signed) -> dict[str, str]:
+    """Node -> its cluster's representative: the heaviest pair of clusters merges, its weights to the others
+    summed, until no pair weighs above zero (greedy additive edge contraction). Consumes `weight`."""
+    members = {a: [a] for a in weight}
+    heap = [(-w, a, b) for a in weight for b, w in weight[a].items() if a < b and w > 0]
+    heapq.heapify(heap)
+    while heap:
+        w, a, b = heapq.heappop(heap)
+        if a not in members or b not in members or weight[a].get(b) != -w:
+            continue  # merged away, or reweighed since it was pushed
+        for c, v in weight.pop(b).items():  # b into a
+            del weight[c][b]
+            if c != a:
+                weight[a][c] = weight[c][a] = weight[a].get(c, 0.0) + v
+                if weight[a][c] > 0:
+                    heapq.heappush(heap, (-weight[a][c], min(a, c), max(a, c)))
+        members[a] += members.pop(b)
+    return {node: cluster for cluster, nodes in members.items() for node in nodes}
+
+
+def _moved(weight: Signed, actor_of: dict[str, str]) -> dict[str, str]:
+    """One pass over the accounts in order: each joins the cluster it weighs most towards if that beats its own,
+    or stands alone if it weighs against its own."""
+    actor_of = dict(actor_of)
+    for account in sorted(actor_of):
+        towards: dict[str, float] = defaultdict(float)
+        for other, w in weight[account].items():
+            if other in actor_of and other != account:
+                towards[actor_of[other]] += w
+        own = towards.pop(actor_of[account], 0.0)
+        best = max(towards, key=lambda c: (towards[c], c), default=None)
+        if best is not None and towards[best] > max(own, 0.0):
+            actor_of[account] = best
+        elif own < 0:
+            actor_of[account] = account
+    return actor_of
 
 
 def linked_groups(edges: list[tuple[str, str]]) -> list[list[str]]:
