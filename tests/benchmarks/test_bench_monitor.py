@@ -135,7 +135,10 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     alone = written["linking_alone"]  # the multi-account styles that linked any accounts in their own weeks
     assert alone and "bulk" not in alone and all(0 <= f["worst_share"] <= 1 for f in alone.values())
     scaled = written["at_a_million_rows"]
-    assert scaled["feature_pass"]["full"]["rows"] > scaled["feature_pass"]["quarter"]["rows"] > 0
-    assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["spark"]["rows"] == 1
+    passes = scaled["feature_pass"]
+    assert passes["full"]["rows"] > passes["quarter"]["rows"] > 0
+    assert passes["quarter_four_weeks"]["rows"] > passes["quarter"]["rows"]
+    assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["peak_rss_four_weeks_over_one"] > 0
+    assert scaled["spark"]["rows"] == 1
     embeddings = scaled["embeddings"]
     assert 0 < embeddings["prompts_embedded"] < embeddings["prompts_asked"] and 0 < embeddings["cached_share"] < 1
