@@ -1,8 +1,9 @@
 """The monitor against the baselines on simulated weeks it was not tuned on: per campaign style ROC AUC, TPR at 0.1%
 and 1% benign FPR, benign accounts blocked, linking (also with each campaign alone in a week of its own, where no
 other campaign's prompts bridge its accounts), and each campaign's requests (all its accounts) before the replay
-first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of
-the rows, and over four weeks of that quarter's accounts), the same SQL on Spark, and the embeddings' prompts/s and share served from the cache.
+first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of the
+rows, and over four weeks of that quarter's accounts), the same SQL on Spark, and the embeddings' prompts/s and
+share served from the cache.
 
 Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels. Every setting was
 chosen on seeds 0-2 with the styles not held out; the defaults here are other seeds and every style.

@@ -193,3 +193,14 @@ def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
     linking = link_accounts(opened(_log(tmp_path / "log.jsonl", prompts)))
     assert "a" not in linking.campaign_of and "b" not in linking.campaign_of
     assert len(linking.groups) == 12
+
+
+def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_weighs_most_towards():
+    """Contraction merges x with a1 first (their match is the heaviest), and the rest of a1's actor follows; x's
+    weight towards that actor (100 less two shared texts) is less than towards b1 and b2, which it then joins."""
+    edges = [("a1", "a2", 50), ("a1", "a3", 50), ("a2", "a3", 50), ("b1", "b2", 50)]
+    edges += [("a1", "x", 100), ("b1", "x", 40), ("b2", "x", 40)]
+    same_texts = [("a2", "x", 1), ("a3", "x", 1), ("a1", "b1", 2), ("a2", "b2", 2), ("a3", "b1", 2)]
+    actor_of = actors(edges, same_texts)
+    assert actor_of["x"] == actor_of["b1"] == actor_of["b2"] != actor_of["a1"]
+    assert actor_of["a1"] == actor_of["a2"] == actor_of["a3"]
