@@ -204,3 +204,11 @@ def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_w
     actor_of = actors(edges, same_texts)
     assert actor_of["x"] == actor_of["b1"] == actor_of["b2"] != actor_of["a1"]
     assert actor_of["a1"] == actor_of["a2"] == actor_of["a3"]
+
+
+def test_an_account_that_weighs_against_its_own_actor_stands_alone_even_as_its_first_member():
+    """a and b merge first (their match is the heaviest), then c and d join through b, each of them sharing texts
+    with a: a now weighs against its actor (70 less 120) and leaves it, though the actor was first a's."""
+    edges = [("a", "b", 70), ("b", "c", 65), ("b", "d", 65)]
+    actor_of = actors(edges, [("a", "c", 2), ("a", "d", 2)])
+    assert actor_of["a"] != actor_of["b"] == actor_of["c"] == actor_of["d"]

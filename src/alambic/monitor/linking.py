@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TypeVar
 
 import duckdb
 import networkx as nx
@@ -188,22 +189,25 @@ def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures 
     return Linking(groups, campaign_of)
 
 
-Signed = dict[str, dict[str, float]]  # a symmetric weighted graph: node -> neighbour -> weight
+Node = TypeVar("Node", str, int)
+Signed = dict[Node, dict[Node, float]]  # a symmetric weighted graph: node -> neighbour -> weight
 
 
-def actors(edges: list[tuple[str, str, int]], same_texts: list[tuple[str, str, int]]) -> dict[str, str]:
-    """Each account of `edges` -> a representative of its actor, on the signed graph of prompts matched (`edges`)
-    less `SAME_TEXT_WEIGHT` per rare text both sent: greedy additive edge contraction, then rounds that move each
-    account to the cluster it weighs most towards and contract the clusters again, until none moves (GAEC and
+def actors(edges: list[tuple[str, str, int]], same_texts: list[tuple[str, str, int]]) -> dict[str, int]:
+    """Each account of `edges` -> its actor's number, on the signed graph of prompts matched (`edges`) less
+    `SAME_TEXT_WEIGHT` per rare text both sent: greedy additive edge contraction, then rounds that move each account
+    to the cluster it weighs most towards and contract the clusters again, until none moves (GAEC and
     Kernighan-Lin-style refinement for correlation clustering, Keuper et al. 2015)."""
-    weight: Signed = defaultdict(dict)
+    weight: Signed[str] = defaultdict(dict)
     for a, b, w in [*edges, *((a, b, -SAME_TEXT_WEIGHT * n) for a, b, n in same_texts)]:
         weight[a][b] = weight[b][a] = weight[a].get(b, 0.0) + w
     accounts = {a for a, _, _ in edges} | {b for _, b, _ in edges}  # the rest have no positive weight to anyone
-    actor_of = _contracted({a: {b: w for b, w in weight[a].items() if b in accounts} for a in accounts})
+    contracted = _contracted({a: {b: w for b, w in weight[a].items() if b in accounts} for a in accounts})
+    number = {cluster: n for n, cluster in enumerate(sorted(set(contracted.values())))}
+    actor_of = {account: number[cluster] for account, cluster in contracted.items()}
     for _ in range(REFINE_ROUNDS):
         moved = _moved(weight, actor_of)
-        between: Signed = defaultdict(dict)
+        between: Signed[int] = defaultdict(dict)
         for a in accounts:
             for b, w in weight[a].items():
                 x, y = moved[a], moved.get(b)
@@ -217,7 +221,7 @@ def actors(edges: list[tuple[str, str, int]], same_texts: list[tuple[str, str, i
     return actor_of
 
 
-def _contracted(weight: Signed) -> dict[str, str]:
+def _contracted(weight: Signed[Node]) -> dict[Node, Node]:
     """Node -> its cluster's representative: the heaviest pair of clusters merges, its weights to the others
     summed, until no pair weighs above zero (greedy additive edge contraction). Consumes `weight`."""
     members = {a: [a] for a in weight}
@@ -237,12 +241,13 @@ def _contracted(weight: Signed) -> dict[str, str]:
     return {node: cluster for cluster, nodes in members.items() for node in nodes}
 
 
-def _moved(weight: Signed, actor_of: dict[str, str]) -> dict[str, str]:
+def _moved(weight: Signed[str], actor_of: dict[str, int]) -> dict[str, int]:
     """One pass over the accounts in order: each joins the cluster it weighs most towards if that beats its own,
-    or stands alone if it weighs against its own."""
+    or stands alone (a number no cluster holds) if it weighs against its own."""
     actor_of = dict(actor_of)
+    unused = max(actor_of.values(), default=-1) + 1
     for account in sorted(actor_of):
-        towards: dict[str, float] = defaultdict(float)
+        towards: dict[int, float] = defaultdict(float)
         for other, w in weight[account].items():
             if other in actor_of and other != account:
                 towards[actor_of[other]] += w
@@ -251,7 +256,7 @@ def _moved(weight: Signed, actor_of: dict[str, str]) -> dict[str, str]:
         if best is not None and towards[best] > max(own, 0.0):
             actor_of[account] = best
         elif own < 0:
-            actor_of[account] = account
+            actor_of[account], unused = unused, unused + 1
     return actor_of
 
 
