@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import feature_pass
-from alambic.monitor.assess import assess, feature_rows
+from alambic.monitor.assess import assess, benign_units
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import account_tasks, text_key
 from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
@@ -76,15 +76,17 @@ def embeddings() -> EmbeddingCache:
 def benign_reference(
     directory: Path, scale: float, content: EmbeddingCache | None
 ) -> tuple[Reference, MmdBaseline | None]:
-    """What the benign-only weeks calibrate: the monitor's risk and, with content, the MMD window baseline."""
-    rows, windows = [], {}
+    """What the benign-only weeks calibrate: the monitor's risk (on their accounts and their linked groups) and,
+    with content, the MMD window baseline."""
+    rows, groups, windows = [], [], {}
     for seed in REFERENCE_SEEDS:
         log, _ = simulate(directory, seed, scale, ())
-        rows += list(feature_rows(open_log([log]), content).values())
+        accounts, linked = benign_units(open_log([log]), content)
+        rows, groups = rows + accounts, groups + linked
         if content is not None:
             for account, found in account_windows(open_log([log]), content).items():
                 windows[f"{seed}:{account}"] = found  # account ids may repeat across seeds
-    return Reference(rows), MmdBaseline.calibrate(windows) if windows else None
+    return Reference(rows, groups=groups), MmdBaseline.calibrate(windows) if windows else None
 
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:

@@ -11,11 +11,11 @@ from monitor_traffic import HashedWords, opened, row, write
 
 import alambic.monitor.content as content
 import alambic.monitor.prompts as prompts
-from alambic.monitor.assess import MEMBER_COUNTS, assess, campaign_features, feature_rows, verdicts
+from alambic.monitor.assess import assess, benign_units, campaign_features, feature_rows, verdicts
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
-from alambic.monitor.risk import Reference
+from alambic.monitor.risk import MEMBER_COUNTS, Reference
 from alambic.monitor.source import open_log
 from alambic.monitor.verdict import ACTIONS
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -30,10 +30,31 @@ def simulated(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def benign_reference(tmp_path_factory):
+def benign_week(tmp_path_factory):
     out = tmp_path_factory.mktemp("benign") / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=14, days=3, scale=0.3, campaigns=())), out)
-    return Reference([f.values for f in account_features(open_log([out]))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def benign_reference(benign_week):
+    return Reference([f.values for f in account_features(open_log([benign_week]))])
+
+
+def test_a_benign_log_calibrates_on_its_accounts_and_on_its_linked_groups_each_taken_as_one_account(benign_week):
+    rows, groups = benign_units(open_log([benign_week]))
+    accounts = {f.account: f.values for f in account_features(open_log([benign_week]))}
+    assert sorted(r["requests"] for r in rows) == sorted(v["requests"] for v in accounts.values())
+    connection = open_log([benign_week])
+    prompts.load_prompts(connection)
+    members: dict[str, list[str]] = {}
+    for account, group in link_accounts(connection).campaign_of.items():
+        members.setdefault(group, []).append(account)
+    assert groups and len(groups) == len(members)  # an organisation's keys, a class, linked harnesses
+    assert sorted(g["requests"] for g in groups) == sorted(
+        sum(accounts[a]["requests"] for a in m) for m in members.values()
+    )
+    assert len(Reference(rows, groups=groups)) == len(rows) + len(groups)
 
 
 def test_without_a_reference_every_account_gets_a_verdict_calibrated_on_the_log_itself(simulated):

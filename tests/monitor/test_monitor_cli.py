@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.logs.importer import LogImporter
-from alambic.monitor.assess import assess, feature_rows
+from alambic.monitor.assess import assess, benign_units
 from alambic.monitor.embeddings import EmbeddingCache
-from alambic.monitor.features import account_features
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -29,6 +28,13 @@ def monitor(*args: str):
 def lines(result) -> dict[str, dict]:
     assert result.exit_code == 0, result.output
     return {line["account"]: line for line in map(json.loads, result.stdout.splitlines())}
+
+
+def calibrated(benign, cache: EmbeddingCache | None = None) -> Reference:
+    """The risk `--reference` calibrates: the benign log's accounts, and its linked groups each as one account."""
+    rows, groups = benign_units(open_log([benign]), cache)
+    assert groups  # the log holds some (an organisation's keys, linked harnesses), so that they are tested
+    return Reference(rows, groups=groups)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +57,7 @@ def test_every_account_gets_a_json_line_with_the_scorings_verdict(tmp_path, beni
     labels = json.loads((tmp_path / "labels.json").read_text())
     found = lines(monitor("--log", str(log), "--reference", str(benign), "--json"))
     assert set(found) == set(labels)
-    reference = Reference([f.values for f in account_features(open_log([benign]))])
-    for verdict in assess(open_log([log]), reference):
+    for verdict in assess(open_log([log]), calibrated(benign)):
         line = found[verdict.account]
         assert (line["risk"], line["reasons"], line["campaign"], line["action"]) == (
             verdict.risk,
@@ -73,7 +78,7 @@ def test_content_scores_prompt_topics_through_the_embedding_cache(tmp_path, beni
     write_jsonl(Simulation(SimulationSettings(seed=22, days=2, scale=0.1, campaigns=("mimic",))), log)
     found = lines(monitor("--log", str(log), "--reference", str(benign), "--json", "--content"))
     cache = EmbeddingCache(HashedWords())
-    reference = Reference(list(feature_rows(open_log([benign]), cache).values()))
+    reference = calibrated(benign, cache)
     assert "topic_coverage" in reference.features
     expected = {v.account: (v.risk, list(v.reasons)) for v in assess(open_log([log]), reference, cache)}
     assert {account: (line["risk"], line["reasons"]) for account, line in found.items()} == expected

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from alambic.monitor.features import account_features
-from alambic.monitor.risk import GREY_ZONE_REQUESTS, Evidence, Reference, action_for, combined, tail_probability
+from alambic.monitor.risk import (
+    GREY_ZONE_REQUESTS,
+    MEMBER_COUNTS,
+    Evidence,
+    Reference,
+    action_for,
+    combined,
+    tail_probability,
+)
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
@@ -55,6 +63,44 @@ def test_an_account_far_past_every_benign_one_gets_a_high_risk_and_reasons_with_
     assert 1 <= len(reasons) <= 3
     assert any("step-by-step reasoning: 100%" in reason for reason in reasons)
     assert all("benign" in reason for reason in reasons)
+
+
+def test_a_reference_that_holds_benign_groups_compares_a_group_with_them_not_only_with_single_accounts(
+    two_benign_weeks,
+):
+    # Evaluation harnesses linked by the benchmark they share: as one account, a volume no single account has,
+    # long answers, several samples a prompt, logprobs, the newest model. Rare among single accounts, not among
+    # benign groups.
+    fitted, _ = two_benign_weeks
+    biggest = max(fitted, key=lambda v: v["requests"])
+
+    def harnesses(n: int) -> dict:
+        return biggest | {
+            "requests": 9000 + 500 * n,
+            "long_answer_share": 0.95,
+            "answer_prompt_ratio": 8.0 + n / 10,
+            "multi_sample_share": 0.3 + n / 20,
+            "logprobs_share": 0.6,
+            "newest_model_share": 0.4 + n / 50,
+            "distinct_addresses": 40,
+            "distinct_user_agents": 20,
+        }
+
+    benign_groups = [harnesses(n) for n in range(5)]
+    singles, with_groups = Reference(fitted), Reference(fitted, groups=benign_groups)
+    assert len(with_groups) == len(fitted) + 5
+    suspect = harnesses(2) | {"requests": 9700}
+    assert singles.assess(suspect, leave_out=MEMBER_COUNTS).risk >= 0.99
+    assert with_groups.assess(suspect, leave_out=MEMBER_COUNTS).risk < 0.99
+    campaign = suspect | {"reasoning_cue_share": 1.0, "answer_prompt_ratio": 40.0}
+    assert with_groups.assess(campaign, leave_out=MEMBER_COUNTS).risk > 0.999
+    # A group's counts are its members': they are no benign sample for a single account's volume or addresses.
+    loud = biggest | {"requests": biggest["requests"] * 50, "distinct_addresses": 30, "distinct_user_agents": 15}
+    probabilities = [
+        {e.feature: e.probability for e in reference.assess(loud).evidence} for reference in (singles, with_groups)
+    ]
+    assert probabilities[0]["requests"] == probabilities[1]["requests"]
+    assert probabilities[0]["distinct_addresses"] == probabilities[1]["distinct_addresses"]
 
 
 def test_a_reference_needs_enough_benign_accounts(two_benign_weeks):

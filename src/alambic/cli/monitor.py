@@ -92,7 +92,7 @@ def monitor(
 
             # Without a benign reference, calibrated on the whole log (the early steps are too few to).
             stepped = SteppedMonitor(
-                connection, _assess(benign or _calibrated(connection, "the log", embeddings), embeddings), step_length
+                connection, _assess(benign or _self_calibrated(connection, embeddings), embeddings), step_length
             )
             stepped.advance()
             verdicts, flags = stepped.verdicts, stepped.flags
@@ -155,22 +155,30 @@ def _assess(reference, embeddings):
 
 
 def _reference(files: list[Path], embeddings):
+    """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account."""
+    from alambic.monitor.assess import benign_units
     from alambic.monitor.source import open_log
 
-    return _calibrated(open_log(files), "--reference", embeddings, compared_with_others=False)
+    rows, groups = benign_units(open_log(files), embeddings)
+    return _calibrated(rows, "--reference", groups=groups)
 
 
-def _calibrated(connection, what: str, embeddings, compared_with_others: bool = True):
-    """Risk calibrated on the accounts of `connection`'s `requests`; when they are also the accounts scored, each
-    is compared with the others only."""
-    from alambic.monitor.assess import feature_rows
+def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = ()):
+    """A `Reference` on `rows` (see there), or bad input when they are too few."""
     from alambic.monitor.risk import Reference
 
-    rows = feature_rows(connection, embeddings)
     try:
-        return Reference(list(rows.values()), list(rows) if compared_with_others else None)
+        return Reference(rows, accounts, groups)
     except ValueError as error:
         raise InvalidRequestError(f"{what}: {error}.") from None
+
+
+def _self_calibrated(connection, embeddings):
+    """Risk calibrated on the log's own accounts, each compared with the others only."""
+    from alambic.monitor.assess import feature_rows
+
+    rows = feature_rows(connection, embeddings)
+    return _calibrated(list(rows.values()), "the log", list(rows))
 
 
 def _line(verdict, flags: dict | None) -> dict:

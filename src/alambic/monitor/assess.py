@@ -16,18 +16,14 @@ from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
-from alambic.monitor.risk import Assessment, Reference, action_for
+from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, action_for
 from alambic.monitor.verdict import ACTIONS, Verdict
 
 CAMPAIGN_SCHEMA = "campaign_view"
-# A campaign's risk is calibrated against single benign accounts, not against benign groups (an organisation's
-# keys, a classroom): alone it flags the members for review; throttling or blocking needs the account's own risk.
+# A campaign's risk is calibrated against single benign accounts and the few benign groups a reference log holds (an
+# organisation's keys, a classroom): alone it flags the members for review; throttling or blocking needs the
+# account's own risk.
 CAMPAIGN_ACTION_CAP = "flag"
-# Over a group these count its members, not what it does: each brings its own devices and exits (two benign keys
-# have two user agents) and its own volume (a class of thirty pupils, linked to the evaluation harnesses that share
-# its homework bank, sends in one hour what a busy integration does). A campaign is judged without them, and each
-# member by its own; the group's requests still pick the benign accounts of its size that it is compared with.
-MEMBER_COUNTS = ("requests", "requests_per_active_day", "peak_per_hour", "distinct_addresses", "distinct_user_agents")
 
 
 def assess(
@@ -38,8 +34,8 @@ def assess(
 ) -> list[Verdict]:
     """A verdict for every account of the `requests` relation (`monitor.source`), in account order.
 
-    `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's
-    `feature_rows`, taken with content if these are). By default it is fitted on this log's own accounts, taken
+    `reference` holds the benign accounts that calibrate risk (`Reference` over a benign-only log's `benign_units`,
+    taken with content if these are). By default it is fitted on this log's own accounts, taken
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
     `signatures` keeps the prompts' MinHash signatures from one scoring of a growing log to the next (replay).
@@ -49,6 +45,17 @@ def assess(
     reference = reference or Reference(list(rows.values()), list(rows))
     linking = link_accounts(connection, signatures)
     return verdicts(connection, rows, reference, linking, content, topics)
+
+
+def benign_units(
+    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None
+) -> tuple[list[dict[str, float | None]], list[dict[str, float | None]]]:
+    """What a benign log's `requests` gives a `Reference`: its accounts' features, and its linked groups' features,
+    each group taken as one account (the organisations, classrooms and platforms that benign traffic holds)."""
+    load_prompts(connection)
+    rows, topics = account_rows(connection, content)
+    groups = campaign_features(connection, link_accounts(connection).campaign_of, content, topics)
+    return list(rows.values()), list(groups.values())
 
 
 def feature_rows(

@@ -5,6 +5,9 @@ among the `NEIGHBOURS` closest in size; past the largest benign value, an expone
 decile, as in peaks-over-threshold). The evidence is -log10 p, summed over features (Fisher's combination),
 and risk is 1 - the share of benign reference accounts with at least that much evidence (the same tail rule).
 So risk is calibrated on benign traffic only: a threshold of 0.99 lets about 1% of benign accounts through.
+Benign groups of linked accounts (an organisation's keys, a classroom sharing a homework bank), each taken as one
+account, are benign traffic too: a reference that holds them compares a campaign with them as well as with single
+accounts, on every feature but its members' counts (`MEMBER_COUNTS`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ FAMILIES = (
     ("logprobs_share", "multi_sample_share"),
     ("prompt_diversity", "templated_share"),
 )
+# Over a group these count its members, not what it does: each brings its own devices and exits (two benign keys
+# have two user agents) and its own volume (a class of thirty pupils, linked to the evaluation harnesses that share
+# its homework bank, sends in one hour what a busy integration does). A group is judged without them; its requests
+# still pick the benign accounts of its size that it is compared with.
+MEMBER_COUNTS = ("requests", "requests_per_active_day", "peak_per_hour", "distinct_addresses", "distinct_user_agents")
 DESCRIBED = {**FEATURES, **CONTENT_FEATURES}  # what each feature measures, in the reasons
 TRUNCATE = 1.0
 NEIGHBOURS = 150
@@ -135,43 +143,68 @@ def _transformed(name: str, value: float | None) -> float | None:
 class Reference:
     """Benign accounts' features: what each account or campaign is compared with. Fit it on a benign-only log,
     or on a log that is mostly benign (rank statistics: a few extreme accounts move its tails little). With
-    `accounts` (the rows' account ids), an account of the reference is compared with the others only."""
+    `accounts` (the rows' account ids), an account of the reference is compared with the others only. `groups`
+    holds benign groups' features, each group taken as one account (`assess.campaign_features`): benign units
+    beside the accounts, but their `MEMBER_COUNTS` are compared with no one's (their requests still give their
+    size)."""
 
-    def __init__(self, rows: list[dict[str, float | None]], accounts: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[dict[str, float | None]],
+        accounts: list[str] | None = None,
+        groups: list[dict[str, float | None]] = (),
+    ) -> None:
         if len(rows) < 20:
             raise ValueError(f"a reference needs at least 20 benign accounts, got {len(rows)}")
+        units = [*rows, *groups]
         self.features = [f for f in (*HIGH, *LOW) if f in rows[0]]
-        self.raw = {f: np.array([np.nan if r[f] is None else float(r[f]) for r in rows]) for f in self.features}
+        self.raw = {f: np.array([np.nan if r[f] is None else float(r[f]) for r in units]) for f in self.features}
         self.values = {
-            f: np.array([np.nan if (v := _transformed(f, r[f])) is None else v for r in rows]) for f in self.features
+            f: np.array([np.nan if (v := _transformed(f, r[f])) is None else v for r in units]) for f in self.features
         }
         self.index = {account: i for i, account in enumerate(accounts or ())}
-        self.sizes = np.log1p(np.array([float(r["requests"]) for r in rows]))
-        self.scores = np.array([self._evidence_total(r, exclude=i) for i, r in enumerate(rows)])
+        self.sizes = np.log1p(np.array([float(r["requests"]) for r in units]))
+        self.accounts = len(rows)  # the units before this index are accounts, the rest groups
+        self.scores = np.array(
+            [
+                combined(self.evidence(r, exclude=i, leave_out=MEMBER_COUNTS if i >= self.accounts else ()))
+                for i, r in enumerate(units)
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def _neighbours(self, requests: float, exclude: int | None) -> np.ndarray:
-        distance = np.abs(self.sizes - math.log1p(requests))
-        if exclude is not None:
+    def _pool(self, requests: float, exclude: int | None, among: int, nearest: bool) -> np.ndarray:
+        """The benign units compared with: of the first `among` (accounts come first) but `exclude`, all, or the
+        `NEIGHBOURS` closest in size to `requests`."""
+        excluded = exclude is not None and exclude < among
+        if not nearest:
+            return np.delete(np.arange(among), exclude) if excluded else np.arange(among)
+        distance = np.abs(self.sizes[:among] - math.log1p(requests))
+        if excluded:
             distance[exclude] = np.inf
-        k = min(NEIGHBOURS, len(distance) - (exclude is not None))
+        k = min(NEIGHBOURS, among - excluded)
         return np.argpartition(distance, k - 1)[:k]
 
     def evidence(
         self, row: dict[str, float | None], exclude: int | None = None, leave_out: Collection[str] = ()
     ) -> list[Evidence]:
         """Each feature's benign tail probability, strongest evidence first; features in `leave_out` are no evidence
-        (the size that picks the benign accounts compared with is still `requests`)."""
-        near = self._neighbours(float(row["requests"]), exclude)
-        everyone = np.arange(len(self.sizes)) if exclude is None else np.delete(np.arange(len(self.sizes)), exclude)
+        (the size that picks the benign accounts compared with is still `requests`). Members' counts are compared
+        with accounts only."""
+        size = float(row["requests"])
+        near = self._pool(size, exclude, len(self.sizes), nearest=True)
+        near_accounts = (
+            self._pool(size, exclude, self.accounts, nearest=True) if self.accounts < len(self.sizes) else near
+        )
+        every_account = self._pool(size, exclude, self.accounts, nearest=False)
         found = []
         for name in self.features:
             value = _transformed(name, row.get(name))
             if value is None or name in leave_out:
                 continue
-            pool = everyone if name in VOLUME else near
+            pool = every_account if name in VOLUME else near_accounts if name in MEMBER_COUNTS else near
             sample = self.values[name][pool]
             sample = sample[~np.isnan(sample)]
             if len(sample) < 10:
@@ -180,9 +213,6 @@ class Reference:
             median = float(np.nanmedian(raw))
             found.append(Evidence(name, float(row[name]), median, tail_probability(sample, value), len(sample)))
         return sorted(found, key=lambda e: -e.strength)
-
-    def _evidence_total(self, row: dict[str, float | None], exclude: int | None = None) -> float:
-        return combined(self.evidence(row, exclude))
 
     def assess(
         self, row: dict[str, float | None], account: str | None = None, leave_out: Collection[str] = ()
