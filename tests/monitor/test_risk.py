@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -40,6 +41,18 @@ def test_tail_probability_is_the_smoothed_benign_share_then_falls_past_the_large
     assert tail_probability(sample, 99) == pytest.approx(2 / 101)
     beyond = [tail_probability(sample, x) for x in (99.5, 120, 200)]
     assert beyond[0] < 1 / 101 and beyond[0] > beyond[1] > beyond[2] > 0
+
+
+def test_interpolated_the_tail_probability_falls_between_sample_values_as_a_conformal_p_value_with_ties_broken():
+    sample = np.array([0.0, 0.0, 1.0, 2.0, 3.0, 3.0, 4.0])
+    steps = [tail_probability(sample, x) for x in (3.25, 3.5, 3.75)]
+    assert steps == [pytest.approx(2 / 8)] * 3  # one rank for everything in (3, 4]: accounts there tie
+    between = [tail_probability(sample, x, interpolated=True) for x in (3.0, 3.25, 3.5, 3.75, 4.0)]
+    assert between == pytest.approx([2 / 8, 1.75 / 8, 1.5 / 8, 1.25 / 8, 1 / 8])  # #{V > x} + 1 - f, over n + 1
+    assert all(a > b for a, b in itertools.pairwise(between))
+    assert tail_probability(sample, 4.0 + 1e-9, interpolated=True) == pytest.approx(1 / 8)  # into the fitted tail
+    assert tail_probability(sample, 2.5, interpolated=True) == pytest.approx(3.5 / 8)
+    assert tail_probability(sample, 0.0, interpolated=True) == 1.0  # no evidence: no benign account has less
 
 
 def test_risk_on_unseen_benign_accounts_flags_about_the_target_share(two_benign_weeks):

@@ -82,12 +82,24 @@ THRESHOLDS = (("block", 0.9999), ("throttle", 0.999), ("flag", 0.99))
 GREY_ZONE_REQUESTS = 500  # below this many requests (account or campaign), at most a flag for review
 
 
-def tail_probability(sample: np.ndarray, x: float) -> float:
-    """P(V >= x) for V drawn like the benign `sample`: smoothed rank below its maximum, exponential beyond."""
+def tail_probability(sample: np.ndarray, x: float, interpolated: bool = False) -> float:
+    """P(V >= x) for V drawn like the benign `sample`: smoothed rank below its maximum, exponential beyond.
+
+    `interpolated` breaks the rank's ties for values between the sample's, as the randomised conformal p-value
+    does with a uniform draw, here set by where `x` lies: (#{V > x} + 1 - f) / (n + 1), f rising from 0 just
+    above the sample value below `x` to 1 at the one above, and 0 at a sample value (1 at or below the least).
+    So it falls as `x` grows, into the exponential tail at the maximum; it is at most one rank below the step."""
     n = len(sample)
     top = float(sample.max())
     if x <= top:
-        return (int(np.count_nonzero(sample >= x)) + 1) / (n + 1)
+        if not interpolated:
+            return (int(np.count_nonzero(sample >= x)) + 1) / (n + 1)
+        below = sample[sample < x]
+        if not len(below):
+            return 1.0
+        above, lower = float(sample[sample >= x].min()), float(below.max())
+        position = 0.0 if above == x else (x - lower) / (above - lower)
+        return (int(np.count_nonzero(sample > x)) + 1 - position) / (n + 1)
     threshold = float(np.quantile(sample, 0.9))
     excess = sample[sample > threshold] - threshold
     scale = max(float(excess.mean()) if len(excess) else 0.0, MIN_SPREAD)
@@ -217,9 +229,10 @@ class Reference:
     def assess(
         self, row: dict[str, float | None], account: str | None = None, leave_out: Collection[str] = ()
     ) -> Assessment:
-        """Risk in [0, 1]: 1 - the benign share with at least this account's evidence, and that evidence."""
+        """Risk in [0, 1]: 1 - the benign share with at least this account's evidence (interpolated between the
+        benign scores it lies between, so that risk orders accounts as their evidence does), and that evidence."""
         evidence = self.evidence(row, exclude=self.index.get(account), leave_out=leave_out)
-        return Assessment(1.0 - tail_probability(self.scores, combined(evidence)), tuple(evidence))
+        return Assessment(1.0 - tail_probability(self.scores, combined(evidence), interpolated=True), tuple(evidence))
 
 
 def action_for(risk: float, requests: int) -> str:
