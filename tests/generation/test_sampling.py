@@ -101,3 +101,28 @@ def test_a_seeded_rows_draws_do_not_depend_on_its_neighbours():
     assert row_tokens(MIXED[:3], 1) == alone
     assert row_tokens(MIXED, 6) == alone
     assert len(set(alone)) > 5  # sampled, not greedy
+
+
+def test_a_long_tail_holding_most_of_the_mass_is_drawn_in_proportion_to_it():
+    # 64 likely tokens and 436 unlikely ones that together hold 60% of the mass (a flat distribution, or a high
+    # temperature): a sampler that looks only at the best tokens would miss them.
+    probs = torch.cat([torch.full((64,), 0.4 / 64), torch.linspace(1.0, 3.0, 436)])
+    probs[64:] *= 0.6 / probs[64:].sum()
+    sample = torch.tensor(draws(probs.log().unsqueeze(0), SamplingParams(temperature=1.0), n=6000))
+    assert set(sample.tolist()) <= set(range(500)) and len(set(sample.tolist())) > 300
+    in_tail = sample >= 64
+    assert in_tail.float().mean().item() == pytest.approx(0.6, abs=0.025)
+    upper = sample >= 282  # the tail's upper half by id holds 60% of its mass (weights rise linearly)
+    assert (upper & in_tail).sum().item() / in_tail.sum().item() == pytest.approx(
+        (probs[282:].sum() / probs[64:].sum()).item(), abs=0.03
+    )
+
+
+def test_near_equal_tokens_that_trade_places_do_not_trade_draws():
+    # llama.cpp's logits move in the last digits with the batch around a row: two tokens of nearly one logit may
+    # swap ranks. Each token's draw is its own, not its rank's, so the seeded sequence stays the same.
+    torch.manual_seed(2)
+    base = (torch.randn(150) * 2).repeat_interleave(2)  # 150 pairs of tied tokens
+    jitter = [torch.randn(300) * 1e-5 for _ in range(2)]
+    runs = [draws((base + j).unsqueeze(0), SamplingParams(temperature=0.8), n=300, seed=5) for j in jitter]
+    assert sum(a == b for a, b in zip(*runs, strict=True)) >= 0.97 * 300

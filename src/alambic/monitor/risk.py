@@ -3,8 +3,9 @@
 Each feature gets a benign tail probability p (the share of benign reference accounts at least as extreme,
 among the `NEIGHBOURS` closest in size; past the largest benign value, an exponential tail fitted to the top
 decile, as in peaks-over-threshold). The evidence is -log10 p, summed over features (Fisher's combination),
-and risk is 1 - the share of benign reference accounts with at least that much evidence (the same tail rule).
-So risk is calibrated on benign traffic only: a threshold of 0.99 lets about 1% of benign accounts through.
+and risk is 1 - the share of benign reference accounts with at least that much evidence (the same tail rule,
+its ties broken by where the evidence lies between two benign scores, so that risk orders accounts as evidence
+does). So risk is calibrated on benign traffic only: a threshold of 0.99 lets about 1% of benign accounts through.
 Benign groups of linked accounts (an organisation's keys, a classroom sharing a homework bank), each taken as one
 account, are benign traffic too: a reference that holds them compares a campaign with them as well as with single
 accounts, on every feature but its members' counts (`MEMBER_COUNTS`).
