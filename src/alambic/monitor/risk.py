@@ -89,7 +89,8 @@ def tail_probability(sample: np.ndarray, x: float, interpolated: bool = False) -
     `interpolated` breaks the rank's ties for values between the sample's, as the randomised conformal p-value
     does with a uniform draw, here set by where `x` lies: (#{V > x} + 1 - f) / (n + 1), f rising from 0 just
     above the sample value below `x` to 1 at the one above, and 0 at a sample value (1 at or below the least).
-    So it falls as `x` grows, into the exponential tail at the maximum; it is at most one rank below the step."""
+    So it falls as `x` grows, into the exponential tail at the maximum; below the step by at most one rank
+    between sample values, and at one by the others that tie with it."""
     n = len(sample)
     top = float(sample.max())
     if x <= top:
