@@ -2,8 +2,8 @@
 and 1% benign FPR, benign accounts blocked, linking (also with each campaign alone in a week of its own, where no
 other campaign's prompts bridge its accounts), and each campaign's requests (all its accounts) before the replay
 first flagged it; then, on a million-row week, the feature pass's rows/s and peak RSS (and at a quarter of the
-rows, and over four weeks of that quarter's accounts), the same SQL on Spark, and the embeddings' prompts/s and
-share served from the cache.
+rows, and over four and sixteen weeks of that quarter's accounts), as DuckDB sizes its memory and within a limit,
+the same SQL on Spark, and the embeddings' prompts/s and share served from the cache.
 
 Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels. Every setting was
 chosen on seeds 0-2 with the styles not held out; the defaults here are other seeds and every style.
@@ -55,6 +55,7 @@ DAYS = 7
 TARGET = 1000  # every campaign flagged before this many of its requests
 MILLION_SEED = 1  # the week of a million rows (scale 2.6: ~1.04 million)
 SPARK_WARM_ROWS = 2000
+FEATURE_PASS_MEMORY = "128MB"  # DuckDB's memory limit for the bounded passes (`source.connect`): past it, they spill
 SMOKE = {"seeds": [10], "scale": 0.05, "replay_step_hours": 24.0, "million_scale": 0.04}
 
 
@@ -280,32 +281,46 @@ def _rules_blocked(run: dict, benign: list[str]) -> int:
 
 
 def at_a_million_rows(directory: Path, scale: float, extras: str) -> dict:
-    """A week of ~a million rows, one of a quarter of them, and four weeks of the quarter's accounts (as many rows as
-    the full week, from a quarter of its accounts): the feature pass's rows/s on one thread and peak RSS, each in a
-    process of its own; on the `extras` week, the same SQL on Spark and the embeddings."""
+    """A week of ~a million rows, one of a quarter of them, and four and sixteen weeks of the quarter's accounts (as
+    many rows as the full week, and four times as many, from a quarter of its accounts): the feature pass's rows/s
+    on one thread and peak RSS, each in a process of its own, as DuckDB sizes its memory and within
+    `FEATURE_PASS_MEMORY`; on the `extras` week, the same SQL on Spark and the embeddings."""
     logs = {}
     for size, at, days in (
         ("quarter", scale / 4, DAYS),
         ("full", scale, DAYS),
         ("quarter_four_weeks", scale / 4, 4 * DAYS),
+        ("quarter_sixteen_weeks", scale / 4, 16 * DAYS),
     ):
         logs[size] = directory / f"million-{size}" / "log.jsonl"
         settings = SimulationSettings(seed=MILLION_SEED, days=days, scale=at, campaigns=CAMPAIGNS)
         write_jsonl(Simulation(settings), logs[size])
     passes = {size: feature_pass.measure([log]) for size, log in logs.items()}
-    for size, figures in passes.items():
-        print(f"feature pass, {size}: {figures}", flush=True)
-    rss = {size: figures["peak_rss_mib"] for size, figures in passes.items()}
+    bounded = {size: feature_pass.measure([log], FEATURE_PASS_MEMORY) for size, log in logs.items()}
+    for size in logs:
+        print(f"feature pass, {size}: {passes[size]}\n  within {FEATURE_PASS_MEMORY}: {bounded[size]}", flush=True)
     found = {
         "scale": scale,
         "feature_pass": passes,
-        "peak_rss_full_over_quarter": rss["full"] / rss["quarter"],
-        "peak_rss_four_weeks_over_one": rss["quarter_four_weeks"] / rss["quarter"],
+        **_rss_ratios(passes, ""),
+        "feature_pass_within_memory_limit": bounded,
+        **_rss_ratios(bounded, "_within_memory_limit"),
         "spark": {"week": extras, **spark_speed(logs[extras]), "duckdb_rows_per_s": passes[extras]["rows_per_s"]},
         "embeddings": {"week": extras, **embedding_speed(logs[extras], minilm_encoder())},
     }
     print(f"spark: {found['spark']}\nembeddings: {found['embeddings']}", flush=True)
     return found
+
+
+def _rss_ratios(passes: dict[str, dict], suffix: str) -> dict[str, float]:
+    """Peak RSS over the full week and over four and sixteen weeks of the quarter's accounts, each against the
+    quarter's."""
+    rss = {size: figures["peak_rss_mib"] for size, figures in passes.items()}
+    return {
+        f"peak_rss_full_over_quarter{suffix}": rss["full"] / rss["quarter"],
+        f"peak_rss_four_weeks_over_one{suffix}": rss["quarter_four_weeks"] / rss["quarter"],
+        f"peak_rss_sixteen_weeks_over_one{suffix}": rss["quarter_sixteen_weeks"] / rss["quarter"],
+    }
 
 
 def spark_speed(log: Path) -> dict:

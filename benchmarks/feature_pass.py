@@ -1,7 +1,8 @@
 """The monitor's feature pass over v1 log files in a process of its own, on one DuckDB thread: rows/s and peak RSS.
 
-    python benchmarks/feature_pass.py LOG...            the pass here; prints rows, accounts, seconds (wall, CPU)
-    python benchmarks/feature_pass.py --measure LOG...  the same in a child; adds the child's peak RSS (MiB)
+    python benchmarks/feature_pass.py [--memory-limit 128MB] LOG...  the pass here: rows, accounts, seconds
+    python benchmarks/feature_pass.py --measure [--memory-limit 128MB] LOG...  the same in a child, with its
+                                                                               peak RSS (MiB)
 
 Linux keeps a process's peak RSS across exec, so a child started from a large process (a benchmark that has
 loaded torch and simulated weeks) reports that process's peak as its own floor. `measure` therefore starts this
@@ -10,6 +11,7 @@ script, which imports only the standard library, and it starts the pass: the pas
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,13 +20,14 @@ import time
 from pathlib import Path
 
 
-def feature_pass(logs: list[Path]) -> dict:
-    """The rows, accounts and seconds of `features.account_features` over `logs`, read in place, on one thread;
-    its CPU seconds too, the one-core figure on a machine that other work shares (wall time waits for a core)."""
+def feature_pass(logs: list[Path], memory_limit: str | None = None) -> dict:
+    """The rows, accounts and seconds of `features.account_features` over `logs`, read in place, on one thread
+    (within DuckDB's `memory_limit`, if given); its CPU seconds too, the one-core figure on a machine that other work
+    shares (wall time waits for a core)."""
     from alambic.monitor.features import account_features
-    from alambic.monitor.source import open_log
+    from alambic.monitor.source import connect, open_log
 
-    connection = open_log(logs)
+    connection = open_log(logs, connect(memory_limit))
     connection.execute("SET threads = 1")
     rows = connection.execute("SELECT count(*) FROM requests").fetchone()[0]
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -38,12 +41,14 @@ def feature_pass(logs: list[Path]) -> dict:
         "rows_per_s": rows / seconds,
         "cpu_seconds": cpu_seconds,
         "rows_per_cpu_s": rows / cpu_seconds,
+        "memory_limit": memory_limit,
     }
 
 
-def _in_child(logs: list[str]) -> dict:
+def _in_child(logs: list[str], memory_limit: str | None) -> dict:
     """`feature_pass` in a child of this (small) process, with the child's peak RSS from `os.wait4`."""
-    process = subprocess.Popen([sys.executable, __file__, *logs], stdout=subprocess.PIPE, text=True)
+    limit = ["--memory-limit", memory_limit] if memory_limit else []
+    process = subprocess.Popen([sys.executable, __file__, *limit, *logs], stdout=subprocess.PIPE, text=True)
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -51,15 +56,22 @@ def _in_child(logs: list[str]) -> dict:
     return {**json.loads(out), "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def measure(logs: list[Path]) -> dict:
+def measure(logs: list[Path], memory_limit: str | None = None) -> dict:
     """`feature_pass` in a child started from a bare interpreter, with its peak RSS in MiB."""
+    limit = ["--memory-limit", memory_limit] if memory_limit else []
     out = subprocess.run(
-        [sys.executable, __file__, "--measure", *map(str, logs)], check=True, stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--measure", *limit, *map(str, logs)], check=True, stdout=subprocess.PIPE, text=True
     ).stdout
     return json.loads(out)
 
 
 if __name__ == "__main__":
-    measuring = sys.argv[1:2] == ["--measure"]
-    paths = sys.argv[2:] if measuring else sys.argv[1:]
-    print(json.dumps(_in_child(paths) if measuring else feature_pass([Path(p) for p in paths])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="run the pass in a child; add its peak RSS")
+    parser.add_argument("--memory-limit", help="DuckDB's memory limit for the pass (it spills past it)")
+    parser.add_argument("logs", nargs="+")
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(_in_child(args.logs, args.memory_limit)))
+    else:
+        print(json.dumps(feature_pass([Path(p) for p in args.logs], args.memory_limit)))

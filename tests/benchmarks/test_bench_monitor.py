@@ -137,8 +137,11 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     scaled = written["at_a_million_rows"]
     passes = scaled["feature_pass"]
     assert passes["full"]["rows"] > passes["quarter"]["rows"] > 0
-    assert passes["quarter_four_weeks"]["rows"] > passes["quarter"]["rows"]
+    assert passes["quarter_sixteen_weeks"]["rows"] > passes["quarter_four_weeks"]["rows"] > passes["quarter"]["rows"]
     assert scaled["peak_rss_full_over_quarter"] > 0 and scaled["peak_rss_four_weeks_over_one"] > 0
+    within = scaled["feature_pass_within_memory_limit"]
+    assert within.keys() == passes.keys() and within["full"]["memory_limit"] == bench_monitor.FEATURE_PASS_MEMORY
+    assert scaled["peak_rss_sixteen_weeks_over_one_within_memory_limit"] > 0
     assert scaled["spark"]["rows"] == 1
     embeddings = scaled["embeddings"]
     assert 0 < embeddings["prompts_embedded"] < embeddings["prompts_asked"] and 0 < embeddings["cached_share"] < 1

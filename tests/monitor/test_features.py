@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from datetime import timedelta
+from pathlib import Path
 
+import duckdb
 import pytest
 from monitor_traffic import MINUTE, START, row, write
 
 from alambic.monitor.features import FEATURES, account_features
-from alambic.monitor.source import open_log
+from alambic.monitor.source import connect, open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
 ROWS_FOR_THREADS = 300_000  # DuckDB aggregates a log this long on several threads
+ROWS_TO_SPILL, SPILLING_LIMIT = 300_000, "96MB"  # the pass over that many rows spills, on one thread, within that
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,27 @@ def test_the_same_log_gives_the_same_features_to_the_last_bit(tmp_path):
     connection.execute("SET threads = 2")
     first, *others = [{f.account: f.values for f in account_features(connection)} for _ in range(3)]
     assert all(other == first for other in others)
+
+
+def test_within_a_memory_limit_the_pass_spills_to_disk_and_gives_the_same_features(tmp_path):
+    """The pass over this log does not fit in `SPILLING_LIMIT` on one thread (it fails with nowhere to spill to);
+    within it, it spills and gives the features it gives without a limit."""
+    path = write(tmp_path / "log.jsonl", [row(n, f"a{n % 3}", n) for n in range(ROWS_TO_SPILL)])[0]
+    unbounded = {f.account: f.values for f in account_features(open_log([path]))}
+    bounded = open_log([path], connect(SPILLING_LIMIT))
+    bounded.execute("SET threads = 1")
+    assert {f.account: f.values for f in account_features(bounded)} == unbounded
+    bounded.execute("SET max_temp_directory_size = '0KB'")
+    with pytest.raises(duckdb.OutOfMemoryException):
+        account_features(bounded)
+
+
+def test_a_memory_limit_bounds_duckdb_which_spills_into_a_directory_removed_with_the_connection():
+    connection = connect("64MB")
+    limit, spill = connection.execute(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+    ).fetchone()
+    assert limit == "61.0 MiB" and Path(spill).is_dir()
+    del connection
+    gc.collect()
+    assert not Path(spill).exists()

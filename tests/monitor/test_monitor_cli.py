@@ -2,6 +2,7 @@
 source, --act and --dry-run on a running gateway, --follow, and bad input in one line with exit code 2."""
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 from monitor_traffic import HashedWords, counting, traffic, write
@@ -102,6 +103,25 @@ def test_replay_adds_each_accounts_first_flag(tmp_path, counted, benign):
     assert found["steady"]["action"] == "block"  # the verdict on the whole log
 
 
+def test_replay_judges_each_step_on_the_window_given_or_the_references_span(tmp_path, counted, benign):
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    args = ["--log", str(log), "--json", "--replay", "--step", "10m", "--reference", str(benign)]
+    assert lines(monitor(*args, "--window", "15m"))["steady"]["first_flag_time"] is None  # two at most in 15 min
+    assert lines(monitor(*args, "--window", "25m"))["steady"]["requests_before_flag"] == 3
+    # the same benign traffic squeezed into 17 minutes: its accounts were judged on 17 minutes, and so is each step
+    rows = [json.loads(line) for line in benign.read_text().splitlines()]
+    times = [datetime.fromisoformat(r["time"]) for r in rows]
+    first, span = min(times), max(times) - min(times)
+    squeezed = [
+        r | {"time": (first + (t - first) * (17 / (span / timedelta(minutes=1)))).isoformat()}
+        for r, t in zip(rows, times, strict=True)
+    ]
+    short = write(tmp_path / "short.jsonl", squeezed)[0]
+    args[-1] = str(short)
+    assert lines(monitor(*args))["steady"]["first_flag_time"] is None
+    assert lines(monitor(*args, "--window", "25m"))["steady"]["first_flag_time"] is not None
+
+
 def test_the_store_is_read_as_the_file_is(tmp_path, counted):
     log = write(tmp_path / "log.jsonl", traffic())[0]
     db = f"sqlite:///{tmp_path / 'store.db'}"
@@ -166,6 +186,10 @@ def test_follow_prints_each_first_flag_once_and_resumes(tmp_path, counted, benig
         (["--db", "DB", "--follow", "--checkpoint", "x"], "--follow needs a benign --reference"),
         (["--log", "GARBAGE"], "could not be read"),
         (["--log", "LOG", "--reference", "LOG"], "--reference"),
+        (["--log", "LOG", "--memory-limit", "lots"], "Memory limit 'lots'"),
+        (["--log", "LOG", "--window", "1d"], "--window applies to --replay and --follow"),
+        (["--log", "LOG", "--replay", "--window", "a week"], "--window: 'a week' is not a duration"),
+        (["--log", "LOG", "--memory-limit", "1MB"], "do not fit in --memory-limit 1MB"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

@@ -4,8 +4,10 @@ requests up to it; a follower of a live store, restarted midway, gives the same 
 import json
 from datetime import timedelta
 
-from monitor_traffic import MINUTE, START, counting, traffic, write
+import pytest
+from monitor_traffic import MINUTE, START, counting, row, traffic, write
 
+from alambic.errors import InvalidRequestError
 from alambic.logs.importer import LogImporter
 from alambic.monitor.follow import Follower
 from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag
@@ -13,10 +15,18 @@ from alambic.monitor.scoring import before_flag_by_style
 from alambic.monitor.source import open_log
 
 
-def replay(files, step: timedelta) -> SteppedMonitor:
-    monitor = SteppedMonitor(open_log(files, name="log"), counting, step)
+def replay(files, step: timedelta, window: timedelta | None = None) -> SteppedMonitor:
+    monitor = SteppedMonitor(open_log(files, name="log"), counting, step, window=window)
     monitor.advance()
     return monitor
+
+
+def returning() -> list[dict]:
+    """`traffic()` and `returning`, once at 00:00 and three times from 02:30: flagged by a window of 25 minutes
+    at 02:40, with its request of 00:00 counted."""
+    rows = traffic() + [row(0, "returning", minutes) for minutes in (0, 150, 152, 154)]
+    rows.sort(key=lambda r: r["time"])
+    return [r | {"id": f"r{n}"} for n, r in enumerate(rows)]
 
 
 def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_path):
@@ -68,6 +78,48 @@ def test_a_follower_merges_its_batch_files_and_reads_each_row_once(sqlite_store,
     assert len(follower.files) <= 3 and sorted(p.name for p in checkpoint.glob("rows-*")) == sorted(follower.files)
     assert follower.connection.execute("SELECT count(*), count(DISTINCT id) FROM log").fetchone() == (len(rows),) * 2
     assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE).flags
+
+
+def test_a_window_judges_each_account_on_its_last_window_and_keeps_its_flags(tmp_path):
+    files = write(tmp_path / "log.jsonl", returning())
+    windowed = replay(files, 10 * MINUTE, window=25 * MINUTE)
+    assert windowed.flags == {
+        "steady": FirstFlag(START + 20 * MINUTE, 3, "flag", START + 20 * MINUTE),  # never 5 in 25 minutes
+        "late": FirstFlag(START + 99 * MINUTE, 3, "flag", START + 100 * MINUTE),
+        "returning": FirstFlag(START + 154 * MINUTE, 4, "flag", START + 160 * MINUTE),  # its 00:00 counts
+    }
+    # every account, as the latest window that held it saw it: steady's (01:25 to 01:50) held three, not twelve
+    assert {v.account: v.reasons for v in windowed.verdicts} == {
+        "closer": ("sent 1 requests",),
+        "late": ("sent 3 requests",),
+        "quiet": ("sent 1 requests",),
+        "returning": ("sent 3 requests",),
+        "steady": ("sent 3 requests",),
+    }
+    assert "steady" not in replay(files, 10 * MINUTE, window=15 * MINUTE).flags  # two at most in 15 minutes
+    assert replay(files, 10 * MINUTE).flags["steady"].action == "flag"  # the whole log: 00:00 to 00:20
+    with pytest.raises(ValueError, match="window"):
+        SteppedMonitor(open_log(files, name="log"), counting, MINUTE, window=timedelta(0))
+
+
+def test_a_windowed_follower_keeps_only_the_rows_a_window_reaches_and_gives_the_replays_flags(
+    sqlite_store, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("alambic.monitor.follow.MAX_FILES", 3)
+    rows, window = returning(), 25 * MINUTE
+    importer = LogImporter(sqlite_store)
+    checkpoint = tmp_path / "checkpoint"
+    follower = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0), window=window)
+    for number, one in enumerate(rows):
+        importer.import_files(write(tmp_path / f"{number}.jsonl", [one]))
+        follower.poll()
+    kept = follower.connection.execute("SELECT count(*) FROM log").fetchone()[0]
+    assert kept < len(rows) and kept + sum(follower.monitor.earlier.values()) == len(rows)
+    assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE, window).flags
+    restarted = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0), window=window)
+    assert restarted.monitor.earlier == follower.monitor.earlier and restarted.monitor.flags == follower.monitor.flags
+    with pytest.raises(InvalidRequestError, match="window of 0:25:00"):
+        Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # would read expired rows
 
 
 def test_a_campaigns_requests_before_its_first_flag_count_all_its_accounts(tmp_path):

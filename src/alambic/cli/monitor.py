@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +42,14 @@ def monitor(
     ] = False,
     follow: Annotated[bool, typer.Option(help="Follow the live store (--db), checkpointed in --checkpoint.")] = False,
     step: Annotated[str, typer.Option(help="--replay, --follow: score the log as known every STEP.")] = "1h",
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="--replay, --follow: judge each account at each step on the last WINDOW of the log (a flag, once "
+            "raised, stays) [default: the time the --reference spans, over which its accounts were judged; "
+            "without one, the whole log]."
+        ),
+    ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="--follow: the directory holding its state.")] = None,
     lag: Annotated[str, typer.Option(help="--follow: score a step once the newest row is LAG past it.")] = "5m",
     poll: Annotated[float, typer.Option(min=0.1, help="--follow: seconds between reads of the store.")] = 5.0,
@@ -48,6 +57,10 @@ def monitor(
     act: Annotated[bool, typer.Option(help="Write flags and policy changes into the store (--db).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show what --act would change, and change nothing.")] = False,
     throttle_rpm: Annotated[int, typer.Option(min=1, help="Requests per minute left to a throttled account.")] = 10,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(help="DuckDB's memory for the log's SQL passes (512MB, 2GB); past it they spill to disk."),
+    ] = None,
     top: Annotated[int, typer.Option(min=1, help="Rows of the tables (without --json).")] = 20,
     content: Annotated[
         bool,
@@ -71,33 +84,54 @@ def monitor(
         raise InvalidRequestError("--follow needs --checkpoint DIR to keep its state across restarts.")
     if follow and not reference:
         raise InvalidRequestError("--follow needs a benign --reference log: the live log is too young to calibrate on.")
+    if window is not None and not (replay or follow):
+        raise InvalidRequestError("--window applies to --replay and --follow, which score the log step by step.")
     step_length, known_at = duration("--step", step), moment("--until", until)
-    embeddings = _embeddings() if content else None
-    benign = _reference(reference, embeddings) if reference else None
-    store = Store(db) if db is not None else None
-    acting = Acting(store, act, throttle_rpm) if act or dry_run else None
-    out = Console(soft_wrap=True)
-    if follow:
-        from alambic.monitor.follow import Follower
+    window_length = duration("--window", window) if window is not None else None
+    if memory_limit is not None:
+        from alambic.monitor.source import connect
 
-        follower = Follower(store, checkpoint, _assess(benign, embeddings), step_length, duration("--lag", lag))
-        _follow(follower, poll, once, json_lines, acting)
-        return
-    with ExitStack() as stack:
-        connection = _open(log, store, known_at, stack)
-        flags = {}
-        connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
-        if replay:
-            from alambic.monitor.replay import SteppedMonitor
+        connect(memory_limit).close()  # a limit DuckDB cannot read is bad input, before any work
+    with _memory_bounded(memory_limit):
+        embeddings = _embeddings() if content else None
+        benign, span = _reference(reference, embeddings, memory_limit) if reference else (None, None)
+        if window_length is None and span:  # a reference of one instant judged its accounts on no time at all
+            window_length = span
+        store = Store(db) if db is not None else None
+        acting = Acting(store, act, throttle_rpm) if act or dry_run else None
+        out = Console(soft_wrap=True)
+        if follow:
+            from alambic.monitor.follow import Follower
 
-            # Without a benign reference, calibrated on the whole log (the early steps are too few to).
-            stepped = SteppedMonitor(
-                connection, _assess(benign or _self_calibrated(connection, embeddings), embeddings), step_length
+            follower = Follower(
+                store,
+                checkpoint,
+                _assess(benign, embeddings),
+                step_length,
+                duration("--lag", lag),
+                memory_limit,
+                window_length,
             )
-            stepped.advance()
-            verdicts, flags = stepped.verdicts, stepped.flags
-        else:
-            verdicts = _assess(benign, embeddings)(connection)
+            _follow(follower, poll, once, json_lines, acting)
+            return
+        with ExitStack() as stack:
+            connection = _open(log, store, known_at, stack, memory_limit)
+            flags = {}
+            connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
+            if replay:
+                from alambic.monitor.replay import SteppedMonitor
+
+                # Without a benign reference, calibrated on the whole log (the early steps are too few to).
+                stepped = SteppedMonitor(
+                    connection,
+                    _assess(benign or _self_calibrated(connection, embeddings), embeddings),
+                    step_length,
+                    window=window_length,
+                )
+                stepped.advance()
+                verdicts, flags = stepped.verdicts, stepped.flags
+            else:
+                verdicts = _assess(benign, embeddings)(connection)
     verdicts = sorted(verdicts, key=lambda v: (-v.risk, v.account))
     if json_lines:
         for verdict in verdicts:
@@ -108,9 +142,28 @@ def monitor(
         acting.on(verdicts)
 
 
-def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitStack):
-    """A DuckDB connection whose `log` view holds the rows to score (those up to `until`)."""
-    from alambic.monitor.source import open_log
+@contextmanager
+def _memory_bounded(memory_limit: str | None) -> Iterator[None]:
+    """DuckDB running out of memory (within `memory_limit`, or the machine's) as a one-line error."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.OutOfMemoryException as error:
+        within = f"--memory-limit {memory_limit}" if memory_limit else "the memory DuckDB may take"
+        raise InvalidRequestError(
+            f"The log's SQL passes do not fit in {within} ({str(error).splitlines()[0]}): raise it (reading "
+            "JSONL takes ~40 MiB a DuckDB thread, one a core; prompts and their near-duplicates grow with the "
+            "distinct prompts)."
+        ) from None
+
+
+def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitStack, memory_limit: str | None):
+    """A DuckDB connection (`memory_limit`: `source.connect`) whose `log` view holds the rows to score (those up
+    to `until`)."""
+    import duckdb
+
+    from alambic.monitor.source import connect, open_log
 
     if not files:  # the store's log, through a Parquet export (DuckDB's own readers need no extension)
         from alambic.logs.exporter import export_log
@@ -118,11 +171,13 @@ def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitSt
         files = [Path(stack.enter_context(tempfile.TemporaryDirectory())) / "log.parquet"]
         if export_log(store, files[0]) == 0:
             raise InvalidRequestError("The store's request log is empty.")
-    connection = open_log(files, name="source")
+    connection = open_log(files, connect(memory_limit), name="source")
     limit = f"WHERE t <= TIMESTAMPTZ '{until.isoformat()}'" if until is not None else ""
     connection.execute(f"CREATE OR REPLACE VIEW log AS SELECT * FROM source {limit}")
     try:
         connection.execute("SELECT count(*) FROM log").fetchone()
+    except duckdb.OutOfMemoryException:
+        raise  # `_memory_bounded` says it
     except Exception as error:  # a file DuckDB cannot read as v1: its message, in one line
         raise InvalidRequestError(f"The log could not be read: {str(error).splitlines()[0]}") from None
     return connection
@@ -154,13 +209,16 @@ def _assess(reference, embeddings):
     return assess
 
 
-def _reference(files: list[Path], embeddings):
-    """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account."""
+def _reference(files: list[Path], embeddings, memory_limit: str | None) -> tuple:
+    """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account; and the time
+    that log spans, over which its accounts were judged."""
     from alambic.monitor.assess import benign_units
-    from alambic.monitor.source import open_log
+    from alambic.monitor.source import connect, open_log
 
-    rows, groups = benign_units(open_log(files), embeddings)
-    return _calibrated(rows, "--reference", groups=groups)
+    connection = open_log(files, connect(memory_limit))
+    rows, groups = benign_units(connection, embeddings)
+    span = connection.execute("SELECT epoch_us(max(t)) - epoch_us(min(t)) FROM requests").fetchone()[0]
+    return _calibrated(rows, "--reference", groups=groups), timedelta(microseconds=span)
 
 
 def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = ()):

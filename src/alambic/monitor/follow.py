@@ -5,6 +5,8 @@ into a new JSONL file in the checkpoint directory, and advances a `SteppedMonito
 step boundaries that are `lag` behind the newest row (a request still in progress may yet log an earlier
 time). `state.json` (the cursor, the last boundary scored, the flags) is replaced atomically after each
 poll; a file written by a poll that died before it is removed on restart, so no row is read twice or lost.
+With a `window`, the files are compacted past `MAX_FILES` without the rows that no later step's window reaches,
+each account's count of them kept in the state: the files, and a step's work, are bounded by a window of traffic.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
-
+from alambic.errors import InvalidRequestError
 from alambic.logs.exporter import rows_after
-from alambic.monitor.replay import Assess, FirstFlag, SteppedMonitor
-from alambic.monitor.source import open_log
+from alambic.monitor.replay import Assess, FirstFlag, SteppedMonitor, micros
+from alambic.monitor.source import connect, open_log
 from alambic.monitor.verdict import Verdict
 from alambic.store import Store
 from alambic.store.requestlog import stamp_ingest
@@ -29,23 +31,45 @@ MAX_FILES = 32  # more batch files than this are merged into one: DuckDB reads a
 
 
 class Follower:
-    def __init__(self, store: Store, checkpoint: Path, assess: Assess, step: timedelta, lag: timedelta) -> None:
+    def __init__(
+        self,
+        store: Store,
+        checkpoint: Path,
+        assess: Assess,
+        step: timedelta,
+        lag: timedelta,
+        memory_limit: str | None = None,
+        window: timedelta | None = None,
+    ) -> None:
         self.store = store
         self.checkpoint = checkpoint
         self.lag = lag
         checkpoint.mkdir(parents=True, exist_ok=True)
         state = json.loads((checkpoint / STATE).read_text()) if (checkpoint / STATE).is_file() else {}
+        self.window_us = window // timedelta(microseconds=1) if window is not None else None
+        if state and state.get("window_us") != self.window_us:  # rows a longer window reads may be gone
+            kept = state.get("window_us")
+            raise InvalidRequestError(
+                f"The checkpoint {checkpoint} was kept with a window of "
+                f"{'the whole log' if kept is None else timedelta(microseconds=kept)}: follow it with that one."
+            )
         self.cursor: int = state.get("cursor", 0)
         self.files: list[str] = state.get("files", [])
         self.newest: datetime | None = _time(state.get("newest"))
         for stray in [*checkpoint.glob("rows-*.jsonl"), *checkpoint.glob("*.tmp")]:
             if stray.name not in self.files:
                 stray.unlink()
-        self.connection = duckdb.connect()
+        self.connection = connect(memory_limit)  # `source.connect`: DuckDB spills past the limit
         self._open()
         flags = {account: FirstFlag.from_json(flag) for account, flag in state.get("flags", {}).items()}
         self.monitor = SteppedMonitor(
-            self.connection, assess, step, scored_until=state.get("scored_until"), flags=flags
+            self.connection,
+            assess,
+            step,
+            scored_until=state.get("scored_until"),
+            flags=flags,
+            window=window,
+            earlier=state.get("earlier"),
         )
 
     def poll(self) -> list[tuple[Verdict, FirstFlag]]:
@@ -71,15 +95,28 @@ class Follower:
         return raised
 
     def _merge(self) -> None:
-        """Concatenate the batch files into one new file; `_save` makes the swap durable, and what a crash leaves
-        before or after it (the new file, or the old ones) is not in the state, so is removed on restart."""
-        merged = self.checkpoint / "merging.tmp"
+        """Concatenate the batch files into one new file, less the rows no later window reaches (each account's
+        count of them added to `earlier`); `_save` makes the swap durable, and what a crash leaves before or after
+        it (the new file, or the old ones) is not in the state, so is removed on restart."""
+        merged, expired = self.checkpoint / "merging.tmp", Counter()
+        scored = self.monitor.scored_until
+        cutoff = scored - self.window_us if self.window_us is not None and scored is not None else None
         with open(merged, "wb") as out:
             for name in self.files:
                 with open(self.checkpoint / name, "rb") as batch:
-                    shutil.copyfileobj(batch, out)
+                    if cutoff is None:
+                        shutil.copyfileobj(batch, out)
+                        continue
+                    for line in batch:
+                        row = json.loads(line)
+                        if micros(datetime.fromisoformat(row["time"])) > cutoff:
+                            out.write(line)
+                        elif row.get("account") is not None:
+                            expired[row["account"]] += 1
         old, self.files = self.files, [f"rows-{self.files[-1][5:20]}m.jsonl"]  # a name not among the old
         os.replace(merged, self.checkpoint / self.files[0])
+        for account, count in expired.items():
+            self.monitor.earlier[account] = self.monitor.earlier.get(account, 0) + count
         self._save()
         for name in old:
             (self.checkpoint / name).unlink()
@@ -95,6 +132,8 @@ class Follower:
             "newest": self.newest.astimezone(UTC).isoformat() if self.newest else None,
             "scored_until": self.monitor.scored_until,
             "flags": {account: flag.to_json() for account, flag in self.monitor.flags.items()},
+            "window_us": self.window_us,
+            "earlier": self.monitor.earlier,
         }
         temporary = self.checkpoint / (STATE + ".tmp")
         temporary.write_text(json.dumps(state, indent=1))

@@ -2,10 +2,12 @@
 
 `SteppedMonitor` reads a DuckDB relation (`log`, v1 rows with their time `t`) that only grows, and scores
 it at step boundaries (multiples of `step` since the epoch, so every reader of the same traffic scores the
-same prefixes): at boundary B, `requests` is every row with `t <= B`. Only boundaries that new rows fall
-before are scored. An account first flagged at B gets its latest request up to B as `first_flag_time` and
-its requests up to B as `requests_before_flag`, which is exact to one step. `--replay` feeds it a file,
-`--follow` a live store (`monitor.follow`): the same code, the same flag times.
+same prefixes): at boundary B, `requests` is every row with `t <= B`, or with a `window` W those with
+`B - W < t <= B`, so that a step's work is bounded by the traffic of a window, not by the log's length.
+Only boundaries that new rows fall before are scored. An account first flagged at B gets its latest request up
+to B as `first_flag_time` and its requests up to B as `requests_before_flag` (those no longer in `log` counted
+in `earlier`), which is exact to one step; a flag, once raised, stays. `--replay` feeds it a file, `--follow` a
+live store (`monitor.follow`): the same code, the same flag times.
 """
 
 from __future__ import annotations
@@ -51,16 +53,25 @@ class SteppedMonitor:
         log: str = "log",
         scored_until: int | None = None,
         flags: dict[str, FirstFlag] | None = None,
+        window: timedelta | None = None,
+        earlier: dict[str, int] | None = None,
     ) -> None:
-        if step <= timedelta(0):
-            raise ValueError("the step must be positive")
+        if step <= timedelta(0) or (window is not None and window <= timedelta(0)):
+            raise ValueError("the step and the window must be positive")
         self.connection = connection
         self.assess = assess
         self.step = step // timedelta(microseconds=1)
+        self.window = window // timedelta(microseconds=1) if window is not None else None
         self.log = log
         self.scored_until = scored_until  # the last boundary scored, in microseconds since the epoch
         self.flags = dict(flags or {})
-        self.verdicts: list[Verdict] = []  # the latest scoring's
+        self.earlier = dict(earlier or {})  # per account, its requests no longer in `log` (a follower's expired)
+        self.latest: dict[str, Verdict] = {}  # per account, the verdict of the latest step that scored it
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """Each account's latest verdict: with a window, an account quiet since is judged as it was last seen."""
+        return list(self.latest.values())
 
     def advance(self, until: datetime | None = None) -> list[tuple[Verdict, FirstFlag]]:
         """Score every boundary up to `until` (None: up to the one past the last row) that new rows fall before;
@@ -68,10 +79,13 @@ class SteppedMonitor:
         raised = []
         for boundary in self._boundaries(until):
             known = f"SELECT * FROM {self.log} WHERE {_us('t')} <= {boundary}"
+            if self.window is not None:
+                known += f" AND {_us('t')} > {boundary - self.window}"
             self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
-            self.verdicts = self.assess(self.connection)
+            scored = self.assess(self.connection)
+            self.latest.update((v.account, v) for v in scored)
             self.scored_until = boundary
-            fresh = {v.account: v for v in self.verdicts if v.action != "none" and v.account not in self.flags}
+            fresh = {v.account: v for v in scored if v.action != "none" and v.account not in self.flags}
             if not fresh:
                 continue
             rows = self.connection.execute(
@@ -83,6 +97,7 @@ class SteppedMonitor:
             for account, verdict in fresh.items():
                 if account in seen:
                     count, last = seen[account]
+                    count += self.earlier.get(account, 0)
                     self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action, _moment(boundary))
                     raised.append((verdict, flag))
         return raised

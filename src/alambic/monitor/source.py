@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +40,23 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection. With `memory_limit` (DuckDB's units: "512MB", "2GB") its sorts, joins, aggregates and
+    materialised tables spill past the limit to a temporary directory of its own (removed with the connection), so
+    that a pass's memory is bounded by the limit, not by the log's length. What cannot spill counts against it too:
+    reading JSONL takes ~40 MiB a thread."""
+    connection = duckdb.connect()
+    if memory_limit is not None:
+        try:
+            connection.execute(f"SET memory_limit = {_literal(memory_limit)}")
+        except duckdb.Error as error:
+            raise InvalidRequestError(f"Memory limit {memory_limit!r}: {str(error).splitlines()[0]}") from None
+        spill = tempfile.mkdtemp(prefix="alambic-duckdb-")
+        connection.execute(f"SET temp_directory = {_literal(spill)}")
+        weakref.finalize(connection, shutil.rmtree, spill, ignore_errors=True)
+    return connection
+
+
 def open_log(
     paths: Sequence[Path], connection: duckdb.DuckDBPyConnection | None = None, name: str = "requests"
 ) -> duckdb.DuckDBPyConnection:
@@ -50,7 +70,7 @@ def open_log(
     for path in paths:
         if not Path(path).is_file():
             raise InvalidRequestError(f"{path}: no such file.")
-    connection = connection or duckdb.connect()
+    connection = connection or connect()
     connection.execute("SET enable_progress_bar = false")
     files = "[" + ", ".join(_literal(str(p)) for p in paths) + "]"
     if all(str(p).endswith(".parquet") for p in paths):
