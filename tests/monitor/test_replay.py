@@ -118,8 +118,10 @@ def test_a_windowed_follower_keeps_only_the_rows_a_window_reaches_and_gives_the_
     assert follower.monitor.flags == replay(write(tmp_path / "all.jsonl", rows), 10 * MINUTE, window).flags
     restarted = Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0), window=window)
     assert restarted.monitor.earlier == follower.monitor.earlier and restarted.monitor.flags == follower.monitor.flags
-    with pytest.raises(InvalidRequestError, match="window of 0:25:00"):
-        Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0))  # would read expired rows
+    for longer in (None, 30 * MINUTE):  # each would read rows that are gone
+        with pytest.raises(InvalidRequestError, match="window of 0:25:00"):
+            Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0), window=longer)
+    Follower(sqlite_store, checkpoint, counting, 10 * MINUTE, lag=timedelta(0), window=20 * MINUTE)  # a shorter one
 
 
 def test_a_campaigns_requests_before_its_first_flag_count_all_its_accounts(tmp_path):

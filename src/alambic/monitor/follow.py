@@ -7,6 +7,7 @@ time). `state.json` (the cursor, the last boundary scored, the flags) is replace
 poll; a file written by a poll that died before it is removed on restart, so no row is read twice or lost.
 With a `window`, the files are compacted past `MAX_FILES` without the rows that no later step's window reaches,
 each account's count of them kept in the state: the files, and a step's work, are bounded by a window of traffic.
+A checkpoint is resumed with its window or a shorter one (or any, if it was kept without).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class Follower:
         checkpoint.mkdir(parents=True, exist_ok=True)
         state = json.loads((checkpoint / STATE).read_text()) if (checkpoint / STATE).is_file() else {}
         self.window_us = window // timedelta(microseconds=1) if window is not None else None
-        if state and state.get("window_us") != self.window_us:  # rows a longer window reads may be gone
-            kept = state.get("window_us")
+        kept = state.get("window_us")
+        if kept is not None and (self.window_us is None or self.window_us > kept):  # rows it reads may be gone
             raise InvalidRequestError(
                 f"The checkpoint {checkpoint} was kept with a window of "
-                f"{'the whole log' if kept is None else timedelta(microseconds=kept)}: follow it with that one."
+                f"{timedelta(microseconds=kept)}, and the rows before it are gone: follow it with that window or a "
+                "shorter one."
             )
         self.cursor: int = state.get("cursor", 0)
         self.files: list[str] = state.get("files", [])
