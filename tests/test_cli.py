@@ -6,9 +6,13 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
+import click
 import httpx
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from alambic.cli import app
 from alambic.serve.server import wait_until_ready
 
 
@@ -156,3 +160,23 @@ def test_the_command_starts_without_torch_openai_or_alembic(args):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def _commands(command: click.Command, path: tuple[str, ...] = ()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_default_named_in_words_shows_in_the_help():
+    """Rich reads `[default: ...]` in a help text as markup and drops it: such defaults go in `show_default`."""
+    root = typer.main.get_command(app)
+    in_markup = [
+        (" ".join(path), param.name)
+        for path, command in _commands(root)
+        for param in command.params
+        if "[default" in (getattr(param, "help", None) or "")
+    ]
+    assert in_markup == []
+    shown = CliRunner().invoke(app, ["monitor", "--help"], env={"COLUMNS": "1000"}).output
+    assert "[default: (the log itself)]" in shown and "[default: (the time the --reference spans" in shown

@@ -28,7 +28,9 @@ F = TypeVar("F", bound=Callable)
 
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--db", envvar="ALAMBIC_DB", help="SQLAlchemy URL of the store [default: SQLite in the data dir]."),
+    typer.Option(
+        "--db", envvar="ALAMBIC_DB", help="SQLAlchemy URL of the store.", show_default="SQLite in the data dir"
+    ),
 ]
 RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (throttle).")]
 TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (throttle).")]

@@ -25,9 +25,9 @@ def distill(
     out: Annotated[Path | None, typer.Option(help="Where the student goes; run again to resume.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags given override it.")] = None,
     teacher: TeacherOption = "smollm2",
-    student: Annotated[str | None, typer.Option(help="A model directory to train [default: a cut of the teacher].")] = (
-        None
-    ),
+    student: Annotated[
+        str | None, typer.Option(help="A model directory to train.", show_default="a cut of the teacher")
+    ] = (None),
     student_layers: Annotated[int, typer.Option(min=1, help="Teacher layers kept, evenly spaced.")] = 6,
     loss: Annotated[
         Loss,

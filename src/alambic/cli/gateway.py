@@ -65,12 +65,12 @@ def serve(
         ),
     ] = "shared",
     kv_tokens: Annotated[
-        int | None, typer.Option(min=1, help="llamacpp: KV cells for all rows together [default: 32768].")
+        int | None, typer.Option(min=1, help="llamacpp: KV cells for all rows together.", show_default="32768")
     ] = None,
     default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
     instance: Annotated[
-        str | None, typer.Option(help="This gateway's name in the request log [default: host:pid].")
+        str | None, typer.Option(help="This gateway's name in the request log.", show_default="host:pid")
     ] = None,
     watermark: Annotated[str | None, typer.Option(help="Watermark answers: kgw or gumbel.")] = None,
     watermark_key_env: Annotated[

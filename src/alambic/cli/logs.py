@@ -106,12 +106,12 @@ def simulate(
     speed: Annotated[float, typer.Option(min=1, help="--endpoint: simulated seconds per real second.")] = 3600,
     max_requests: Annotated[int | None, typer.Option(min=1, help="--endpoint: stop after this many.")] = None,
     labels: Annotated[
-        Path | None, typer.Option(help="Where the labels go [default: labels.json beside --out].")
+        Path | None, typer.Option(help="Where the labels go.", show_default="labels.json beside --out")
     ] = None,
     days: Annotated[int, typer.Option(min=1, help="Days of traffic, from a Monday.")] = 7,
     scale: Annotated[float, typer.Option(min=0.01, help="Accounts and volumes, relative to the default world.")] = 1.0,
     seed: Annotated[int, typer.Option(help="The same seed gives the same bytes.")] = 0,
-    campaigns: Annotated[str, typer.Option(help="Comma-separated campaign styles, or 'none' [default: all].")] = "all",
+    campaigns: Annotated[str, typer.Option(help="Comma-separated campaign styles, or 'none'.")] = "all",
     data: Annotated[
         Path | None, typer.Option(help="Real prompts from a directory laid out as ../shared/data (else built-in).")
     ] = None,

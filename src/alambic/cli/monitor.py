@@ -33,7 +33,7 @@ def monitor(
     ] = None,
     reference: Annotated[
         list[Path] | None,
-        typer.Option(help="A benign-only v1 log to calibrate risk on (repeatable) [default: the log itself]."),
+        typer.Option(help="A benign-only v1 log to calibrate risk on (repeatable).", show_default="the log itself"),
     ] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per account and line.")] = False,
     until: Annotated[str | None, typer.Option(help="Score only what was known at this ISO 8601 time.")] = None,
@@ -46,8 +46,9 @@ def monitor(
         str | None,
         typer.Option(
             help="--replay, --follow: judge each account at each step on the last WINDOW of the log (a flag, once "
-            "raised, stays) [default: the time the --reference spans, over which its accounts were judged; "
-            "without one, the whole log]."
+            "raised, stays).",
+            show_default="the time the --reference spans, over which its accounts were judged; without one, the "
+            "whole log",
         ),
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="--follow: the directory holding its state.")] = None,
