@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from alambic.cli import app
+from alambic.cli.common import GIL_SWITCH_INTERVAL_S, before_backend_loads
 from alambic.serve.server import wait_until_ready
 
 
@@ -180,3 +181,14 @@ def test_every_default_named_in_words_shows_in_the_help():
     assert in_markup == []
     shown = CliRunner().invoke(app, ["monitor", "--help"], env={"COLUMNS": "1000"}).output
     assert "[default: (the log itself)]" in shown and "[default: (the time the --reference spans" in shown
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "transformers"])
+def test_serving_llamacpp_hands_the_gil_back_to_the_generation_thread_sooner(backend, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # set back after, as the interval is below
+    default = sys.getswitchinterval()
+    try:
+        before_backend_loads(backend)
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S if backend == "llamacpp" else default)
+    finally:
+        sys.setswitchinterval(default)
