@@ -47,8 +47,9 @@ def feature_pass(logs: list[Path], memory_limit: str | None = None) -> dict:
 
 def _in_child(logs: list[str], memory_limit: str | None) -> dict:
     """`feature_pass` in a child of this (small) process, with the child's peak RSS from `os.wait4`."""
-    limit = ["--memory-limit", memory_limit] if memory_limit else []
-    process = subprocess.Popen([sys.executable, __file__, *limit, *logs], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, __file__, *_limit_option(memory_limit), *logs], stdout=subprocess.PIPE, text=True
+    )
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -58,11 +59,13 @@ def _in_child(logs: list[str], memory_limit: str | None) -> dict:
 
 def measure(logs: list[Path], memory_limit: str | None = None) -> dict:
     """`feature_pass` in a child started from a bare interpreter, with its peak RSS in MiB."""
-    limit = ["--memory-limit", memory_limit] if memory_limit else []
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", *limit, *map(str, logs)], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    return json.loads(out)
+    command = [sys.executable, __file__, "--measure", *_limit_option(memory_limit), *map(str, logs)]
+    return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout)
+
+
+def _limit_option(memory_limit: str | None) -> list[str]:
+    """This script's `--memory-limit` option, for a child that runs it."""
+    return ["--memory-limit", memory_limit] if memory_limit else []
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def distill(
     teacher: TeacherOption = "smollm2",
     student: Annotated[
         str | None, typer.Option(help="A model directory to train.", show_default="a cut of the teacher")
-    ] = (None),
+    ] = None,
     student_layers: Annotated[int, typer.Option(min=1, help="Teacher layers kept, evenly spaced.")] = 6,
     loss: Annotated[
         Loss,
