@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from alambic.generation import SamplingParams
-from alambic.generation.sampling import LOGPROB_FLOOR, choose_tokens, served_logprobs
+from alambic.generation import SamplingParams, sampling
+from alambic.generation.sampling import LOGPROB_FLOOR, RowDraws, choose_tokens, served_logprobs
 
 
 def draws(logits, params, n=400, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [choose_tokens(logits, [params], [generator])[0] for _ in range(n)]
+    row_draws = RowDraws(seed)
+    return [choose_tokens(logits, [params], [row_draws])[0] for _ in range(n)]
 
 
 def test_temperature_zero_is_argmax():
@@ -26,6 +26,14 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     assert set(draws(probs.log(), SamplingParams(top_p=0.4))) == {0}
 
 
+# Each draw test also runs with few tokens racing alone, so that the contender standing for the others wins often
+# and the race among them is tested too
+@pytest.fixture(params=[sampling.RACED_ALONE_WITHIN, 0.5], ids=["default", "most-race-as-one"])
+def raced_alone_within(request, monkeypatch):
+    monkeypatch.setattr(sampling, "RACED_ALONE_WITHIN", request.param)
+
+
+@pytest.mark.usefixtures("raced_alone_within")
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([[0.7, 0.2, 0.1]])
     sample = draws(probs.log(), SamplingParams(temperature=1.0), n=3000)
@@ -67,34 +75,37 @@ MIXED = [
 ]
 
 
-def generators(seeds):
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
+def keyed_draws(seeds):
+    return [RowDraws(seed) for seed in seeds]
 
 
 def test_the_batch_is_sampled_as_each_row_alone():
     torch.manual_seed(0)
     steps = [torch.randn(len(MIXED), 300) * 3 for _ in range(40)]
-    together, alone = generators(range(len(MIXED))), generators(range(len(MIXED)))
+    together, alone = keyed_draws(range(len(MIXED))), keyed_draws(range(len(MIXED)))
     for logits in steps:
         batched = choose_tokens(logits, MIXED, together)
         one_by_one = [choose_tokens(logits[row : row + 1], [p], [alone[row]])[0] for row, p in enumerate(MIXED)]
         assert batched == one_by_one
 
 
+@pytest.mark.usefixtures("raced_alone_within")
 def test_a_seeded_rows_draws_do_not_depend_on_its_neighbours():
     torch.manual_seed(1)
     steps = [torch.randn(3, 300) * 3 for _ in range(40)]
     params = SamplingParams(temperature=0.8, top_p=0.9)
 
     def row_tokens(neighbours, position):
-        gens = generators([100 + i for i in range(len(neighbours) + 1)])
-        gens.insert(position, gens.pop())  # the row under test keeps seed 7 wherever it sits
-        gens[position].manual_seed(7)
+        row_draws = keyed_draws([100 + i for i in range(len(neighbours) + 1)])
+        row_draws.insert(position, row_draws.pop())  # the row under test keeps seed 7 wherever it sits
+        row_draws[position] = RowDraws(7)
         out = []
         for logits in steps:
             batch = torch.cat([logits[1:].repeat(len(neighbours), 1)[: len(neighbours)], logits[:1]])
             batch = torch.cat([batch[:position], batch[-1:], batch[position:-1]])
-            out.append(choose_tokens(batch, [*neighbours[:position], params, *neighbours[position:]], gens)[position])
+            out.append(
+                choose_tokens(batch, [*neighbours[:position], params, *neighbours[position:]], row_draws)[position]
+            )
         return out
 
     alone = row_tokens([], 0)
@@ -103,6 +114,7 @@ def test_a_seeded_rows_draws_do_not_depend_on_its_neighbours():
     assert len(set(alone)) > 5  # sampled, not greedy
 
 
+@pytest.mark.usefixtures("raced_alone_within")
 def test_a_long_tail_holding_most_of_the_mass_is_drawn_in_proportion_to_it():
     # 64 likely tokens and 436 unlikely ones that together hold 60% of the mass (a flat distribution, or a high
     # temperature): a sampler that looks only at the best tokens would miss them.
@@ -118,6 +130,7 @@ def test_a_long_tail_holding_most_of_the_mass_is_drawn_in_proportion_to_it():
     )
 
 
+@pytest.mark.usefixtures("raced_alone_within")
 def test_near_equal_tokens_that_trade_places_do_not_trade_draws():
     # llama.cpp's logits move in the last digits with the batch around a row: two tokens of nearly one logit may
     # swap ranks. Each token's draw is its own, not its rank's, so the seeded sequence stays the same.

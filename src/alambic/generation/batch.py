@@ -22,7 +22,7 @@ from alambic.generation.params import (
     TokenLogprob,
     sequence_processors,
 )
-from alambic.generation.sampling import choose_tokens, served_logprobs, shows_in_logprobs
+from alambic.generation.sampling import RowDraws, choose_tokens, served_logprobs, shows_in_logprobs
 from alambic.generation.text import TextAssembler
 from alambic.models.tokens import vocabulary_bytes
 
@@ -38,7 +38,7 @@ class Sequence:
     index: int
     emit: Callable[[GenerationEvent | Exception], None]
     assembler: TextAssembler
-    generator: torch.Generator
+    draws: RowDraws
     is_cancelled: Callable[[], bool]
     processors: tuple[LogitsProcessor, ...] = ()  # the params' own, or a fresh one for processors with state
     kv_cells: int = 0  # KV cells the sample may fill: its prompt and every token it may generate
@@ -57,7 +57,7 @@ class Sequence:
             index=index,
             emit=emit,
             assembler=TextAssembler(tokenizer, params.stop),
-            generator=torch.Generator().manual_seed(seed),
+            draws=RowDraws(seed),
             is_cancelled=is_cancelled,
             processors=sequence_processors(params.logits_processors),
             kv_cells=kv_cells,
@@ -150,7 +150,7 @@ class DecodeBatch:
         model_logits = logits[model_rows] if model_rows else None
         logits = self._apply_logits_processors(logits, failed)
         logprobs = served_logprobs(logits, model_rows, model_logits) if any(wants) else None
-        tokens = choose_tokens(logits, [s.params for s in self.sequences], [s.generator for s in self.sequences])
+        tokens = choose_tokens(logits, [s.params for s in self.sequences], [s.draws for s in self.sequences])
         keep: list[int] = []
         for row, (sequence, token) in enumerate(zip(self.sequences, tokens, strict=True)):
             if row in failed:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
+import numpy as np
 import torch
 
 from alambic.generation.params import LogitsProcessor, SamplingParams
@@ -32,19 +34,38 @@ def served_logprobs(
 
 
 TOP_P_CANDIDATES = 256  # top-p looks for its cut among a row's best tokens first, and sorts the row only if not there
+# A token races on its own draw when its weight is at least e^-RACED_ALONE_WITHIN of its row's best; the others
+# race as one contender of their summed weight, and among themselves only when that contender wins
+RACED_ALONE_WITHIN = 12.0
+_UINT64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+_REST_ID = 1 << 40  # the draw of the contender standing for a row's unlikely tokens: no token has this id
 
 
-def choose_tokens(
-    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
-) -> list[int]:
+class RowDraws:
+    """A sampled row's keyed random stream: the draw of token `i` at step `t` is SplitMix64's output for (seed, t,
+    i). A row's draws depend on its seed and how many tokens it has drawn, never on its batch, and a token's draw
+    is its own whether or not another token near it in probability is looked at."""
+
+    def __init__(self, seed: int) -> None:
+        self.key = int(_mix(np.array([seed & _UINT64], dtype=np.uint64))[0])
+        self.step = 0
+
+    def step_key(self) -> int:
+        return int(_mix(np.array([(self.key + self.step * _GOLDEN) & _UINT64], dtype=np.uint64))[0])
+
+
+def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], draws: Sequence[RowDraws]) -> list[int]:
     """One token per row of `logits` (B, V): argmax where temperature is 0, else a keyed random draw.
 
-    The sampled rows are drawn together, as tensor operations over the batch: temperature, top-k and top-p
-    as per-row thresholds, then an exponential race (as `torch.multinomial` draws one sample): the token with
-    the largest weight / E, E ~ Exp(1) drawn per token from the row's own generator. So a row's draws depend
-    on its seed and its logits only, never on which rows share its batch; and a small change in the logits
-    (llama.cpp is not batch-invariant) changes the winner only between near-equal contenders, where an
-    inverse CDF over the vocabulary would shift every token after the change."""
+    The sampled rows are scaled together, as tensor operations over the batch: temperature, top-k and top-p as
+    per-row thresholds. Then a Gumbel-max race per row, argmax(score + G), with each token's G keyed by the row's
+    seed, its step and the token (`RowDraws`): a small change in the logits (llama.cpp is not batch-invariant)
+    changes the winner only between near-equal contenders, where an inverse CDF over the vocabulary would shift
+    every token after the change. Only the tokens within `RACED_ALONE_WITHIN` of a row's best race on their own
+    draws; the others race as one contender, the most a set of Gumbel-perturbed scores reaches being itself a
+    Gumbel around the log of their summed weight, and if it wins, the winner among them is raced on their own
+    draws (the argmax of a Gumbel race is independent of its maximum): the same distribution as racing them all."""
     rows = [row for row, p in enumerate(params) if p.temperature > 0]
     greedy = [row for row, p in enumerate(params) if p.temperature <= 0]
     # argmax (with indices) is 15x slower than amax over a vocabulary: taken only for the greedy rows
@@ -54,19 +75,65 @@ def choose_tokens(
     if rows:
         chosen = _rows(logits, rows)
         sampled = [params[row] for row in rows]
-        # (logits - best) / temperature in one pass: the scaled scores, their maximum 0 (exp cannot overflow)
+        # (logits - best) / temperature: the scaled scores, their maximum 0 (exp cannot overflow); a subtraction
+        # and a product, as torch's addcmul with a broadcast factor is slower than both
         inverse_temperatures = torch.tensor([[1.0 / p.temperature] for p in sampled])
-        scores = torch.addcmul(
-            -chosen.amax(dim=-1, keepdim=True).float() * inverse_temperatures, chosen.float(), inverse_temperatures
-        )
+        scores = (chosen.float() - chosen.amax(dim=-1, keepdim=True).float()).mul_(inverse_temperatures)
         _top_k(scores, [p.top_k for p in sampled])
         _top_p(scores, [p.top_p for p in sampled])
-        draws = torch.empty_like(scores)
-        for draw, row in zip(draws, rows, strict=True):
-            draw.uniform_(generator=generators[row])
-        # -log(u) ~ Exp(1); a draw u = 0 gives +inf, which no token wins with
-        tokens[rows] = scores.exp_().div_(draws.log_().neg_()).argmax(dim=-1)
+        tokens[rows] = torch.tensor(_race(scores, [draws[row] for row in rows]))
     return tokens.tolist()
+
+
+def _race(scores: torch.Tensor, draws: list[RowDraws]) -> list[int]:
+    """The Gumbel-max race of each row of `scores` (R, V: best 0, excluded tokens -inf); each row's draws step on.
+    numpy's comparison, nonzero and exp are several times torch's over a vocabulary on one thread."""
+    values = scores.numpy()
+    vocabulary = values.shape[1]
+    alone = np.flatnonzero(values >= -RACED_ALONE_WITHIN)  # by row then token: each row's best is there
+    alone_rows, alone_tokens = np.divmod(alone, vocabulary)
+    weights = np.exp(values)
+    alone_weights = weights.ravel()[alone].astype(np.float64)
+    # the others' summed weight: what the row's sum holds beyond the tokens racing alone (its float32 rounding is
+    # ~1e-7 of the row's weight, of the order of the probabilities it may move)
+    rest = torch.from_numpy(weights).sum(dim=-1).double().numpy() - np.bincount(alone_rows, alone_weights, len(draws))
+    step_keys = np.array([row.step_key() for row in draws], dtype=np.uint64)
+    raced = values.ravel()[alone] + _gumbels(step_keys[alone_rows], alone_tokens)
+    with np.errstate(divide="ignore"):  # no others: log 0 = -inf never wins
+        rest_raced = np.log(np.maximum(rest, 0.0)) + _gumbels(step_keys, np.full(len(draws), _REST_ID))
+    starts = np.searchsorted(alone_rows, np.arange(len(draws) + 1))
+    winners = []
+    for row, (start, end) in enumerate(pairwise(starts)):
+        best = start + int(np.argmax(raced[start:end]))
+        if rest_raced[row] > raced[best]:
+            winners.append(_race_the_rest(values[row], int(step_keys[row])))
+        else:
+            winners.append(int(alone_tokens[best]))
+        draws[row].step += 1
+    return winners
+
+
+def _race_the_rest(values: np.ndarray, step_key: int) -> int:
+    """The winner among a row's tokens that did not race alone (V,), on their own draws."""
+    rest = np.flatnonzero((values < -RACED_ALONE_WITHIN) & (values > -np.inf))
+    return int(rest[np.argmax(values[rest] + _gumbels(np.full(len(rest), step_key, dtype=np.uint64), rest))])
+
+
+def _gumbels(step_keys: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Standard Gumbel draws (float64), one per (step key, token) pair: SplitMix64's output at the token's place in
+    the stream of its step key, as a uniform in (0, 1), then -log(-log u)."""
+    with np.errstate(over="ignore"):
+        bits = _mix(step_keys + (tokens.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+    uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return -np.log(-np.log(uniform))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser over uint64s (wrapping arithmetic): every input bit moves every output bit."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
