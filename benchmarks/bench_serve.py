@@ -1,19 +1,20 @@
 """Serving speed as a user gets it: alambic's gateway against llama.cpp's own `llama-server`, same client.
 
-Both servers are driven by the same openai async client with the same prompts and settings: ShareGPT first
-turns, each sent once per server run (llama-server keeps answered prompts' KV in RAM, 8 GiB by default, and a
-prompt sent again skips its prefill: a benchmark that cycles a few prompts measures that cache), 128 new
-tokens forced (`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7, streamed and not,
-at 1, 4, 16 and 32 concurrent streams, each level for at least `--seconds` and `--min-requests`.
-`llama-server` samples with its own defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature);
-`llama-server-full` is the same server asked for the whole distribution, as alambic samples. Each server runs
-alone on the machine; with `--rounds` above 1 the servers take turns (A, B, A, B) so that drift in the
-machine's speed falls on both. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and
-the CPU's flags are recorded beside the figures. Both hold the same KV cells, 1,024 per stream, as
-llama-server's slots (`--kv-layout per-sequence`); `alambic-shared` is the gateway's default layout (one pool
-for all rows) on as many cells. The gateway's own cost per request (auth, policy, log) comes from its /metrics,
-idle and under 16 streams. `results/serve.json` holds one run per kind of CPU (with bf16 instructions, with
-AVX-512 without them, without AVX-512): a run replaces its kind's alone.
+Both servers are driven by the same openai async client with the same prompts and settings: ShareGPT first turns,
+each sent once per server run (llama-server keeps answered prompts' KV in RAM, 8 GiB by default, and a prompt sent
+again skips its prefill: a benchmark that cycles a few prompts measures that cache), 128 new tokens forced
+(`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7, streamed and not, at 1, 4, 16 and 32
+concurrent streams, each level for at least `--seconds` and `--min-requests`. `llama-server` samples with its own
+defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature); `llama-server-full` is the same server asked
+for the whole distribution, as alambic samples. Each server runs alone on the machine; with `--rounds` above 1 the
+servers take turns, in reverse order every other round (A, B, B, A, ...), so that drift in the machine's speed
+falls on both; each round's figures are kept beside their mean, and KGW's slowdown is also given round by round
+with a 95% interval. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and the CPU's
+flags are recorded beside the figures. Both hold the same KV cells, 1,024 per stream, as llama-server's slots
+(`--kv-layout per-sequence`); `alambic-shared` is the gateway's default layout (one pool for all rows) on as many
+cells. The gateway's own cost per request (auth, policy, log) comes from its /metrics, idle and under 16 streams.
+`results/serve.json` holds one run per kind of CPU (with bf16 instructions, with AVX-512 without them, without
+AVX-512): a run replaces its kind's alone.
 
 llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
 llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 50 minutes, nothing else
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from scipy import stats
 
 from alambic.models.cpu import cpu_flags, native_bf16
 from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
@@ -233,8 +237,8 @@ async def main() -> None:
 
     prompts = sharegpt_first_turns(PROMPTS, AutoTokenizer.from_pretrained(smollm2_directory()))
     rounds: dict[str, list[dict]] = {name: [] for name in servers}
-    for _ in range(args.rounds):
-        for name in servers:
+    for turn in range(args.rounds):  # A B, B A, A B, ...: a drift in the machine's speed falls on both alike
+        for name in servers if turn % 2 == 0 else servers[::-1]:
             rounds[name].append(await measure_server(name, gguf_type, prompts, args))
     by_server = {name: mean_of_rounds(results) for name, results in rounds.items()}
     result = {
@@ -250,6 +254,7 @@ async def main() -> None:
             "rounds": args.rounds,
         },
         "by_server": by_server,
+        "rounds": rounds,
     }
     for peer_name in LLAMA_SERVER_SAMPLING.keys() & by_server.keys():
         peer = by_server[peer_name]
@@ -261,12 +266,26 @@ async def main() -> None:
         plain, marked = by_server["alambic"], by_server["alambic-kgw"]
         levels = [level for level, figures in plain.items() if isinstance(figures, dict)]
         result["kgw_slowdown"] = {level: 1 - marked[level]["tok_s"] / plain[level]["tok_s"] for level in levels}
+        if args.rounds > 1:
+            result["kgw_slowdown_by_round"] = paired_slowdowns(rounds["alambic"], rounds["alambic-kgw"], levels)
     result["targets"] = {
         "ratio_vs_llama_server": {"streamed_1": ">= 1.0", "streamed_16": ">= 1.2"},
         "kgw_slowdown": "<= 0.05",
         "overhead_median_ms_under_16_streams": "<= 5",
     }
     print("wrote", record(result, args.results, args.name))
+
+
+def paired_slowdowns(plain: list[dict], marked: list[dict], levels: list[str]) -> dict:
+    """Per level, 1 - marked / plain tok/s in each round (the two measured one after the other), their mean and a
+    95% Student t interval over the rounds: the machine's drift between rounds cancels within a pair."""
+    paired = {}
+    for level in levels:
+        by_round = [1 - m[level]["tok_s"] / p[level]["tok_s"] for p, m in zip(plain, marked, strict=True)]
+        mean = statistics.fmean(by_round)
+        half = stats.t.ppf(0.975, len(by_round) - 1) * statistics.stdev(by_round) / math.sqrt(len(by_round))
+        paired[level] = {"by_round": by_round, "mean": mean, "ci95": [mean - half, mean + half]}
+    return paired
 
 
 def record(result: dict, directory: Path, name: str = "serve") -> Path:

@@ -41,3 +41,17 @@ def test_no_prompt_is_sent_twice_to_a_server():
     assert [fresh.take() for _ in prompts] == prompts
     with pytest.raises(SystemExit, match="All 3 prompts were sent"):
         fresh.take()
+
+
+def test_kgw_s_slowdown_is_paired_round_by_round():
+    # the machine drifts between rounds (100 -> 120 -> 90 tok/s) while KGW costs 4% in each: the pairs see 4% alone
+    plain = [{"streamed_16": {"tok_s": t}} for t in (100.0, 120.0, 90.0)]
+    marked = [{"streamed_16": {"tok_s": 0.96 * t}} for t in (100.0, 120.0, 90.0)]
+    steady = bench_serve.paired_slowdowns(plain, marked, ["streamed_16"])["streamed_16"]
+    assert steady["by_round"] == pytest.approx([0.04] * 3) and steady["ci95"] == pytest.approx([0.04, 0.04])
+    two = bench_serve.paired_slowdowns(
+        plain[:2], [{"streamed_16": {"tok_s": t}} for t in (100.0, 108.0)], ["streamed_16"]
+    )
+    # slowdowns 0 and 0.1: mean 0.05, and with one degree of freedom t = 12.706 times stdev / sqrt(2)
+    assert two["streamed_16"]["mean"] == pytest.approx(0.05)
+    assert two["streamed_16"]["ci95"] == pytest.approx([0.05 - 0.6353, 0.05 + 0.6353], abs=1e-3)
