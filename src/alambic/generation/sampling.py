@@ -51,9 +51,6 @@ class RowDraws:
         self.key = int(_mix(np.array([seed & _UINT64], dtype=np.uint64))[0])
         self.step = 0
 
-    def step_key(self) -> int:
-        return int(_mix(np.array([(self.key + self.step * _GOLDEN) & _UINT64], dtype=np.uint64))[0])
-
 
 def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], draws: Sequence[RowDraws]) -> list[int]:
     """One token per row of `logits` (B, V): argmax where temperature is 0, else a keyed random draw.
@@ -97,7 +94,7 @@ def _race(scores: torch.Tensor, draws: list[RowDraws]) -> list[int]:
     # the others' summed weight: what the row's sum holds beyond the tokens racing alone (its float32 rounding is
     # ~1e-7 of the row's weight, of the order of the probabilities it may move)
     rest = torch.from_numpy(weights).sum(dim=-1).double().numpy() - np.bincount(alone_rows, alone_weights, len(draws))
-    step_keys = np.array([row.step_key() for row in draws], dtype=np.uint64)
+    step_keys = _mix(np.array([(row.key + row.step * _GOLDEN) & _UINT64 for row in draws], dtype=np.uint64))
     raced = values.ravel()[alone] + _gumbels(step_keys[alone_rows], alone_tokens)
     with np.errstate(divide="ignore"):  # no others: log 0 = -inf never wins
         rest_raced = np.log(np.maximum(rest, 0.0)) + _gumbels(step_keys, np.full(len(draws), _REST_ID))
