@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from alambic.generation.params import LogitsProcessor, SamplingParams
+from alambic.splitmix import GOLDEN, splitmix64
 
 # What OpenAI reports for a token that cannot be sampled: JSON has no -inf (Python writes -Infinity, which
 # no client parses), and a ban or a Gumbel watermark leaves most of the vocabulary at -inf.
@@ -38,7 +39,6 @@ TOP_P_CANDIDATES = 256  # top-p looks for its cut among a row's best tokens firs
 # race as one contender of their summed weight, and among themselves only when that contender wins
 RACED_ALONE_WITHIN = 12.0
 _UINT64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
 _REST_ID = 1 << 40  # the draw of the contender standing for a row's unlikely tokens: no token has this id
 
 
@@ -94,7 +94,7 @@ def _race(scores: torch.Tensor, draws: list[RowDraws]) -> list[int]:
     # the others' summed weight: what the row's sum holds beyond the tokens racing alone (its float32 rounding is
     # ~1e-7 of the row's weight, of the order of the probabilities it may move)
     rest = torch.from_numpy(weights).sum(dim=-1).double().numpy() - np.bincount(alone_rows, alone_weights, len(draws))
-    step_keys = _mix(np.array([(row.key + row.step * _GOLDEN) & _UINT64 for row in draws], dtype=np.uint64))
+    step_keys = _mix(np.array([(row.key + row.step * int(GOLDEN)) & _UINT64 for row in draws], dtype=np.uint64))
     raced = values.ravel()[alone] + _gumbels(step_keys[alone_rows], alone_tokens)
     with np.errstate(divide="ignore"):  # no others: log 0 = -inf never wins
         rest_raced = np.log(np.maximum(rest, 0.0)) + _gumbels(step_keys, np.full(len(draws), _REST_ID))
@@ -120,17 +120,15 @@ def _gumbels(step_keys: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Standard Gumbel draws (float64), one per (step key, token) pair: SplitMix64's output at the token's place in
     the stream of its step key, as a uniform in (0, 1), then -log(-log u)."""
     with np.errstate(over="ignore"):
-        bits = _mix(step_keys + (tokens.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+        bits = _mix(step_keys + (tokens.astype(np.uint64) + np.uint64(1)) * GOLDEN)
     uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
     return -np.log(-np.log(uniform))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser over uint64s (wrapping arithmetic): every input bit moves every output bit."""
+    """SplitMix64's finaliser alone (`splitmix64` adds the stream's increment first)."""
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+        return splitmix64(x - GOLDEN)
 
 
 def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
