@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,13 @@ def test_near_equal_tokens_that_trade_places_do_not_trade_draws():
     jitter = [torch.randn(300) * 1e-5 for _ in range(2)]
     runs = [draws((base + j).unsqueeze(0), SamplingParams(temperature=0.8), n=300, seed=5) for j in jitter]
     assert sum(a == b for a, b in zip(*runs, strict=True)) >= 0.97 * 300
+
+
+def test_a_vocabulary_of_tokens_each_too_unlikely_to_race_alone_still_wins_its_share():
+    # 10 likely tokens and 49,000 just past the line of those racing alone: each weighs e^-13 of the best, together
+    # 1.1% of the mass, which the race must give them although it sums their weight only when they could win.
+    logits = torch.full((1, 49_010), -13.0)
+    logits[0, :10] = 0.0
+    share = 49_000 * math.exp(-13.0) / (10 + 49_000 * math.exp(-13.0))
+    sample = torch.tensor(draws(logits, SamplingParams(temperature=1.0), n=8000))
+    assert (sample >= 10).float().mean().item() == pytest.approx(share, abs=0.005)

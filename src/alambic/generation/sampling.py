@@ -55,57 +55,79 @@ class RowDraws:
 def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], draws: Sequence[RowDraws]) -> list[int]:
     """One token per row of `logits` (B, V): argmax where temperature is 0, else a keyed random draw.
 
-    The sampled rows are scaled together, as tensor operations over the batch: temperature, top-k and top-p as
-    per-row thresholds. Then a Gumbel-max race per row, argmax(score + G), with each token's G keyed by the row's
-    seed, its step and the token (`RowDraws`): a small change in the logits (llama.cpp is not batch-invariant)
-    changes the winner only between near-equal contenders, where an inverse CDF over the vocabulary would shift
-    every token after the change. Only the tokens within `RACED_ALONE_WITHIN` of a row's best race on their own
-    draws; the others race as one contender, the most a set of Gumbel-perturbed scores reaches being itself a
-    Gumbel around the log of their summed weight, and if it wins, the winner among them is raced on their own
-    draws (the argmax of a Gumbel race is independent of its maximum): the same distribution as racing them all."""
+    The sampled rows are scaled by their temperature; top-k and top-p, where a row asks for them, set the tokens they
+    exclude to -inf, as tensor operations over the batch. Then a Gumbel-max race per row, argmax(score + G), with
+    each token's G keyed by the row's seed, its step and the token (`RowDraws`): a small change in the logits
+    (llama.cpp is not batch-invariant) changes the winner only between near-equal contenders, where an inverse CDF
+    over the vocabulary would shift every token after the change. Only the tokens within `RACED_ALONE_WITHIN` of a
+    row's best race on their own draws; the others race as one contender, the most a set of Gumbel-perturbed scores
+    reaches being itself a Gumbel around the log of their summed weight, and if it wins, the winner among them is
+    raced on their own draws (the argmax of a Gumbel race is independent of its maximum): the same distribution as
+    racing them all."""
+    tokens = [0] * len(params)
     rows = [row for row, p in enumerate(params) if p.temperature > 0]
     greedy = [row for row, p in enumerate(params) if p.temperature <= 0]
-    # argmax (with indices) is 15x slower than amax over a vocabulary: taken only for the greedy rows
-    tokens = torch.zeros(len(params), dtype=torch.long)
     if greedy:
-        tokens[greedy] = _rows(logits, greedy).argmax(dim=-1)
-    if rows:
-        chosen = _rows(logits, rows)
-        sampled = [params[row] for row in rows]
-        # (logits - best) / temperature: the scaled scores, their maximum 0 (exp cannot overflow); a subtraction
-        # and a product, as torch's addcmul with a broadcast factor is slower than both
-        inverse_temperatures = torch.tensor([[1.0 / p.temperature] for p in sampled])
-        scores = (chosen.float() - chosen.amax(dim=-1, keepdim=True).float()).mul_(inverse_temperatures)
+        for row, token in zip(greedy, _rows(logits, greedy).float().numpy().argmax(axis=1).tolist(), strict=True):
+            tokens[row] = token
+    if not rows:
+        return tokens
+    chosen = _rows(logits, rows).float()
+    sampled = [params[row] for row in rows]
+    inverse_temperatures = np.array([1.0 / p.temperature for p in sampled], dtype=np.float32)
+    if any(0 < p.top_k < chosen.shape[1] or p.top_p < 1.0 for p in sampled):
+        # (logits - best) / temperature, their maximum 0 (exp cannot overflow), then the tokens excluded to -inf: the
+        # race's scores are these as they are
+        scores = (chosen - chosen.amax(dim=-1, keepdim=True)).mul_(torch.from_numpy(inverse_temperatures)[:, None])
         _top_k(scores, [p.top_k for p in sampled])
         _top_p(scores, [p.top_p for p in sampled])
-        tokens[rows] = torch.tensor(_race(scores, [draws[row] for row in rows]))
-    return tokens.tolist()
+        values, best, scale = scores.numpy(), np.zeros(len(rows), np.float32), np.ones(len(rows), np.float32)
+    else:  # the race scales the few logits it looks at by itself: no pass over the vocabulary to scale them all
+        values = chosen.numpy()
+        best, scale = values.max(axis=1), inverse_temperatures
+    for row, token in zip(rows, _race(values, best, scale, [draws[row] for row in rows]), strict=True):
+        tokens[row] = token
+    return tokens
 
 
-def _race(scores: torch.Tensor, draws: list[RowDraws]) -> list[int]:
-    """The Gumbel-max race of each row of `scores` (R, V: best 0, excluded tokens -inf); each row's draws step on.
+def _race(values: np.ndarray, best: np.ndarray, scale: np.ndarray, draws: list[RowDraws]) -> list[int]:
+    """The Gumbel-max race of each row of `values` (R, V) on its scores, (values - best) * scale (float32, the row's
+    best 0, excluded tokens -inf); each row's draws step on. The tokens racing alone are found by comparing `values`
+    with a bound a little wider than `RACED_ALONE_WITHIN` and then checking their scores; the others' summed weight
+    is summed over the vocabulary only when it could win: each of them weighs less than e^-RACED_ALONE_WITHIN.
     numpy's comparison, nonzero and exp are several times torch's over a vocabulary on one thread."""
-    values = scores.numpy()
-    vocabulary = values.shape[1]
-    alone = np.flatnonzero(values >= -RACED_ALONE_WITHIN)  # by row then token: each row's best is there
-    alone_rows, alone_tokens = np.divmod(alone, vocabulary)
-    weights = np.exp(values)
-    alone_weights = weights.ravel()[alone].astype(np.float64)
-    # the others' summed weight: what the row's sum holds beyond the tokens racing alone (its float32 rounding is
-    # ~1e-7 of the row's weight, of the order of the probabilities it may move)
-    rest = torch.from_numpy(weights).sum(dim=-1).double().numpy() - np.bincount(alone_rows, alone_weights, len(draws))
+    rows, vocabulary = values.shape
+    cuts = (best - RACED_ALONE_WITHIN * (1 + 1e-5) / scale.astype(np.float64)).astype(np.float32)
+    candidates = np.flatnonzero(values >= cuts[:, None])  # by row then token: each row's best is there
+    candidate_rows = candidates // vocabulary
+    candidate_scores = (values.ravel()[candidates] - best[candidate_rows]) * scale[candidate_rows]
+    alone = candidate_scores >= -RACED_ALONE_WITHIN
+    alone_rows, alone_tokens = candidate_rows[alone], candidates[alone] % vocabulary
+    alone_scores = candidate_scores[alone]
+    alone_weights = np.bincount(alone_rows, np.exp(alone_scores).astype(np.float64), rows)
     step_keys = _mix(np.array([(row.key + row.step * int(GOLDEN)) & _UINT64 for row in draws], dtype=np.uint64))
-    raced = values.ravel()[alone] + _gumbels(step_keys[alone_rows], alone_tokens)
-    with np.errstate(divide="ignore"):  # no others: log 0 = -inf never wins
-        rest_raced = np.log(np.maximum(rest, 0.0)) + _gumbels(step_keys, np.full(len(draws), _REST_ID))
-    starts = np.searchsorted(alone_rows, np.arange(len(draws) + 1))
+    # one draw per token racing alone, then one per row for the contender standing for its others
+    gumbels = _gumbels(
+        np.concatenate((step_keys[alone_rows], step_keys)), np.concatenate((alone_tokens, np.full(rows, _REST_ID)))
+    )
+    raced, rest_gumbels = alone_scores + gumbels[: len(alone_rows)], gumbels[len(alone_rows) :]
+    starts = np.searchsorted(alone_rows, np.arange(rows + 1))
+    # the most the others can weigh (1% and 1e-4 of the row's weight above it cover the summed weight's rounding)
+    others = vocabulary - np.diff(starts)
+    rest_bounds = np.log(others * np.exp(-RACED_ALONE_WITHIN) * 1.01 + alone_weights * 1e-4) + rest_gumbels
     winners = []
     for row, (start, end) in enumerate(pairwise(starts)):
-        best = start + int(np.argmax(raced[start:end]))
-        if rest_raced[row] > raced[best]:
-            winners.append(_race_the_rest(values[row], int(step_keys[row])))
-        else:
-            winners.append(int(alone_tokens[best]))
+        winner = start + int(np.argmax(raced[start:end]))
+        token = int(alone_tokens[winner])
+        if rest_bounds[row] > raced[winner]:  # the others could win: their exact weight
+            row_scores = (values[row] - best[row]) * scale[row]
+            # what the row's float32 sum holds beyond the tokens racing alone (its rounding is ~1e-7 of the row's
+            # weight, of the order of the probabilities it may move)
+            rest = float(torch.from_numpy(np.exp(row_scores)).sum()) - alone_weights[row]
+            with np.errstate(divide="ignore"):  # no others: log 0 = -inf never wins
+                if np.log(max(rest, 0.0)) + rest_gumbels[row] > raced[winner]:
+                    token = _race_the_rest(row_scores, int(step_keys[row]))
+        winners.append(token)
         draws[row].step += 1
     return winners
 

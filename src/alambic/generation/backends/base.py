@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 
 class ModelBackend(Protocol):
-    """Holds the KV state of a batch of rows. Row order is the batch's; every call returns (rows, V) logits.
+    """Holds the KV state of a batch of rows. Row order is the batch's; every call returns (rows, V) float32 logits.
 
     The tokenizer is the same Hugging Face tokenizer for every backend, so token ids, chat templates and
     logits processors (watermarks) mean the same thing whichever backend runs the model.

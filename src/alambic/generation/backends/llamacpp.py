@@ -21,6 +21,7 @@ chat and the whole conversation so far for its next turn. It takes the lowest fr
 from __future__ import annotations
 
 import ctypes
+import functools
 import heapq
 import sys
 import weakref
@@ -215,9 +216,16 @@ def _free(batch, context, model) -> None:
     llama_cpp.llama_model_free(model)
 
 
+@functools.lru_cache(maxsize=256)
+def _view(address: int, count: int) -> np.ndarray:
+    return np.ctypeslib.as_array(ctypes.cast(address, ctypes.POINTER(ctypes.c_float)), shape=(count,))
+
+
 def _floats(pointer, count: int) -> np.ndarray:
-    """A view of `count` floats that llama.cpp owns (valid until the next decode)."""
-    return np.ctypeslib.as_array(pointer, shape=(count,))
+    """A view of `count` floats that llama.cpp owns (valid until the next decode). llama.cpp keeps one logits buffer
+    while the batch's outputs fit in it, so the view of an address and count is made once (a tenth of a step's
+    Python at one row)."""
+    return _view(ctypes.cast(pointer, ctypes.c_void_p).value, count)
 
 
 GGML_LOG_LEVEL_ERROR = 4
