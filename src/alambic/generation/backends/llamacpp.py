@@ -223,8 +223,8 @@ def _view(address: int, count: int) -> np.ndarray:
 
 def _floats(pointer, count: int) -> np.ndarray:
     """A view of `count` floats that llama.cpp owns (valid until the next decode). llama.cpp keeps one logits buffer
-    while the batch's outputs fit in it, so the view of an address and count is made once (a tenth of a step's
-    Python at one row)."""
+    while the batch's outputs fit in it, so the view of an address and count is made once (`as_array` builds a ctypes
+    array type each call: ~30 us of a step's ~0.6 ms of Python at one row)."""
     return _view(ctypes.cast(pointer, ctypes.c_void_p).value, count)
 
 
