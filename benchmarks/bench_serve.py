@@ -58,10 +58,6 @@ MEASURED_BY_DEFAULT = ("alambic", "alambic-kgw", "llama-server", "llama-server-f
 LLAMA_SERVER_SAMPLING = {"llama-server": {}, "llama-server-full": {"top_k": 0, "top_p": 1.0, "min_p": 0.0}}
 KV_CELLS_PER_STREAM = 1024
 LLAMA_SERVER = cache_dir() / "llama-server" / "llama-server"
-# Two servers' tok/s in one round -> what the run reports of them: alambic's against its peer's, KGW's cost
-Comparison = Callable[[float, float], float]
-RATIO: Comparison = lambda peer, alambic: alambic / peer  # noqa: E731
-SLOWDOWN: Comparison = lambda plain, marked: 1 - marked / plain  # noqa: E731
 WATERMARK_KEY = "bench-serve-watermark-key"  # a benchmark's key: nothing it marks is kept
 MODEL = "smollm2"
 
@@ -265,18 +261,19 @@ async def main() -> None:
         peer = by_server[peer_name]
         for name in ("alambic", "alambic-shared"):
             if name in by_server:
-                ratios = {level: RATIO(peer[level]["tok_s"], by_server[name][level]["tok_s"]) for level in peer}
+                ratios = {level: ratio(peer[level]["tok_s"], by_server[name][level]["tok_s"]) for level in peer}
                 field = f"ratio_vs_{peer_name}{name.removeprefix('alambic')}".replace("-", "_")
                 result[field] = ratios
                 if args.rounds > 1:
-                    result[f"{field}_by_round"] = paired_by_round(rounds[peer_name], rounds[name], list(peer), RATIO)
+                    result[f"{field}_by_round"] = paired_by_round(rounds[peer_name], rounds[name], list(peer), ratio)
     if "alambic" in by_server and "alambic-kgw" in by_server:
         plain, marked = by_server["alambic"], by_server["alambic-kgw"]
         levels = [level for level, figures in plain.items() if isinstance(figures, dict)]
-        result["kgw_slowdown"] = {level: SLOWDOWN(plain[level]["tok_s"], marked[level]["tok_s"]) for level in levels}
+        result["kgw_slowdown"] = {level: slowdown(plain[level]["tok_s"], marked[level]["tok_s"]) for level in levels}
         if args.rounds > 1:
-            paired = paired_by_round(rounds["alambic"], rounds["alambic-kgw"], levels, SLOWDOWN)
-            result["kgw_slowdown_by_round"] = paired
+            result["kgw_slowdown_by_round"] = paired_by_round(
+                rounds["alambic"], rounds["alambic-kgw"], levels, slowdown
+            )
     result["targets"] = {
         "ratio_vs_llama_server": {"streamed_1": ">= 1.0", "streamed_16": ">= 1.2"},
         "kgw_slowdown": "<= 0.05",
@@ -285,7 +282,19 @@ async def main() -> None:
     print("wrote", record(result, args.results, args.name))
 
 
-def paired_by_round(first: list[dict], second: list[dict], levels: list[str], compare: Comparison) -> dict:
+def ratio(peer: float, alambic: float) -> float:
+    """alambic's tok/s against its peer's."""
+    return alambic / peer
+
+
+def slowdown(plain: float, marked: float) -> float:
+    """The share of the plain server's tok/s that the watermarked one loses."""
+    return 1 - marked / plain
+
+
+def paired_by_round(
+    first: list[dict], second: list[dict], levels: list[str], compare: Callable[[float, float], float]
+) -> dict:
     """Per level, `compare(first's tok/s, second's tok/s)` in each round (the two measured one after the other), their
     mean and a 95% Student t interval over the rounds: the machine's drift between rounds cancels within a pair."""
     paired = {}

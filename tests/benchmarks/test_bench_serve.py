@@ -47,10 +47,10 @@ def test_kgw_s_slowdown_is_paired_round_by_round():
     # the machine drifts between rounds (100 -> 120 -> 90 tok/s) while KGW costs 4% in each: the pairs see 4% alone
     plain = [{"streamed_16": {"tok_s": t}} for t in (100.0, 120.0, 90.0)]
     marked = [{"streamed_16": {"tok_s": 0.96 * t}} for t in (100.0, 120.0, 90.0)]
-    steady = bench_serve.paired_by_round(plain, marked, ["streamed_16"], bench_serve.SLOWDOWN)["streamed_16"]
+    steady = bench_serve.paired_by_round(plain, marked, ["streamed_16"], bench_serve.slowdown)["streamed_16"]
     assert steady["by_round"] == pytest.approx([0.04] * 3) and steady["ci95"] == pytest.approx([0.04, 0.04])
     two = bench_serve.paired_by_round(
-        plain[:2], [{"streamed_16": {"tok_s": t}} for t in (100.0, 108.0)], ["streamed_16"], bench_serve.SLOWDOWN
+        plain[:2], [{"streamed_16": {"tok_s": t}} for t in (100.0, 108.0)], ["streamed_16"], bench_serve.slowdown
     )
     # slowdowns 0 and 0.1: mean 0.05, and with one degree of freedom t = 12.706 times stdev / sqrt(2)
     assert two["streamed_16"]["mean"] == pytest.approx(0.05)
@@ -61,5 +61,5 @@ def test_the_ratio_to_llama_server_is_paired_round_by_round():
     # llama-server 100 -> 120 -> 90 tok/s as the machine drifts, alambic 1.1x of it in each round: 1.1 with no spread
     peer = [{"streamed_16": {"tok_s": t}} for t in (100.0, 120.0, 90.0)]
     alambic = [{"streamed_16": {"tok_s": 1.1 * t}} for t in (100.0, 120.0, 90.0)]
-    paired = bench_serve.paired_by_round(peer, alambic, ["streamed_16"], bench_serve.RATIO)["streamed_16"]
+    paired = bench_serve.paired_by_round(peer, alambic, ["streamed_16"], bench_serve.ratio)["streamed_16"]
     assert paired["by_round"] == pytest.approx([1.1] * 3) and paired["ci95"] == pytest.approx([1.1, 1.1])
