@@ -77,17 +77,18 @@ def embeddings() -> EmbeddingCache:
 def benign_reference(
     directory: Path, scale: float, content: EmbeddingCache | None
 ) -> tuple[Reference, MmdBaseline | None]:
-    """What the benign-only weeks calibrate: the monitor's risk (on their accounts and their linked groups) and,
-    with content, the MMD window baseline."""
-    rows, groups, windows = [], [], {}
+    """What the benign-only weeks calibrate: the monitor's risk (on their accounts and their linked groups) and
+    common phrasing, and, with content, the MMD window baseline."""
+    rows, groups, phrasing, windows = [], [], [], {}
     for seed in REFERENCE_SEEDS:
         log, _ = simulate(directory, seed, scale, ())
-        accounts, linked = benign_units(open_log([log]), content)
-        rows, groups = rows + accounts, groups + linked
+        units = benign_units(open_log([log]), content)
+        rows, groups, phrasing = rows + units.rows, groups + units.groups, [*phrasing, units.phrasing]
         if content is not None:
             for account, found in account_windows(open_log([log]), content).items():
                 windows[f"{seed}:{account}"] = found  # account ids may repeat across seeds
-    return Reference(rows, groups=groups), MmdBaseline.calibrate(windows) if windows else None
+    common = np.unique(np.concatenate(phrasing), axis=0)  # the weeks' common texts, each once
+    return Reference(rows, groups=groups, phrasing=common), MmdBaseline.calibrate(windows) if windows else None
 
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:
@@ -119,17 +120,20 @@ def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict
     return found
 
 
-def linking_alone(directory: Path, seeds: list[int], scale: float, campaigns: tuple[str, ...]) -> dict[str, dict]:
-    """Per multi-account style, its campaign linked in weeks (one a seed) where it is the only campaign, so that no
-    other campaign's prompts bridge its accounts: the worst share of its accounts in its largest linked group (of
-    all of them, and of those that sent a campaign prompt), and the benign accounts in those groups."""
+def linking_alone(
+    directory: Path, seeds: list[int], scale: float, campaigns: tuple[str, ...], common: np.ndarray | None
+) -> dict[str, dict]:
+    """Per multi-account style, its campaign linked (with the benign weeks' `common` phrasing) in weeks (one a seed)
+    where it is the only campaign, so that no other campaign's prompts bridge its accounts: the worst share of its
+    accounts in its largest linked group (of all of them, and of those that sent a campaign prompt), and the benign
+    accounts in those groups."""
     found: dict[str, list[dict]] = {}
     for seed in seeds:
         for style in campaigns:
             log, labels = simulate(directory / f"alone-{style}", seed, scale, (style,))
             connection = open_log([log])
             load_prompts(connection)
-            campaign_of = link_accounts(connection).campaign_of
+            campaign_of = link_accounts(connection, None, common).campaign_of
             found.setdefault(style, []).extend(linking({a: campaign_of.get(a) for a in labels}, labels).values())
             shutil.rmtree(log.parent)
     return {
@@ -414,7 +418,11 @@ def main(argv: list[str] | None = None) -> None:
         directory = Path(directory)
         content = None if args.no_content else embeddings()
         reference, mmd = benign_reference(directory, args.scale, content)
-        print(f"reference: {len(reference)} benign accounts, {time.perf_counter() - begun:.0f} s", flush=True)
+        print(
+            f"reference: {len(reference)} benign accounts, {len(reference.phrasing)} common texts, "
+            f"{time.perf_counter() - begun:.0f} s",
+            flush=True,
+        )
         runs = []
         for seed in args.seeds:
             log, labels = simulate(directory, seed, args.scale, campaigns)
@@ -429,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             for style, row in style_table(runs[-1]).items():
                 print(f"  {style}: {_brief(row)}", flush=True)
-        alone = linking_alone(directory, args.seeds, args.scale, campaigns)
+        alone = linking_alone(directory, args.seeds, args.scale, campaigns, reference.phrasing)
         for style, linked in alone.items():
             print(f"  {style} alone in its weeks: linked {linked}", flush=True)
         scaled = at_a_million_rows(directory, args.million_scale, args.extras_week)

@@ -42,7 +42,7 @@ def benign_reference(benign_week):
 
 
 def test_a_benign_log_calibrates_on_its_accounts_and_on_its_linked_groups_each_taken_as_one_account(benign_week):
-    rows, groups = benign_units(open_log([benign_week]))
+    rows, groups, _ = benign_units(open_log([benign_week]))
     accounts = {f.account: f.values for f in account_features(open_log([benign_week]))}
     assert sorted(r["requests"] for r in rows) == sorted(v["requests"] for v in accounts.values())
     connection = open_log([benign_week])

@@ -33,9 +33,9 @@ def lines(result) -> dict[str, dict]:
 
 def calibrated(benign, cache: EmbeddingCache | None = None) -> Reference:
     """The risk `--reference` calibrates: the benign log's accounts, and its linked groups each as one account."""
-    rows, groups = benign_units(open_log([benign]), cache)
+    rows, groups, phrasing = benign_units(open_log([benign]), cache)
     assert groups  # the log holds some (an organisation's keys, linked harnesses), so that they are tested
-    return Reference(rows, groups=groups)
+    return Reference(rows, groups=groups, phrasing=phrasing)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,10 @@ def monitor(
     ] = None,
     reference: Annotated[
         list[Path] | None,
-        typer.Option(help="A benign-only v1 log to calibrate risk on (repeatable).", show_default="the log itself"),
+        typer.Option(
+            help="A benign-only v1 log to calibrate risk on, and to learn the phrasing its crowds share (repeatable).",
+            show_default="the log itself",
+        ),
     ] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per account and line.")] = False,
     until: Annotated[str | None, typer.Option(help="Score only what was known at this ISO 8601 time.")] = None,
@@ -211,23 +214,23 @@ def _assess(reference, embeddings):
 
 
 def _reference(files: list[Path], embeddings, memory_limit: str | None) -> tuple:
-    """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account; and the time
-    that log spans, over which its accounts were judged."""
+    """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account, with its common
+    phrasing; and the time that log spans, over which its accounts were judged."""
     from alambic.monitor.assess import benign_units
     from alambic.monitor.source import connect, open_log
 
     connection = open_log(files, connect(memory_limit))
-    rows, groups = benign_units(connection, embeddings)
+    rows, groups, phrasing = benign_units(connection, embeddings)
     span = connection.execute("SELECT epoch_us(max(t)) - epoch_us(min(t)) FROM requests").fetchone()[0]
-    return _calibrated(rows, "--reference", groups=groups), timedelta(microseconds=span)
+    return _calibrated(rows, "--reference", groups=groups, phrasing=phrasing), timedelta(microseconds=span)
 
 
-def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = ()):
+def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = (), phrasing=None):
     """A `Reference` on `rows` (see there), or bad input when they are too few."""
     from alambic.monitor.risk import Reference
 
     try:
-        return Reference(rows, accounts, groups)
+        return Reference(rows, accounts, groups, phrasing)
     except ValueError as error:
         raise InvalidRequestError(f"{what}: {error}.") from None
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import duckdb
+import numpy as np
 
 from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content, account_topics
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
-from alambic.monitor.linking import Linking, link_accounts
+from alambic.monitor.linking import Linking, common_phrasing, link_accounts
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, action_for
@@ -43,19 +45,26 @@ def assess(
     load_prompts(connection)  # once: the content, linking and campaign passes read its tables
     rows, topics = account_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
-    linking = link_accounts(connection, signatures)
+    linking = link_accounts(connection, signatures, reference.phrasing)
     return verdicts(connection, rows, reference, linking, content, topics)
 
 
-def benign_units(
-    connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None
-) -> tuple[list[dict[str, float | None]], list[dict[str, float | None]]]:
-    """What a benign log's `requests` gives a `Reference`: its accounts' features, and its linked groups' features,
-    each group taken as one account (the organisations, classrooms and platforms that benign traffic holds)."""
+class BenignUnits(NamedTuple):
+    """What a benign log gives a `Reference`."""
+
+    rows: list[dict[str, float | None]]  # its accounts' features
+    groups: list[dict[str, float | None]]  # its linked groups' features, each group taken as one account
+    phrasing: np.ndarray  # its common phrasing (`linking.common_phrasing`)
+
+
+def benign_units(connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None) -> BenignUnits:
+    """What a benign log's `requests` gives a `Reference`: its accounts' features, its linked groups' features (the
+    organisations, classrooms and platforms that benign traffic holds), and the phrasing its crowds share."""
     load_prompts(connection)
     rows, topics = account_rows(connection, content)
-    groups = campaign_features(connection, link_accounts(connection).campaign_of, content, topics)
-    return list(rows.values()), list(groups.values())
+    signatures = Signatures()
+    groups = campaign_features(connection, link_accounts(connection, signatures).campaign_of, content, topics)
+    return BenignUnits(list(rows.values()), list(groups.values()), common_phrasing(connection, signatures))
 
 
 def feature_rows(

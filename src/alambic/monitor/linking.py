@@ -15,7 +15,9 @@ removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` 
 drawing on one bank (a public data set, one generator's templates) match each other's texts as often as one actor's
 accounts match among themselves, but they also send some of the same texts, which a split set never does: each rare
 text two accounts both sent weighs `SAME_TEXT_WEIGHT` matched prompts against linking them, and accounts are
-partitioned on that signed graph before its groups are read.
+partitioned on that signed graph before its groups are read. A family is rare by the log it is read in; hours into a
+log, phrasing that crowds share (a chat opener's template) has reached few accounts yet, so prompts near a benign
+log's `common_phrasing` (a `risk.Reference` carries it) are no evidence at all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TypeVar
 
 import duckdb
 import networkx as nx
+import numpy as np
 import pyarrow as pa
 
 from alambic.monitor.near_duplicates import Signatures, load_buckets
@@ -40,16 +43,29 @@ BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smal
 SAME_TEXT_WEIGHT = 30.0  # matched prompts one rare text sent by both outweighs (20 to 1e6: the same groups, seeds 0-2)
 REFINE_ROUNDS = 20  # of moving accounts between clusters; it settles in a few
 
-# Families: each LSH bucket of near-duplicates, and each exact text; rare ones are the evidence.
-RARE_FAMILIES = f"""
+# Families: each LSH bucket of near-duplicates, and each exact text, less the prompts near a benign log's common
+# phrasing (`common_prompts`, `near_duplicates.load_buckets`); rare ones are the evidence.
+FAMILIES = """
 CREATE OR REPLACE TEMP TABLE family_members AS
-SELECT bucket AS family, prompt_hash FROM prompt_buckets
-UNION ALL
-SELECT -1 - (prompt_hash >> 2)::BIGINT, prompt_hash FROM prompt_texts;  -- exact texts: negative ids
+SELECT * FROM (SELECT bucket AS family, prompt_hash FROM prompt_buckets
+               UNION ALL
+               SELECT -1 - (prompt_hash >> 2)::BIGINT, prompt_hash FROM prompt_texts)  -- exact texts: negative ids
+WHERE prompt_hash NOT IN (SELECT prompt_hash FROM common_prompts)
+"""
+HELD = """SELECT f.family, ap.account, ap.prompt_hash, ap.requests
+          FROM family_members f JOIN account_prompts ap USING (prompt_hash)"""
 
+# What crowds write: the texts of families more accounts hold than one actor's prompt set would (a text one account
+# sends over and over, a benchmark's question, is common in the log that holds it, not phrasing everyone shares).
+COMMON_PROMPTS = f"""
+WITH held AS ({HELD}),
+common AS (SELECT family FROM held GROUP BY family HAVING count(DISTINCT account) > {FAMILY_ACCOUNTS_MAX})
+SELECT DISTINCT prompt_hash FROM family_members JOIN common USING (family) ORDER BY prompt_hash
+"""
+
+RARE_FAMILIES = f"""
 CREATE OR REPLACE TEMP TABLE rare_holdings AS
-WITH held AS (SELECT f.family, ap.account, ap.prompt_hash, ap.requests
-              FROM family_members f JOIN account_prompts ap USING (prompt_hash)),
+WITH held AS ({HELD}),
 rare AS (SELECT family FROM held GROUP BY family
          HAVING count(DISTINCT account) BETWEEN 2 AND {FAMILY_ACCOUNTS_MAX}
             AND sum(requests) / count(DISTINCT prompt_hash) <= {FAMILY_REUSE_MAX})
@@ -164,10 +180,15 @@ class Linking:
     campaign_of: dict[str, str]  # account -> group id, for accounts linked to at least one other
 
 
-def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> Linking:
+def link_accounts(
+    connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
+) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`) and the tables
-    `prompts.load_prompts` built from it, largest first; prompts signed through `signatures` (`load_buckets`)."""
-    load_buckets(connection, signatures)
+    `prompts.load_prompts` built from it, largest first; prompts signed through `signatures` (`load_buckets`).
+    Prompts near the `common` signatures (a benign log's `common_phrasing`) are no evidence: in a log known for hours,
+    phrasing that crowds share has not yet reached the crowds that show it to be common."""
+    load_buckets(connection, signatures, common)
+    connection.execute(FAMILIES)
     connection.execute(RARE_FAMILIES)
     edges = connection.execute(EDGES).fetchall()
     actor_of = actors(edges, connection.execute(SAME_TEXTS).fetchall())
@@ -187,6 +208,17 @@ def link_accounts(connection: duckdb.DuckDBPyConnection, signatures: Signatures 
         for e in [evidence[f"group-{n + 1}"]]
     }
     return Linking(groups, campaign_of)
+
+
+def common_phrasing(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> np.ndarray:
+    """The MinHash signatures of a benign log's prompts in families held by more than `FAMILY_ACCOUNTS_MAX` accounts,
+    one row per distinct text, over its `requests` and the tables `prompts.load_prompts` built; what `link_accounts`
+    takes as `common`."""
+    signatures = signatures or Signatures()
+    load_buckets(connection, signatures)
+    connection.execute(FAMILIES)
+    common = np.asarray(connection.execute(COMMON_PROMPTS).fetchnumpy()["prompt_hash"], dtype=np.uint64)
+    return signatures.signatures[np.searchsorted(signatures.hashes, common)]
 
 
 Node = TypeVar("Node", str, int)

@@ -117,17 +117,32 @@ class Signatures:
         return self.hashes, self.signatures
 
 
-def load_buckets(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> int:
+def load_buckets(
+    connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
+) -> int:
     """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts of the
     tables `prompts.load_prompts` built, signed through `signatures` (a fresh `Signatures` unless given: all of
-    them). Returns the number of distinct prompts."""
+    them); and `common_prompts(prompt_hash)`: those that share a bucket with one of the `common` signatures (a
+    benign log's common phrasing, `linking.common_phrasing`). Returns the number of distinct prompts."""
     hashes, matrix = (signatures or Signatures()).update(connection)
-    buckets, members = [], []
+    known = len(hashes)
+    if common is not None and len(common):
+        matrix = np.concatenate([matrix, common])  # rows past `known` are the common texts
+    buckets, members, near_common = [], [], set()
     for bucket, indices in enumerate(_confirmed(matrix, list(_candidates(matrix)))):
-        buckets += [bucket] * len(indices)
-        members += hashes[indices].tolist()
+        live, texts = indices[indices < known], indices[indices >= known]
+        if len(texts):  # the live prompts as near a common text as the bucket's members are to each other
+            similarity = (matrix[live][:, None, :] == matrix[texts][None, :, :]).mean(axis=2)
+            near_common.update(hashes[live[similarity.max(axis=1, initial=0.0) >= THRESHOLD]].tolist())
+        if len(live) > 1:
+            buckets += [bucket] * len(live)
+            members += hashes[live].tolist()
     table = pa.table({"bucket": pa.array(buckets, pa.int64()), "prompt_hash": pa.array(members, pa.uint64())})
-    connection.register("lsh_buckets", table)
+    common_table = pa.table({"prompt_hash": pa.array(sorted(near_common), pa.uint64())})
+    for name, data in (("lsh_buckets", table), ("near_common", common_table)):
+        connection.register(name, data)
     connection.execute("CREATE OR REPLACE TEMP TABLE prompt_buckets AS SELECT * FROM lsh_buckets")
-    connection.unregister("lsh_buckets")
-    return len(hashes)
+    connection.execute("CREATE OR REPLACE TEMP TABLE common_prompts AS SELECT * FROM near_common")
+    for name in ("lsh_buckets", "near_common"):
+        connection.unregister(name)
+    return known

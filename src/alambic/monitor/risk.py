@@ -160,13 +160,14 @@ class Reference:
     `accounts` (the rows' account ids), an account of the reference is compared with the others only. `groups`
     holds benign groups' features, each group taken as one account (`assess.campaign_features`): benign units
     beside the accounts, but their `MEMBER_COUNTS` are compared with no one's (their requests still give their
-    size)."""
+    size). `phrasing` is what the benign log's crowds write (`linking.common_phrasing`), which links no accounts."""
 
     def __init__(
         self,
         rows: list[dict[str, float | None]],
         accounts: list[str] | None = None,
         groups: list[dict[str, float | None]] = (),
+        phrasing: np.ndarray | None = None,
     ) -> None:
         if len(rows) < 20:
             raise ValueError(f"a reference needs at least 20 benign accounts, got {len(rows)}")
@@ -179,6 +180,7 @@ class Reference:
         self.index = {account: i for i, account in enumerate(accounts or ())}
         self.sizes = np.log1p(np.array([float(r["requests"]) for r in units]))
         self.accounts = len(rows)  # the units before this index are accounts, the rest groups
+        self.phrasing = phrasing
         self.scores = np.array(
             [
                 combined(self.evidence(r, exclude=i, leave_out=MEMBER_COUNTS if i >= self.accounts else ()))
