@@ -1,0 +1,136 @@
+"""KGW's cost on one warm gateway: short blocks of the same load alternate between an account marked and one not.
+
+`bench_serve.py` measures the watermark with two gateways, one started with KGW, in turns of minutes, and this
+machine's speed drifts by up to 25% from one turn to the next: more than the cost to be measured. Here one gateway,
+started with `--watermark kgw`, serves two accounts, one of them with its watermark off (`store.set_watermark`), and
+the load (bench_serve's client, prompts and settings) switches between them every `--block-seconds`, in pairs whose
+order alternates (plain then marked, marked then plain, ...): the same process, caches and KV layout, and drift over
+seconds rather than minutes. Each block drains its requests before the next starts, so no batch mixes the two, and
+each level opens with a block that is not counted (the first batches of that size). A pair's slowdown is 1 - marked
+tok/s / plain tok/s; the result is their mean and a 95% t interval per level. The request log is read after: every
+marked answer carries KGW's key id and no plain one does, or the run fails.
+
+Run (about 20 minutes at the defaults, nothing else on the machine):
+    .venv/bin/python benchmarks/bench_serve_kgw.py [--pairs 12] [--block-seconds 20] [--streams 1,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from alambic.models.gguf import resolve_gguf_type
+from alambic.store import Store, create_account, set_watermark
+from alambic.store.schema import Account, RequestLog
+from bench_serve import (
+    KV_CELLS_PER_STREAM,
+    MAX_TOKENS,
+    MODEL,
+    PROMPTS,
+    WATERMARK_KEY,
+    FreshPrompts,
+    load_level,
+    paired_by_round,
+    record,
+    slowdown,
+)
+from common import RESULTS, GatewayProcess, sharegpt_first_turns
+
+ACCOUNTS = ("plain", "marked")  # the marked account keeps the server's watermark; the plain one turns it off
+
+
+def block_order(pairs: int) -> list[str]:
+    """The accounts' turns: plain, marked; marked, plain; ...: a linear drift falls on both alike."""
+    return [name for pair in range(pairs) for name in (ACCOUNTS if pair % 2 == 0 else ACCOUNTS[::-1])]
+
+
+def logged_watermarks(store: Store) -> dict[str, dict[str, int]]:
+    """Per account, its logged requests with and without a watermark key id."""
+    marked = func.count(RequestLog.watermark_key_id)
+    query = select(Account.name, func.count(), marked).join(Account, RequestLog.account_id == Account.id)
+    with store.session() as session:
+        rows = session.execute(query.group_by(Account.name)).all()
+    return {name: {"with_key": with_key, "without_key": total - with_key} for name, total, with_key in rows}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="1,16", help="concurrency levels")
+    parser.add_argument("--pairs", type=int, default=12, help="pairs of blocks (plain, marked) per level")
+    parser.add_argument("--block-seconds", type=float, default=20.0, help="least time per block")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="new tokens per request, forced")
+    parser.add_argument("--gguf-type", default="auto", help="the GGUF the gateway loads (auto: alambic's choice)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the results file")
+    parser.add_argument("--name", default="serve-kgw-blocks", help="the results file's name")
+    args = parser.parse_args()
+    if args.pairs < 2:
+        parser.error("--pairs must be 2 or more: the interval needs two pairs")
+    streams = [int(s) for s in args.streams.split(",")]
+    gguf_type = resolve_gguf_type(args.gguf_type)
+    from transformers import AutoTokenizer
+
+    from alambic.models import smollm2_directory
+
+    fresh = FreshPrompts(sharegpt_first_turns(PROMPTS, AutoTokenizer.from_pretrained(smollm2_directory())))
+    block = argparse.Namespace(seconds=args.block_seconds, max_tokens=args.max_tokens)
+    levels: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Store(f"sqlite:///{Path(scratch) / 'bench.db'}")
+        keys = {name: create_account(store, name) for name in ACCOUNTS}
+        set_watermark(store, "plain", False)
+        os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
+        options = ["--model", MODEL, "--backend", "llamacpp", "--gguf-type", gguf_type, "--watermark", "kgw"]
+        options += ["--max-batch-size", str(max(streams)), "--kv-tokens", str(max(streams) * KV_CELLS_PER_STREAM)]
+        server = GatewayProcess(*options, "--kv-layout", "per-sequence", db=store.url)
+        try:
+            for level in streams:
+                block.min_requests = level
+                name = f"streamed_{level}"
+                await load_level(server.url, keys["plain"], {"min_tokens": args.max_tokens}, fresh, level, True, block)
+                blocks: dict[str, list[dict]] = {account: [] for account in ACCOUNTS}
+                for account in block_order(args.pairs):
+                    extra = {"min_tokens": args.max_tokens}
+                    tokens, seconds, requests = await load_level(
+                        server.url, keys[account], extra, fresh, level, True, block
+                    )
+                    blocks[account].append({name: {"tok_s": tokens / seconds, "requests": requests}})
+                    print(f"{level:2d} streams, {account:6s}: {tokens / seconds:7.1f} tok/s ({requests} requests)")
+                paired = paired_by_round(blocks["plain"], blocks["marked"], [name], slowdown)[name]
+                levels[name] = {
+                    "plain_tok_s": [b[name]["tok_s"] for b in blocks["plain"]],
+                    "marked_tok_s": [b[name]["tok_s"] for b in blocks["marked"]],
+                    "slowdown_by_pair": paired["by_round"],
+                    "slowdown": paired["mean"],
+                    "slowdown_ci95": paired["ci95"],
+                }
+                low, high = paired["ci95"]
+                print(f"{name}: slowdown {paired['mean']:.2%}, 95% interval {low:.2%} to {high:.2%}")
+        finally:
+            server.close()
+        logged = logged_watermarks(store)
+    if logged["plain"]["with_key"] or logged["marked"]["without_key"]:
+        raise SystemExit(f"the watermark was not applied as the accounts ask: {logged}")
+    result = {
+        "model": MODEL,
+        "gguf_type": gguf_type,
+        "settings": {
+            "max_tokens": args.max_tokens,
+            "streams": streams,
+            "pairs": args.pairs,
+            "block_seconds": args.block_seconds,
+            "watermark": "kgw",
+        },
+        "levels": levels,
+        "logged_requests": logged,
+        "targets": {"slowdown": "<= 0.05"},
+    }
+    print("wrote", record(result, args.results, args.name))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
