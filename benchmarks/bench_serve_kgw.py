@@ -1,17 +1,19 @@
-"""KGW's cost on one warm gateway: short blocks of the same load alternate between an account marked and one not.
+"""KGW's cost on one warm gateway: blocks of the same requests alternate between an account marked and one not.
 
 `bench_serve.py` measures the watermark with two gateways, one started with KGW, in turns of minutes, and this
 machine's speed drifts by up to 25% from one turn to the next: more than the cost to be measured. Here one gateway,
 started with `--watermark kgw`, serves two accounts, one of them with its watermark off (`store.set_watermark`), and
-the load (bench_serve's client, prompts and settings) switches between them every `--block-seconds`, in pairs whose
-order alternates (plain then marked, marked then plain, ...): the same process, caches and KV layout, and drift over
-seconds rather than minutes. Each block drains its requests before the next starts, so no batch mixes the two, and
-each level opens with a block that is not counted (the first batches of that size). A pair's slowdown is 1 - marked
-tok/s / plain tok/s; the result is their mean and a 95% t interval per level. The request log is read after: every
-marked answer carries KGW's key id and no plain one does, or the run fails.
+the load (bench_serve's client and settings) switches between them block by block, in pairs whose order alternates
+(plain then marked, marked then plain, ...): the same process, caches and KV layout, and drift over seconds rather
+than minutes. Both blocks of a pair send the same prompts, `--waves` requests a stream, so that they differ in the
+watermark alone (a block of other prompts differs by their prefill: +-15% at one stream in a first run); the slots'
+kept prefixes hold the block's last prompts, never its first. Each block ends when its requests are answered, so no
+batch mixes the two, and each level opens with a block that is not counted. A pair's slowdown is 1 - marked tok/s /
+plain tok/s; the result is their mean and a 95% t interval per level. The request log is read after: every marked
+answer carries KGW's key id and no plain one does, or the run fails.
 
 Run (about 20 minutes at the defaults, nothing else on the machine):
-    .venv/bin/python benchmarks/bench_serve_kgw.py [--pairs 12] [--block-seconds 20] [--streams 1,16]
+    .venv/bin/python benchmarks/bench_serve_kgw.py [--pairs 12] [--waves 4] [--streams 1,16]
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ from common import RESULTS, GatewayProcess, sharegpt_first_turns
 ACCOUNTS = ("plain", "marked")  # the marked account keeps the server's watermark; the plain one turns it off
 
 
-def block_order(pairs: int) -> list[str]:
-    """The accounts' turns: plain, marked; marked, plain; ...: a linear drift falls on both alike."""
-    return [name for pair in range(pairs) for name in (ACCOUNTS if pair % 2 == 0 else ACCOUNTS[::-1])]
+def block_order(pairs: int) -> list[tuple[str, str]]:
+    """The accounts' turns, pair by pair: plain, marked; marked, plain; ...: a linear drift falls on both alike."""
+    return [ACCOUNTS if pair % 2 == 0 else ACCOUNTS[::-1] for pair in range(pairs)]
 
 
 def logged_watermarks(store: Store) -> dict[str, dict[str, int]]:
@@ -62,7 +64,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default="1,16", help="concurrency levels")
     parser.add_argument("--pairs", type=int, default=12, help="pairs of blocks (plain, marked) per level")
-    parser.add_argument("--block-seconds", type=float, default=20.0, help="least time per block")
+    parser.add_argument("--waves", type=int, default=4, help="requests per stream in a block")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="new tokens per request, forced")
     parser.add_argument("--gguf-type", default="auto", help="the GGUF the gateway loads (auto: alambic's choice)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the results file")
@@ -76,8 +78,8 @@ async def main() -> None:
 
     from alambic.models import smollm2_directory
 
-    fresh = FreshPrompts(sharegpt_first_turns(PROMPTS, AutoTokenizer.from_pretrained(smollm2_directory())))
-    block = argparse.Namespace(seconds=args.block_seconds, max_tokens=args.max_tokens)
+    prompts = sharegpt_first_turns(PROMPTS, AutoTokenizer.from_pretrained(smollm2_directory()))
+    unsent = FreshPrompts(prompts)
     levels: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         store = Store(f"sqlite:///{Path(scratch) / 'bench.db'}")
@@ -87,19 +89,21 @@ async def main() -> None:
         options = ["--model", MODEL, "--backend", "llamacpp", "--gguf-type", gguf_type, "--watermark", "kgw"]
         options += ["--max-batch-size", str(max(streams)), "--kv-tokens", str(max(streams) * KV_CELLS_PER_STREAM)]
         server = GatewayProcess(*options, "--kv-layout", "per-sequence", db=store.url)
+        extra = {"min_tokens": args.max_tokens}
         try:
             for level in streams:
-                block.min_requests = level
+                block = argparse.Namespace(seconds=0.0, min_requests=level * args.waves, max_tokens=args.max_tokens)
                 name = f"streamed_{level}"
-                await load_level(server.url, keys["plain"], {"min_tokens": args.max_tokens}, fresh, level, True, block)
+                await load_level(server.url, keys["plain"], extra, unsent, level, True, block)
                 blocks: dict[str, list[dict]] = {account: [] for account in ACCOUNTS}
-                for account in block_order(args.pairs):
-                    extra = {"min_tokens": args.max_tokens}
-                    tokens, seconds, requests = await load_level(
-                        server.url, keys[account], extra, fresh, level, True, block
-                    )
-                    blocks[account].append({name: {"tok_s": tokens / seconds, "requests": requests}})
-                    print(f"{level:2d} streams, {account:6s}: {tokens / seconds:7.1f} tok/s ({requests} requests)")
+                for turns in block_order(args.pairs):
+                    shared = [unsent.take() for _ in range(block.min_requests)]  # the prompts of both blocks
+                    for account in turns:
+                        tokens, seconds, requests = await load_level(
+                            server.url, keys[account], extra, FreshPrompts(shared), level, True, block
+                        )
+                        blocks[account].append({name: {"tok_s": tokens / seconds, "requests": requests}})
+                        print(f"{level:2d} streams, {account:6s}: {tokens / seconds:7.1f} tok/s", flush=True)
                 paired = paired_by_round(blocks["plain"], blocks["marked"], [name], slowdown)[name]
                 levels[name] = {
                     "plain_tok_s": [b[name]["tok_s"] for b in blocks["plain"]],
@@ -109,7 +113,7 @@ async def main() -> None:
                     "slowdown_ci95": paired["ci95"],
                 }
                 low, high = paired["ci95"]
-                print(f"{name}: slowdown {paired['mean']:.2%}, 95% interval {low:.2%} to {high:.2%}")
+                print(f"{name}: slowdown {paired['mean']:.2%}, 95% interval {low:.2%} to {high:.2%}", flush=True)
         finally:
             server.close()
         logged = logged_watermarks(store)
@@ -122,7 +126,7 @@ async def main() -> None:
             "max_tokens": args.max_tokens,
             "streams": streams,
             "pairs": args.pairs,
-            "block_seconds": args.block_seconds,
+            "requests_per_stream_in_a_block": args.waves,
             "watermark": "kgw",
         },
         "levels": levels,

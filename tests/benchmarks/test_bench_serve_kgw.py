@@ -15,7 +15,7 @@ from alambic.store.schema import Account, RequestLog
 
 
 def test_blocks_come_in_pairs_whose_order_alternates():
-    assert bench_serve_kgw.block_order(3) == ["plain", "marked", "marked", "plain", "plain", "marked"]
+    assert bench_serve_kgw.block_order(3) == [("plain", "marked"), ("marked", "plain"), ("plain", "marked")]
 
 
 def test_the_log_counts_each_account_s_answers_with_and_without_a_watermark_key(tmp_path):
