@@ -223,25 +223,31 @@ def _poems(account: int, count: int) -> list[str]:
     return [f"Write a short poem about {SUBJECTS[(account + k) % len(SUBJECTS)]}." for k in range(count)]
 
 
+def _crowd_and_young(tmp_path) -> tuple[list, list]:
+    """A benign week where sixty accounts ask for poems of one template, and a young log where two people each asked
+    for one beside twelve pairs that split a prompt set."""
+    crowd = _log(tmp_path / "crowd.jsonl", {f"person{a}": _poems(a, 3) for a in range(60)})
+    young = _log(tmp_path / "young.jsonl", {**_split_sets(12), "alice": _poems(0, 1), "bob": _poems(1, 1)})
+    return crowd, young
+
+
 def test_phrasing_a_benign_crowd_shares_links_no_accounts_in_a_log_too_young_to_show_it_common(tmp_path):
     """Hours into a log, two people who each asked for a poem of one template hold a family that only they hold,
     as a split prompt set's accounts do. A benign week, where sixty accounts ask for such poems, knows it for common
     phrasing: given its `common_phrasing`, they are no longer linked, and the split sets still are."""
-    crowd = _log(tmp_path / "crowd.jsonl", {f"person{a}": _poems(a, 3) for a in range(60)})
+    crowd, young = _crowd_and_young(tmp_path)
     common = common_phrasing(opened(crowd))
     assert 0 < len(common) <= len(SUBJECTS)
-    young = _log(tmp_path / "young.jsonl", {**_split_sets(12), "alice": _poems(0, 1), "bob": _poems(1, 1)})
     alone = link_accounts(opened(young))
     assert alone.campaign_of.get("alice") == alone.campaign_of.get("bob") is not None  # what the change prevents
     warned = link_accounts(opened(young), None, common)
     assert "alice" not in warned.campaign_of and "bob" not in warned.campaign_of
-    assert len(warned.groups) == 12 and {a for a in warned.campaign_of} == set(_split_sets(12))
+    assert len(warned.groups) == 12 and set(warned.campaign_of) == set(_split_sets(12))
 
 
 def test_a_reference_carries_its_benign_log_s_common_phrasing_into_the_scoring(tmp_path):
-    crowd = _log(tmp_path / "crowd.jsonl", {f"person{a}": _poems(a, 3) for a in range(60)})
+    crowd, young = _crowd_and_young(tmp_path)
     rows, groups, phrasing = benign_units(opened(crowd))
-    young = _log(tmp_path / "young.jsonl", {**_split_sets(12), "alice": _poems(0, 1), "bob": _poems(1, 1)})
     verdicts = {v.account: v for v in assess(opened(young), Reference(rows, groups=groups, phrasing=phrasing))}
     assert verdicts["alice"].campaign is None and verdicts["bob"].campaign is None
     assert verdicts["p0x"].campaign is not None and verdicts["p0x"].campaign == verdicts["p0y"].campaign
