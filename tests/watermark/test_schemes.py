@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 from alambic.generation import GenerationRequest, SamplingParams
-from alambic.watermark import AaronsonScheme, KirchenbauerScheme
+from alambic.watermark import AaronsonScheme, KirchenbauerScheme, schemes
 from alambic.watermark.keyed_hash import (
     complements32,
     context_hash,
@@ -61,6 +61,23 @@ def test_kgw_generation_biases_green_tokens_only(tiny):
     green = scheme.green_mask(context_hashes(np.array([3, 0]), 1, scheme.seed), VOCAB)
     assert torch.equal(out[0] == 2.0, torch.from_numpy(green))
     assert abs(green.mean() - 0.25) < 0.01
+
+
+def test_kgw_processor_computes_a_contexts_green_list_once_within_its_budget(monkeypatch):
+    """The green lists of recent contexts are kept (a one-token context recurs), as many as the budget holds."""
+    scheme = KirchenbauerScheme("secret", gamma=0.25, delta=2.0)
+    computed = []
+    green_mask = scheme.green_mask
+    monkeypatch.setattr(scheme, "green_mask", lambda *args: computed.append(args[0]) or green_mask(*args))
+    monkeypatch.setattr(schemes, "GREEN_BIASES_BYTES", 3 * VOCAB * 4)  # room for three contexts' biases
+    processor = scheme.processor()
+    logits = torch.randn(1, VOCAB)
+    contexts = [5, 7, 5, 9, 11, 5, 7]  # 11 evicts 7, the least recently used, and 7 is computed again
+    outputs = [processor(torch.tensor([[1, c]]), logits.clone()) for c in contexts]
+    hashes = {c: context_hashes(np.array([c, 0]), 1, scheme.seed)[0] for c in contexts}
+    assert computed == [hashes[c] for c in (5, 7, 9, 11, 7)]
+    for context, out in zip(contexts, outputs, strict=True):
+        assert torch.equal(out, logits + torch.from_numpy(green_mask(hashes[context], VOCAB)) * 2.0)
 
 
 def test_aaronson_sampling_follows_the_model_distribution():

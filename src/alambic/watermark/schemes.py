@@ -8,6 +8,8 @@ significance, and under the null hypothesis the scored draws are independent, so
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -145,16 +147,43 @@ class WatermarkProcessor:
         self.shows_in_logprobs = scheme.logprobs == "marked"
 
 
+GREEN_BIASES_BYTES = 32 * 2**20
+"""What a KGW processor keeps of recent contexts' green lists: 170 at SmolLM2's 49,152 tokens. A one-token
+context recurs (170 least recently used cover ~73% of the steps over GSM8K answers and ShareGPT prompts), and
+adding a kept bias costs ~13 us against ~80 us to draw the green list again (a cold cache, 49k tokens)."""
+
+
 class KirchenbauerProcessor(WatermarkProcessor):
-    """Stateless: one instance serves every sequence."""
+    """One instance serves every sequence: it keeps the logit biases (delta on green tokens) of the contexts
+    it saw last, within `GREEN_BIASES_BYTES`."""
+
+    def __init__(self, scheme: KirchenbauerScheme) -> None:
+        super().__init__(scheme)
+        self.scheme: KirchenbauerScheme = scheme
+        self.biases: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # least recently used first
+        self.lock = threading.Lock()  # one instance may serve several engines' threads
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        green = self.scheme.green_mask(self.scheme._context_hash(input_ids), scores.shape[-1])  # (V,)
         # numpy, in place on the same memory: single-threaded, so it wakes no torch worker threads; a dense
-        # add of green * delta is 12x faster than a masked one
+        # add of the bias is 12x faster than a masked add of delta
         row = scores[0].numpy()
-        np.add(row, green * np.float32(self.scheme.delta), out=row)
+        np.add(row, self.bias(self.scheme._context_hash(input_ids), len(row)), out=row)
         return scores
+
+    def bias(self, context_hash: np.uint64, vocab_size: int) -> np.ndarray:
+        """delta on the context's green tokens, 0 elsewhere: (V,) float32, read-only."""
+        key = (int(context_hash), vocab_size)
+        with self.lock:
+            if (bias := self.biases.get(key)) is not None:
+                self.biases.move_to_end(key)
+                return bias
+        bias = self.scheme.green_mask(context_hash, vocab_size) * np.float32(self.scheme.delta)
+        bias.flags.writeable = False
+        with self.lock:
+            self.biases[key] = bias
+            while len(self.biases) > max(GREEN_BIASES_BYTES // bias.nbytes, 1):
+                self.biases.popitem(last=False)
+        return bias
 
 
 class AaronsonScheme(KeyedScheme):
