@@ -296,14 +296,33 @@ def paired_by_round(
     first: list[dict], second: list[dict], levels: list[str], compare: Callable[[float, float], float]
 ) -> dict:
     """Per level, `compare(first's tok/s, second's tok/s)` in each round (the two measured one after the other), their
-    mean and a 95% Student t interval over the rounds: the machine's drift between rounds cancels within a pair."""
+    mean and a 95% Student t interval over the rounds: the machine's drift between rounds cancels within a pair. Also
+    their median and its distribution-free interval (`median_interval`): the host halves a block's speed now and then
+    for seconds, whichever server or account it serves, and such a block moves the mean but not the median."""
     paired = {}
     for level in levels:
         by_round = [compare(a[level]["tok_s"], b[level]["tok_s"]) for a, b in zip(first, second, strict=True)]
         mean = statistics.fmean(by_round)
         half = stats.t.ppf(0.975, len(by_round) - 1) * statistics.stdev(by_round) / math.sqrt(len(by_round))
-        paired[level] = {"by_round": by_round, "mean": mean, "ci95": [mean - half, mean + half]}
+        paired[level] = {
+            "by_round": by_round,
+            "mean": mean,
+            "ci95": [mean - half, mean + half],
+            "median": statistics.median(by_round),
+            "median_ci95": median_interval(by_round),
+        }
     return paired
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> list[float] | None:
+    """The order statistics [x_(k), x_(n+1-k)] around the median, k the largest for which P(Binomial(n, 1/2) < k) is
+    at most (1 - confidence) / 2: they cover the median with at least `confidence` whatever the distribution (12
+    values: the 3rd and the 10th, 96.1%). None for too few values (5 or fewer at 95%)."""
+    n, ordered, tail = len(values), sorted(values), (1 - confidence) / 2
+    below = int(stats.binom.ppf(tail, n, 0.5))  # the smallest j with P(B <= j) >= tail
+    below -= stats.binom.cdf(below, n, 0.5) > tail  # now the largest with P(B <= j) <= tail (-1 if none)
+    k = below + 1  # 1-based
+    return [ordered[k - 1], ordered[n - k]] if k >= 1 else None
 
 
 def record(result: dict, directory: Path, name: str = "serve") -> Path:

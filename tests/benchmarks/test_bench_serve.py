@@ -57,6 +57,23 @@ def test_kgw_s_slowdown_is_paired_round_by_round():
     assert two["streamed_16"]["ci95"] == pytest.approx([0.05 - 0.6353, 0.05 + 0.6353], abs=1e-3)
 
 
+def test_a_block_the_host_slowed_moves_the_mean_but_not_the_median():
+    # twelve pairs at 2% (10% tok/s drift between them), but the host halved one marked block's speed
+    plain = [{"streamed_1": {"tok_s": 100.0 + 10 * (n % 2)}} for n in range(12)]
+    marked = [{"streamed_1": {"tok_s": 0.98 * p["streamed_1"]["tok_s"]}} for p in plain]
+    marked[4]["streamed_1"]["tok_s"] = 50.0
+    paired = bench_serve.paired_by_round(plain, marked, ["streamed_1"], bench_serve.slowdown)["streamed_1"]
+    assert paired["mean"] == pytest.approx(0.02 + 0.48 / 12)
+    assert paired["median"] == pytest.approx(0.02) and paired["median_ci95"] == pytest.approx([0.02, 0.02])
+
+
+@pytest.mark.parametrize(("count", "ranks"), [(5, None), (6, (1, 6)), (12, (3, 10)), (24, (7, 18))])
+def test_the_median_s_interval_is_the_order_statistics_that_cover_it(count, ranks):
+    # 1 - 2 P(Binomial(n, 1/2) <= k - 1) >= 95% for the k-th smallest and largest: k = 1 at n = 6, 3 at 12, 7 at 24
+    values = [float(v) for v in range(count, 0, -1)]
+    assert bench_serve.median_interval(values) == (list(map(float, ranks)) if ranks else None)
+
+
 def test_the_ratio_to_llama_server_is_paired_round_by_round():
     # llama-server 100 -> 120 -> 90 tok/s as the machine drifts, alambic 1.1x of it in each round: 1.1 with no spread
     peer = [{"streamed_16": {"tok_s": t}} for t in (100.0, 120.0, 90.0)]
