@@ -93,6 +93,27 @@ def test_groups_carry_their_evidence_by_kind_and_in_words(linked):
     assert any("from one set of rare prompts, split between them" in reason for reason in campaign.reasons)
 
 
+def test_a_group_keeps_its_name_when_other_groups_leave_the_log(tmp_path):
+    """A group is named after its member that sent first, not its size rank, so a campaign keeps its name (and
+    the sample of its prompts content signals read) between the steps of a replay as other groups come and go."""
+    log = tmp_path / "log.jsonl"
+    write_jsonl(Simulation(SimulationSettings(seed=0, days=2, scale=0.2, campaigns=VISIBLE)), log)
+    connection = open_log([log], name="log")
+    connection.execute("CREATE VIEW requests AS SELECT * FROM log")
+    load_prompts(connection)
+    before = link_accounts(connection)
+    for group in before.groups.values():
+        first = f"SELECT account FROM log WHERE account IN {tuple(group.members)} ORDER BY t, account LIMIT 1"
+        assert group.id == f"group-{connection.execute(first).fetchone()[0]}"
+    largest = next(iter(before.groups.values()))
+    connection.execute(f"CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE account NOT IN {largest.members}")
+    load_prompts(connection)
+    after = link_accounts(connection)
+    unchanged = {a.members for a in after.groups.values()}
+    kept = [g for g in list(before.groups.values())[1:] if g.members in unchanged]
+    assert kept and all(after.groups[g.id].members == g.members for g in kept)
+
+
 def test_a_lone_account_links_to_nothing(tmp_path):
     log = tmp_path / "log.jsonl"
     row = {"time": "2026-11-02T10:00:00+00:00", "account": "solo", "messages": [{"role": "user", "content": "hi"}]}

@@ -150,6 +150,15 @@ LEFT JOIN agents ag ON ag.grp = r.grp
 GROUP BY r.grp
 """
 
+# Each group's member that sent first (ties by name): the group is named after it, so that a campaign keeps its name
+# while other groups come and go between the steps of a replay or a follow, and with it the sample of its prompts
+# that content signals read (`content.SAMPLED` picks by a hash of the name).
+EARLIEST_MEMBERS = """
+SELECT grp, first(account ORDER BY first_t, account) FROM (
+    SELECT m.grp, r.account, min(r.t) AS first_t FROM requests r JOIN membership m USING (account) GROUP BY ALL)
+GROUP BY grp
+"""
+
 EVIDENCE = {
     "accounts": "accounts in the group",
     "requests": "requests the group sent",
@@ -184,7 +193,8 @@ def link_accounts(
     connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
 ) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`) and the tables
-    `prompts.load_prompts` built from it, largest first; prompts signed through `signatures` (`load_buckets`).
+    `prompts.load_prompts` built from it, largest first, each named after its earliest member (`EARLIEST_MEMBERS`);
+    prompts signed through `signatures` (`load_buckets`).
     Prompts near the `common` signatures (a benign log's `common_phrasing`) are no evidence: in a log known for hours,
     phrasing that crowds share has not yet reached the crowds that show it to be common."""
     load_buckets(connection, signatures, common)
@@ -193,21 +203,20 @@ def link_accounts(
     edges = connection.execute(EDGES).fetchall()
     actor_of = actors(edges, connection.execute(SAME_TEXTS).fetchall())
     found = linked_groups([(a, b) for a, b, _ in edges if actor_of[a] == actor_of[b]])
-    campaign_of = {account: f"group-{n + 1}" for n, members in enumerate(found) for account in members}
-    if not campaign_of:
+    if not found:
         return Linking({}, {})
-    membership = pa.table({"account": list(campaign_of), "grp": list(campaign_of.values())})
-    connection.register("membership", membership)
+    numbered = {account: n for n, members in enumerate(found) for account in members}
+    connection.register("membership", pa.table({"account": list(numbered), "grp": list(numbered.values())}))
     cursor = connection.execute(GROUP_EVIDENCE)
     names = [column[0] for column in cursor.description]
     evidence = {row[0]: dict(zip(names[1:], map(float, row[1:]), strict=True)) for row in cursor.fetchall()}
+    earliest = dict(connection.execute(EARLIEST_MEMBERS).fetchall())
     connection.unregister("membership")
     groups = {
-        f"group-{n + 1}": Group(f"group-{n + 1}", tuple(members), e, _reasons(e))
+        f"group-{earliest[n]}": Group(f"group-{earliest[n]}", tuple(members), evidence[n], _reasons(evidence[n]))
         for n, members in enumerate(found)
-        for e in [evidence[f"group-{n + 1}"]]
     }
-    return Linking(groups, campaign_of)
+    return Linking(groups, {account: f"group-{earliest[n]}" for account, n in numbered.items()})
 
 
 def common_phrasing(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> np.ndarray:
