@@ -149,7 +149,7 @@ class WatermarkProcessor:
 
 GREEN_BIASES_BYTES = 32 * 2**20
 """What a KGW processor keeps of recent contexts' green lists: 170 at SmolLM2's 49,152 tokens. A one-token
-context recurs (170 least recently used cover ~73% of the steps over GSM8K answers and ShareGPT prompts), and
+context recurs (the last 170 cover ~73% of the steps over GSM8K answers and ShareGPT prompts), and
 adding a kept bias costs ~13 us against ~80 us to draw the green list again (a cold cache, 49k tokens)."""
 
 
