@@ -101,7 +101,10 @@ SELECT x.account, y.account, count(*) FROM texts x JOIN texts y ON x.wording = y
 GROUP BY ALL
 """
 
-# Per group: what its members share, and how exclusive it is to them (the `membership` table names groups).
+# Per group: its member that sent first (ties by name), then what its members share and how exclusive it is to them
+# (the `membership` table numbers the groups). A group is named after that member, so that a campaign keeps its name
+# while other groups come and go between the steps of a replay or a follow, and with it the sample of its prompts
+# that content signals read (`content.SAMPLED` picks by a hash of the name).
 GROUP_EVIDENCE = f"""
 WITH rows AS (
     SELECT m.grp, r.account, r.t, r.client_ip, r.user_agent, hash({LAST_USER_TURN}) AS prompt_hash,
@@ -130,6 +133,7 @@ address_sharing AS (
 ),
 agents AS (SELECT grp, count(DISTINCT user_agent) AS agents FROM rows GROUP BY grp)
 SELECT r.grp,
+       (SELECT first(account ORDER BY first_t, account) FROM firsts f WHERE f.grp = r.grp) AS earliest_member,
        count(DISTINCT r.account) AS accounts,
        count(*) AS requests,
        avg(CASE WHEN s.prompt_hash IS NULL THEN 0.0 ELSE 1.0 END) AS sliced_share,
@@ -148,15 +152,6 @@ LEFT JOIN systems sy ON sy.grp = r.grp
 LEFT JOIN address_sharing ad ON ad.grp = r.grp
 LEFT JOIN agents ag ON ag.grp = r.grp
 GROUP BY r.grp
-"""
-
-# Each group's member that sent first (ties by name): the group is named after it, so that a campaign keeps its name
-# while other groups come and go between the steps of a replay or a follow, and with it the sample of its prompts
-# that content signals read (`content.SAMPLED` picks by a hash of the name).
-EARLIEST_MEMBERS = """
-SELECT grp, first(account ORDER BY first_t, account) FROM (
-    SELECT m.grp, r.account, min(r.t) AS first_t FROM requests r JOIN membership m USING (account) GROUP BY ALL)
-GROUP BY grp
 """
 
 EVIDENCE = {
@@ -193,7 +188,7 @@ def link_accounts(
     connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
 ) -> Linking:
     """Groups of linked accounts over the `requests` relation (`monitor.source`) and the tables
-    `prompts.load_prompts` built from it, largest first, each named after its earliest member (`EARLIEST_MEMBERS`);
+    `prompts.load_prompts` built from it, largest first, each named after its member that sent first;
     prompts signed through `signatures` (`load_buckets`).
     Prompts near the `common` signatures (a benign log's `common_phrasing`) are no evidence: in a log known for hours,
     phrasing that crowds share has not yet reached the crowds that show it to be common."""
@@ -208,15 +203,15 @@ def link_accounts(
     numbered = {account: n for n, members in enumerate(found) for account in members}
     connection.register("membership", pa.table({"account": list(numbered), "grp": list(numbered.values())}))
     cursor = connection.execute(GROUP_EVIDENCE)
-    names = [column[0] for column in cursor.description]
-    evidence = {row[0]: dict(zip(names[1:], map(float, row[1:]), strict=True)) for row in cursor.fetchall()}
-    earliest = dict(connection.execute(EARLIEST_MEMBERS).fetchall())
+    kinds = [column[0] for column in cursor.description][2:]
+    rows = {row[0]: row[1:] for row in cursor.fetchall()}
     connection.unregister("membership")
-    groups = {
-        f"group-{earliest[n]}": Group(f"group-{earliest[n]}", tuple(members), evidence[n], _reasons(evidence[n]))
-        for n, members in enumerate(found)
-    }
-    return Linking(groups, {account: f"group-{earliest[n]}" for account, n in numbered.items()})
+    name = {n: f"group-{earliest}" for n, (earliest, *_) in rows.items()}
+    groups = {}
+    for n, members in enumerate(found):
+        evidence = dict(zip(kinds, map(float, rows[n][1:]), strict=True))
+        groups[name[n]] = Group(name[n], tuple(members), evidence, _reasons(evidence))
+    return Linking(groups, {account: name[n] for account, n in numbered.items()})
 
 
 def common_phrasing(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> np.ndarray:

@@ -157,9 +157,10 @@ class KirchenbauerProcessor(WatermarkProcessor):
     """One instance serves every sequence: it keeps the logit biases (delta on green tokens) of the contexts
     it saw last, within `GREEN_BIASES_BYTES`."""
 
+    scheme: KirchenbauerScheme
+
     def __init__(self, scheme: KirchenbauerScheme) -> None:
         super().__init__(scheme)
-        self.scheme: KirchenbauerScheme = scheme
         self.biases: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # least recently used first
         self.lock = threading.Lock()  # one instance may serve several engines' threads
 
