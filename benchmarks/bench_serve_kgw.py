@@ -10,10 +10,10 @@ watermark alone (a block of other prompts differs by their prefill: +-15% at one
 kept prefixes hold the block's last prompts, never its first. Each block ends when its requests are answered, so no
 batch mixes the two, and each level opens with a block that is not counted. A pair's slowdown is 1 - marked tok/s /
 plain tok/s; the result is their median with its distribution-free 95% interval per level (the host halves a block's
-speed now and then, for seconds, whichever account it serves: in two runs of 12 pairs at one stream, 3 and 2 blocks
-of each account's ran at 53-69 tok/s against ~100), and their mean with a t interval. Short blocks in many pairs
-leave fewer pairs to such a spell. The request log is read after: every marked answer carries KGW's key id and no
-plain one does, or the run fails.
+speed now and then, for seconds, whichever account it serves: in two runs of 12 pairs at one stream, three marked
+blocks of one and a marked and two plain ones of the other ran at 53-69 tok/s against ~100), and their mean with a t
+interval. Short blocks in many pairs leave fewer pairs to such a spell. The request log is read after: every marked
+answer carries KGW's key id and no plain one does, or the run fails.
 
 Run (about 12 minutes at the defaults, nothing else on the machine):
     .venv/bin/python benchmarks/bench_serve_kgw.py [--pairs 24] [--waves 2] [--streams 1,16]
