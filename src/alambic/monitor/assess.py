@@ -15,7 +15,7 @@ import numpy as np
 from alambic.monitor.content import CONTENT_FEATURES, Topics, account_content, account_topics
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
-from alambic.monitor.linking import Linking, common_phrasing, link_accounts
+from alambic.monitor.linking import Linking, link_accounts, phrasing_in_families
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, action_for
@@ -64,7 +64,8 @@ def benign_units(connection: duckdb.DuckDBPyConnection, content: EmbeddingCache 
     rows, topics = account_rows(connection, content)
     signatures = Signatures()
     groups = campaign_features(connection, link_accounts(connection, signatures).campaign_of, content, topics)
-    return BenignUnits(list(rows.values()), list(groups.values()), common_phrasing(connection, signatures))
+    # the families linking built hold its common phrasing too: read there rather than banded again
+    return BenignUnits(list(rows.values()), list(groups.values()), phrasing_in_families(connection, signatures))
 
 
 def feature_rows(

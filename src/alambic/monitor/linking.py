@@ -221,6 +221,12 @@ def common_phrasing(connection: duckdb.DuckDBPyConnection, signatures: Signature
     signatures = signatures or Signatures()
     load_buckets(connection, signatures)
     connection.execute(FAMILIES)
+    return phrasing_in_families(connection, signatures)
+
+
+def phrasing_in_families(connection: duckdb.DuckDBPyConnection, signatures: Signatures) -> np.ndarray:
+    """`common_phrasing` read from the families last built on `connection` (by `link_accounts` given no `common`, or
+    by `common_phrasing`) from prompts `signatures` signed: a benign log linked already is not banded again."""
     common = np.asarray(connection.execute(COMMON_PROMPTS).fetchnumpy()["prompt_hash"], dtype=np.uint64)
     return signatures.signatures[np.searchsorted(signatures.hashes, common)]
 
