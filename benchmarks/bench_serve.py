@@ -5,20 +5,24 @@ each sent once per server run (llama-server keeps answered prompts' KV in RAM, 8
 again skips its prefill: a benchmark that cycles a few prompts measures that cache), 128 new tokens forced
 (`min_tokens` for alambic, `ignore_eos` for llama-server), temperature 0.7, streamed and not, at 1, 4, 16 and 32
 concurrent streams, each level for at least `--seconds` and `--min-requests`. `llama-server` samples with its own
-defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature); `llama-server-full` is the same server asked
-for the whole distribution, as alambic samples. Each server runs alone on the machine; with `--rounds` above 1 the
-servers take turns, in reverse order every other round (A, B, B, A, ...), so that drift in the machine's speed
-falls on both; each round's figures are kept beside their mean, and KGW's slowdown is also given round by round
-with a 95% interval. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and the CPU's
-flags are recorded beside the figures. Both hold the same KV cells, 1,024 per stream, as llama-server's slots
-(`--kv-layout per-sequence`); `alambic-shared` is the gateway's default layout (one pool for all rows) on as many
-cells. The gateway's own cost per request (auth, policy, log) comes from its /metrics, idle and under 16 streams.
+defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature); `llama-server-full` is the same server asked for
+the whole distribution, as alambic samples. The gateway drafts tokens from a sequence's own past while it runs alone
+(`--draft-tokens`, 4 by default; each kept only when sampled): `alambic-no-drafts` is the gateway without them,
+`llama-server-ngram` llama-server with its own (`--spec-type ngram-simple`), and each level records the gateway's
+drafted tokens, accepted and taken back. Each server runs alone on the machine; with `--rounds` above 1 the servers
+take turns, in reverse order every other round (A, B, B, A, ...), so that drift in the machine's speed falls on
+both; each round's figures are kept beside their mean, and KGW's slowdown is also given round by round with a 95%
+interval. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and the CPU's flags are
+recorded beside the figures. Both hold the same KV cells, 1,024 per stream, as llama-server's slots (`--kv-layout
+per-sequence`); `alambic-shared` is the gateway's default layout (one pool for all rows) on as many cells. The
+gateway's own cost per request (auth, policy, log) comes from its /metrics, idle and under 16 streams.
 `results/serve.json` holds one run per kind of CPU (with bf16 instructions, with AVX-512 without them, without
 AVX-512): a run replaces its kind's alone.
 
 llama-server is built once by `benchmarks/build_llama_server.sh` (from the llama.cpp tree vendored in the
-llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about 50 minutes, nothing else
-on the machine): `.venv/bin/python benchmarks/bench_serve.py` (every server but `alambic-shared`).
+llama-cpp-python sdist; nothing else downloaded). Run the whole benchmark (about an hour, nothing else
+on the machine): `.venv/bin/python benchmarks/bench_serve.py` (every server but `alambic-shared` and
+`alambic-no-drafts`).
 """
 
 from __future__ import annotations
@@ -50,12 +54,25 @@ MAX_TOKENS = 128
 PROMPTS = 3000  # distinct prompts drawn: a full run sends about 1,100 requests to each server
 TEMPERATURE = 0.7
 STREAMS = (1, 4, 16, 32)
-SERVERS = ("alambic", "alambic-kgw", "alambic-shared", "llama-server", "llama-server-full")
-MEASURED_BY_DEFAULT = ("alambic", "alambic-kgw", "llama-server", "llama-server-full")
-# What each llama-server is asked beside the shared settings: its own default sampler chain (top-k 40, top-p
-# 0.95, min-p 0.05 before the temperature), or the whole distribution at the temperature, as alambic samples
-# (OpenAI's defaults: top_p 1, no top-k)
-LLAMA_SERVER_SAMPLING = {"llama-server": {}, "llama-server-full": {"top_k": 0, "top_p": 1.0, "min_p": 0.0}}
+SERVERS = (
+    "alambic",
+    "alambic-kgw",
+    "alambic-shared",
+    "alambic-no-drafts",
+    "llama-server",
+    "llama-server-full",
+    "llama-server-ngram",
+)
+MEASURED_BY_DEFAULT = ("alambic", "alambic-kgw", "llama-server", "llama-server-full", "llama-server-ngram")
+# What each llama-server is asked beside the shared settings, in each request and on its command line: its own
+# default sampler chain (top-k 40, top-p 0.95, min-p 0.05 before the temperature), or the whole distribution at the
+# temperature, as alambic samples (OpenAI's defaults: top_p 1, no top-k); or its default chain with drafts from each
+# sequence's own past, as alambic's gateway drafts by default (`--draft-tokens`)
+LLAMA_SERVERS = {
+    "llama-server": ({}, ()),
+    "llama-server-full": ({"top_k": 0, "top_p": 1.0, "min_p": 0.0}, ()),
+    "llama-server-ngram": ({}, ("--spec-type", "ngram-simple")),
+}
 KV_CELLS_PER_STREAM = 1024
 LLAMA_SERVER = cache_dir() / "llama-server" / "llama-server"
 WATERMARK_KEY = "bench-serve-watermark-key"  # a benchmark's key: nothing it marks is kept
@@ -65,13 +82,14 @@ MODEL = "smollm2"
 class LlamaServer:
     """llama.cpp's own server on `gguf`, configured as ANCHORS.md measured it, with a slot per stream."""
 
-    def __init__(self, gguf: Path, slots: int) -> None:
+    def __init__(self, gguf: Path, slots: int, options: tuple[str, ...] = ()) -> None:
         if not LLAMA_SERVER.is_file():
             raise SystemExit(f"{LLAMA_SERVER} is missing: run benchmarks/build_llama_server.sh first.")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [str(LLAMA_SERVER), "-m", str(gguf), "--port", str(self.port), "-t", "2", "-tb", "2"]
         command += ["-np", str(slots), "-c", str(slots * KV_CELLS_PER_STREAM), "-cb", "--alias", MODEL, "--log-disable"]
+        command += options
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_ready(self.url, alive=lambda: self.process.poll() is None, path="/health")
 
@@ -141,6 +159,12 @@ def overhead_histogram(url: str) -> list[tuple[float, float]]:
     return [(float(le), float(count)) for le, count in pairs]
 
 
+def draft_tokens(url: str) -> dict[str, float]:
+    """The gateway's drafted tokens so far by outcome (accepted, taken_back), from /metrics."""
+    metrics = httpx.get(f"{url}/metrics").text
+    return {o: float(n) for o, n in re.findall(r'alambic_draft_tokens_total{outcome="([^"]+)"} (\S+)', metrics)}
+
+
 def median_ms(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
     """The median between two snapshots, interpolated within its bucket as Prometheus' histogram_quantile does."""
     histogram = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
@@ -168,11 +192,12 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
     """Every level, streamed and not, on one server started for the purpose and stopped after."""
     figures: dict = {}
     fresh = FreshPrompts(prompts)  # every server is sent the same prompts in the same order
-    gateway = name not in LLAMA_SERVER_SAMPLING  # alambic's: it has /metrics
+    gateway = name not in LLAMA_SERVERS  # alambic's: it has /metrics
     with tempfile.TemporaryDirectory() as scratch:
         if not gateway:
-            server, key = LlamaServer(smollm2_gguf(gguf_type), max(args.streams)), "none"
-            extra = {"ignore_eos": True, **LLAMA_SERVER_SAMPLING[name]}
+            sampling, options = LLAMA_SERVERS[name]
+            server, key = LlamaServer(smollm2_gguf(gguf_type), max(args.streams), options), "none"
+            extra = {"ignore_eos": True, **sampling}
         else:
             db = f"sqlite:///{Path(scratch) / 'bench.db'}"
             key = create_account(Store(db), "bench")
@@ -181,6 +206,8 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
             options += ["--kv-tokens", str(max(args.streams) * KV_CELLS_PER_STREAM)]
             if name != "alambic-shared":
                 options += ["--kv-layout", "per-sequence"]
+            if name == "alambic-no-drafts":
+                options += ["--draft-tokens", "0"]
             if name == "alambic-kgw":
                 os.environ["ALAMBIC_WATERMARK_KEY"] = WATERMARK_KEY  # the gateway's process inherits it
                 options += ["--watermark", "kgw"]
@@ -188,11 +215,13 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
         try:
             for stream in (True, False):
                 for streams in args.streams:
-                    before = overhead_histogram(server.url) if gateway else None
+                    before = (overhead_histogram(server.url), draft_tokens(server.url)) if gateway else None
                     tokens, seconds, requests = await load_level(server.url, key, extra, fresh, streams, stream, args)
                     level = {"tok_s": tokens / seconds, "requests": requests, "seconds": seconds}
                     if before is not None:
-                        level["overhead_median_ms"] = median_ms(before, overhead_histogram(server.url))
+                        level["overhead_median_ms"] = median_ms(before[0], overhead_histogram(server.url))
+                        drafts = draft_tokens(server.url)
+                        level |= {f"draft_tokens_{o}": n - before[1][o] for o, n in drafts.items()}
                     figures[f"{'streamed' if stream else 'whole'}_{streams}"] = level
                     print(f"{name:13s} {'streamed' if stream else 'whole   '} {streams:2d} streams: {level}")
             if gateway:
@@ -257,9 +286,9 @@ async def main() -> None:
         "by_server": by_server,
         "rounds": rounds,
     }
-    for peer_name in LLAMA_SERVER_SAMPLING.keys() & by_server.keys():
+    for peer_name in LLAMA_SERVERS.keys() & by_server.keys():
         peer = by_server[peer_name]
-        for name in ("alambic", "alambic-shared"):
+        for name in ("alambic", "alambic-shared", "alambic-no-drafts"):
             if name in by_server:
                 ratios = {level: ratio(peer[level]["tok_s"], by_server[name][level]["tok_s"]) for level in peer}
                 field = f"ratio_vs_{peer_name}{name.removeprefix('alambic')}".replace("-", "_")

@@ -55,6 +55,7 @@ def test_accounts_create_prints_the_key_alone_on_the_last_line(db):
         (["serve", "--model", "tiny", "--kv-layout", "per-sequence"], "llama.cpp settings"),
         (["serve", "--model", "tiny", "--kv-tokens", "4096"], "llama.cpp settings"),
         (["serve", "--backend", "llamacpp", "--kv-layout", "paged"], "Unknown KV layout 'paged'"),
+        (["serve", "--model", "tiny", "--draft-tokens", "4"], "speculative decoding needs llama.cpp"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(db, args, message):

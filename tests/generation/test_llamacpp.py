@@ -15,7 +15,7 @@ from test_engine import chat_ids
 from alambic.errors import InvalidRequestError
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams
 from alambic.generation.backends import load_backend
-from alambic.generation.backends.llamacpp import LlamaCppBackend
+from alambic.generation.backends.llamacpp import KV_LAYOUTS, LlamaCppBackend
 from alambic.models.gguf import smollm2_gguf
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from conftest import start_gateway
@@ -154,6 +154,32 @@ def test_a_conversation_s_next_turn_is_prefilled_past_what_its_slot_holds(prompt
     finally:
         engine.close()
         fresh_engine.close()
+
+
+@pytest.mark.parametrize("kv_layout", KV_LAYOUTS)
+def test_drafting_on_the_teacher_writes_what_decoding_without_drafts_writes(kv_layout):
+    """A row alone runs ahead on drafts of its own past, and every token is still the sampler's choice at its
+    position: the answers are those written without drafts (F16), and per sequence the slot then holds what was
+    written, not what was drafted and taken back."""
+    backend = load_backend(
+        "smollm2", "llamacpp", gguf_type="f16", max_sequences=2, kv_tokens=2 * 512, threads=1, kv_layout=kv_layout
+    )
+    prompt = chat_ids(backend.tokenizer, "Count from 1 to 40, one number per line.")
+    answers, batches = {}, {}
+    for draft_tokens in (0, 4):
+        engine = GenerationEngine(backend, max_batch_size=2, draft_tokens=draft_tokens)
+        try:
+            answers[draft_tokens] = [
+                engine.generate([GenerationRequest(prompt, SamplingParams(max_tokens=64, min_tokens=64, **p))])[0][0]
+                for p in ({"temperature": 0}, {"temperature": 0.7, "seed": 2})
+            ]
+        finally:
+            engine.close()
+        batches[draft_tokens] = engine.batch
+    assert [a.token_ids for a in answers[4]] == [a.token_ids for a in answers[0]]
+    assert 0 < batches[4].accepted_tokens < batches[4].drafted_tokens
+    if kv_layout == "per-sequence":  # slot 0 answered both: it holds the last answer, fed up to its last token
+        assert backend.held[0] == prompt + answers[4][1].token_ids[:-1]
 
 
 def test_torch_samples_on_one_thread_beside_llama_cpp_and_on_its_own_beside_transformers(

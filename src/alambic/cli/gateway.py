@@ -67,6 +67,15 @@ def serve(
     kv_tokens: Annotated[
         int | None, typer.Option(min=1, help="llamacpp: KV cells for all rows together.", show_default="32768")
     ] = None,
+    draft_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="llamacpp: tokens drafted from a sequence's own past and fed with its latest, while it runs alone; "
+            "each kept only when sampled, so the text is the same, from fewer forward passes. 0: none.",
+            show_default="4 with llamacpp, else 0",
+        ),
+    ] = None,
     default_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
     max_tokens_limit: Annotated[int, typer.Option(min=1)] = 4096,
     instance: Annotated[
@@ -94,6 +103,7 @@ def serve(
 
     from alambic.generation import GenerationEngine
     from alambic.generation.backends import load_backend
+    from alambic.generation.speculation import DRAFT_TOKENS
     from alambic.serve import GatewaySettings, create_app
 
     scheme = (
@@ -112,7 +122,9 @@ def serve(
             kv_tokens=kv_tokens,
             kv_layout=kv_layout,
         )
-    engine = GenerationEngine(model_backend, max_batch_size=max_batch_size)
+    if draft_tokens is None:
+        draft_tokens = DRAFT_TOKENS if backend == "llamacpp" else 0
+    engine = GenerationEngine(model_backend, max_batch_size=max_batch_size, draft_tokens=draft_tokens)
     settings = GatewaySettings(
         admin_key=admin_key,
         default_max_tokens=default_max_tokens,

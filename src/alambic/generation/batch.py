@@ -1,4 +1,5 @@
-"""Continuous batching: sequences join and leave one running batch at token boundaries."""
+"""Continuous batching: sequences join and leave one running batch at token boundaries. A row running alone may
+have the model run ahead on a draft of what follows (`generation.speculation`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from alambic.generation.backends import ModelBackend
+from alambic.errors import InvalidRequestError
+from alambic.generation.backends import DraftingBackend, ModelBackend
 from alambic.generation.params import (
     Completion,
     FinishEvent,
@@ -24,6 +26,7 @@ from alambic.generation.params import (
     sequence_processors,
 )
 from alambic.generation.sampling import RowDraws, choose_tokens, served_logprobs, shows_in_logprobs
+from alambic.generation.speculation import PromptLookup
 from alambic.generation.text import TextAssembler
 from alambic.models.tokens import vocabulary_bytes
 
@@ -47,6 +50,7 @@ class Sequence:
     logprobs: list[TokenLogprob] | None = None
     generated: list[int] = field(default_factory=list)
     context: TokenHistory | None = None  # prompt + generated as a tensor, kept only for logits processors
+    lookup: PromptLookup | None = None  # prompt + generated indexed for drafts, once the row drafts
 
     @classmethod
     def create(cls, prompt_ids, params, index, emit, tokenizer, is_cancelled, kv_cells=0) -> Sequence:
@@ -70,6 +74,8 @@ class Sequence:
         self.generated.append(token)
         if self.context is not None:
             self.context.append(token)
+        if self.lookup is not None:
+            self.lookup.append(token)
 
     def finish(self, reason: FinishReason) -> None:
         rest = self.assembler.flush()
@@ -107,19 +113,38 @@ class TokenHistory:
         return self.buffer[:, : self.length]  # (1, T), a view
 
 
+@dataclass
+class Ahead:
+    """Drafted tokens the model was fed after the only row's latest token, with the logits after each, (k, V)."""
+
+    tokens: list[int]
+    logits: torch.Tensor
+
+
 class DecodeBatch:
     """The running batch: admit sequences, sample one token for each, let finished ones go.
 
     The backend keeps the rows' KV state; this class keeps what the rows are for (sampling parameters,
-    logits processors, text, logprobs) and is the same for every backend.
+    logits processors, text, logprobs) and is the same for every backend. With `draft_tokens`, a row running alone
+    has the model fed up to that many drafted tokens with each of its own (a `DraftingBackend`), and each step whose
+    sampled token is the draft's next finds its logits computed already; a step that parts from the draft takes the
+    rest back. Every token is still chosen from the model's logits at its own position, as without drafts.
     """
 
-    def __init__(self, backend: ModelBackend) -> None:
+    def __init__(self, backend: ModelBackend, draft_tokens: int = 0) -> None:
+        if draft_tokens and not isinstance(backend, DraftingBackend):
+            raise InvalidRequestError(
+                f"The {backend.name} backend cannot take drafted tokens back: speculative decoding needs llama.cpp.",
+                param="draft_tokens",
+            )
         self.backend = backend
         self.tokens = TokenPieces(backend.tokenizer)
         self.eos_ids = sorted(backend.eos_token_ids)
         self.sequences: list[Sequence] = []
         self.next_logits: torch.Tensor | None = None  # (B, V) logits for each row's next token
+        self.draft_tokens = draft_tokens
+        self.ahead: Ahead | None = None
+        self.drafted_tokens = self.accepted_tokens = 0  # fed as drafts; of those, chosen by the sampler
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -127,6 +152,7 @@ class DecodeBatch:
     @torch.inference_mode()
     def admit(self, joining: list[Sequence]) -> None:
         """Prefill `joining` and add it to the running batch."""
+        self._take_back_draft()  # the row is no longer alone
         # The running rows' logits may live in the backend's buffer, which the prefill overwrites (even
         # when it fails: the batch must go on with them).
         if self.next_logits is not None:
@@ -163,9 +189,41 @@ class DecodeBatch:
             except Exception as error:
                 logger.exception("sequence failed")
                 sequence.fail(error)
+        if self.ahead is not None and not (keep == [0] and tokens[0] == self.ahead.tokens[0]):
+            self._take_back_draft()
         self._keep(keep)
         if self.sequences:
-            self.next_logits = self.backend.decode([tokens[row] for row in keep])
+            self.next_logits = self._forward([tokens[row] for row in keep])
+
+    def _forward(self, tokens: list[int]) -> torch.Tensor:
+        """The logits after each row's `tokens`: those of the draft's next token when the row took it, else from a
+        forward pass, with a fresh draft fed after the token when a row runs alone and its past suggests one."""
+        if self.ahead is not None:
+            logits, rest = self.ahead.logits[:1], Ahead(self.ahead.tokens[1:], self.ahead.logits[1:])
+            self.ahead = rest if rest.tokens else None
+            self.accepted_tokens += 1
+            return logits
+        draft = self._draft() if self.draft_tokens and len(self.sequences) == 1 else []
+        if not draft:
+            return self.backend.decode(tokens)
+        logits = self.backend.decode_ahead(tokens[0], draft)
+        self.drafted_tokens += len(draft)
+        self.ahead = Ahead(draft, logits[1:])
+        return logits[:1]
+
+    def _draft(self) -> list[int]:
+        """What the only row's past suggests follows its latest token, no further than it may generate."""
+        sequence = self.sequences[0]
+        if sequence.lookup is None:
+            sequence.lookup = PromptLookup(sequence.prompt_ids + sequence.generated)
+        fed = len(sequence.prompt_ids) + len(sequence.generated)
+        room = min(sequence.params.max_tokens - len(sequence.generated), self.backend.context_length - fed) - 1
+        return sequence.lookup.draft(min(self.draft_tokens, room))
+
+    def _take_back_draft(self) -> None:
+        if self.ahead is not None:
+            self.backend.rewind(len(self.ahead.tokens))
+            self.ahead = None
 
     def _advance(self, sequence: Sequence, token: int, logprobs: torch.Tensor | None) -> bool:
         """Give `token` to `sequence`; whether it goes on."""
@@ -195,6 +253,7 @@ class DecodeBatch:
         """Fail every sequence in flight (the model raised) and start empty."""
         for sequence in self.sequences:
             sequence.fail(error)
+        self.ahead = None  # its cells go with its row
         self._keep([])
 
     def _keep(self, rows: list[int]) -> None:

@@ -88,12 +88,15 @@ class EventStream:
 
 
 class GenerationEngine:
-    """Owns one model backend; batches every request in flight, up to `max_batch_size` sequences at a time."""
+    """Owns one model backend; batches every request in flight, up to `max_batch_size` sequences at a time; a
+    sequence running alone drafts up to `draft_tokens` ahead (`DecodeBatch`)."""
 
-    def __init__(self, backend: ModelBackend, *, max_batch_size: int = 32, max_queue: int = 4096) -> None:
+    def __init__(
+        self, backend: ModelBackend, *, max_batch_size: int = 32, max_queue: int = 4096, draft_tokens: int = 0
+    ) -> None:
         self.backend = backend
         self.max_batch_size = max_batch_size
-        self.batch = DecodeBatch(backend)
+        self.batch = DecodeBatch(backend, draft_tokens)
         self._pending: queue.Queue[GenerationHandle] = queue.Queue(maxsize=max_queue)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None

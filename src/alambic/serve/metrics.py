@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from alambic.generation import GenerationEngine
 from alambic.store import RequestRecord
@@ -24,6 +24,12 @@ class EngineCollector:
             "Requests waiting to join the batch.",
             value=self.engine.queued_requests,
         )
+        drafts = CounterMetricFamily(
+            "alambic_draft_tokens", "Tokens the model was fed ahead of a sequence running alone.", labels=["outcome"]
+        )
+        drafts.add_metric(["accepted"], self.engine.batch.accepted_tokens)
+        drafts.add_metric(["taken_back"], self.engine.batch.drafted_tokens - self.engine.batch.accepted_tokens)
+        yield drafts
 
 
 class GatewayMetrics:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -43,4 +43,20 @@ class ModelBackend(Protocol):
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (indices into the current order, ascending), freeing the others' state."""
+        ...
+
+
+@runtime_checkable
+class DraftingBackend(ModelBackend, Protocol):
+    """A backend that can run a guessed continuation of its only row in one forward pass and take back what the
+    sampler did not then choose (speculative decoding, `generation.speculation`)."""
+
+    def decode_ahead(self, token: int, draft: list[int]) -> torch.Tensor:
+        """Feed the only row `token`, then `draft`; the logits after each of them, (1 + len(draft), V).
+
+        The tensor may be the backend's own buffer: valid until the next call."""
+        ...
+
+    def rewind(self, tokens: int) -> None:
+        """Take the last `tokens` fed to the only row back out of its state."""
         ...

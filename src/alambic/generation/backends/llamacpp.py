@@ -171,11 +171,33 @@ class LlamaCppBackend:
         if self.per_sequence:
             for token, sequence_id in zip(tokens, self.sequence_ids, strict=True):
                 self.held[sequence_id].append(token)
-        outputs = _floats(llama_cpp.llama_get_logits(self.context), len(entries) * self.vocab_size)
-        logits = torch.from_numpy(outputs.reshape(len(entries), self.vocab_size))  # (B, V), valid until next decode
+        logits = self._outputs(len(entries))
         if order is None or order == list(range(len(order))):
             return logits
         return logits[torch.tensor(order).argsort()]  # back to row order (a copy)
+
+    def decode_ahead(self, token: int, draft: list[int]) -> torch.Tensor:
+        """Feed the only row `token`, then `draft` as if each came next, in one forward pass; the logits after each
+        of them, (1 + len(draft), V), valid until the next call. `rewind` takes back the drafted tokens not kept."""
+        fed, sequence_id, position = [token, *draft], self.sequence_ids[0], self.positions[0]
+        self._decode([(t, position + i, sequence_id) for i, t in enumerate(fed)], list(range(len(fed))))
+        self.positions[0] += len(fed)
+        if self.per_sequence:
+            self.held[sequence_id].extend(fed)
+        return self._outputs(len(fed))
+
+    def rewind(self, tokens: int) -> None:
+        """Take the last `tokens` fed to the only row out of its KV cells."""
+        sequence_id = self.sequence_ids[0]
+        self.positions[0] -= tokens
+        llama_cpp.llama_memory_seq_rm(self.memory, sequence_id, self.positions[0], -1)
+        if self.per_sequence:
+            del self.held[sequence_id][self.positions[0] :]
+
+    def _outputs(self, count: int) -> torch.Tensor:
+        """The last decode's `count` rows of logits, (count, V): llama.cpp's buffer, valid until the next decode."""
+        outputs = _floats(llama_cpp.llama_get_logits(self.context), count * self.vocab_size)
+        return torch.from_numpy(outputs.reshape(count, self.vocab_size))
 
     def keep(self, rows: list[int]) -> None:
         kept = set(rows)
