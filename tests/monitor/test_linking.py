@@ -6,6 +6,7 @@ import json
 import random
 from collections import Counter
 
+import pyarrow as pa
 import pytest
 from monitor_traffic import opened
 
@@ -102,11 +103,12 @@ def test_a_group_keeps_its_name_when_other_groups_leave_the_log(tmp_path):
     connection.execute("CREATE VIEW requests AS SELECT * FROM log")
     load_prompts(connection)
     before = link_accounts(connection)
+    first = "SELECT account FROM log WHERE list_contains($members, account) ORDER BY t, account LIMIT 1"
     for group in before.groups.values():
-        first = f"SELECT account FROM log WHERE account IN {tuple(group.members)} ORDER BY t, account LIMIT 1"
-        assert group.id == f"group-{connection.execute(first).fetchone()[0]}"
+        assert group.id == f"group-{connection.execute(first, {'members': list(group.members)}).fetchall()[0][0]}"
     largest = next(iter(before.groups.values()))
-    connection.execute(f"CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE account NOT IN {largest.members}")
+    connection.register("left_out", pa.table({"account": list(largest.members)}))
+    connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE account NOT IN (FROM left_out)")
     load_prompts(connection)
     after = link_accounts(connection)
     unchanged = {a.members for a in after.groups.values()}
