@@ -43,6 +43,7 @@ import httpx
 import openai
 from scipy import stats
 
+from alambic.generation.speculation import DRAFT_TOKENS
 from alambic.models.cpu import cpu_flags, native_bf16
 from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
 from alambic.paths import cache_dir
@@ -282,6 +283,7 @@ async def main() -> None:
             "seconds_per_level": args.seconds,
             "min_requests_per_level": args.min_requests,
             "rounds": args.rounds,
+            "draft_tokens": DRAFT_TOKENS,  # the gateway's default (none for alambic-no-drafts)
         },
         "by_server": by_server,
         "rounds": rounds,

@@ -13,7 +13,8 @@ plain tok/s; the result is their median with its distribution-free 95% interval 
 speed now and then, for seconds, whichever account it serves: in two runs of 12 pairs at one stream, three marked
 blocks of one and a marked and two plain ones of the other ran at 53-69 tok/s against ~100), and their mean with a t
 interval. Short blocks in many pairs leave fewer pairs to such a spell. The request log is read after: every marked
-answer carries KGW's key id and no plain one does, or the run fails.
+answer carries KGW's key id and no plain one does, or the run fails. The gateway drafts at one stream, as it does by
+default (`--draft-tokens`), for both accounts: each block records the drafted tokens its sampler accepted.
 
 Run (about 12 minutes at the defaults, nothing else on the machine):
     .venv/bin/python benchmarks/bench_serve_kgw.py [--pairs 24] [--waves 2] [--streams 1,16]
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from alambic.generation.speculation import DRAFT_TOKENS
 from alambic.models.gguf import resolve_gguf_type
 from alambic.store import Store, create_account, set_watermark
 from alambic.store.schema import Account, RequestLog
@@ -39,6 +41,7 @@ from bench_serve import (
     PROMPTS,
     WATERMARK_KEY,
     FreshPrompts,
+    draft_tokens,
     load_level,
     paired_by_round,
     record,
@@ -102,15 +105,22 @@ async def main() -> None:
                 for turns in block_order(args.pairs):
                     shared = [unsent.take() for _ in range(block.min_requests)]  # the prompts of both blocks
                     for account in turns:
+                        before = draft_tokens(server.url)["accepted"]
                         tokens, seconds, requests = await load_level(
                             server.url, keys[account], extra, FreshPrompts(shared), level, True, block
                         )
-                        blocks[account].append({name: {"tok_s": tokens / seconds, "requests": requests}})
+                        accepted = draft_tokens(server.url)["accepted"] - before
+                        figures = {"tok_s": tokens / seconds, "requests": requests, "draft_tokens_accepted": accepted}
+                        blocks[account].append({name: figures})
                         print(f"{level:2d} streams, {account:6s}: {tokens / seconds:7.1f} tok/s", flush=True)
                 paired = paired_by_round(blocks["plain"], blocks["marked"], [name], slowdown)[name]
                 levels[name] = {
                     "plain_tok_s": [b[name]["tok_s"] for b in blocks["plain"]],
                     "marked_tok_s": [b[name]["tok_s"] for b in blocks["marked"]],
+                    **{
+                        f"{account}_draft_tokens_accepted": sum(b[name]["draft_tokens_accepted"] for b in mine)
+                        for account, mine in blocks.items()
+                    },
                     "slowdown_by_pair": paired["by_round"],
                     "slowdown_median": paired["median"],
                     "slowdown_median_ci95": paired["median_ci95"],
@@ -137,6 +147,7 @@ async def main() -> None:
             "pairs": args.pairs,
             "requests_per_stream_in_a_block": args.waves,
             "watermark": "kgw",
+            "draft_tokens": DRAFT_TOKENS,  # the gateway's default
         },
         "levels": levels,
         "logged_requests": logged,
