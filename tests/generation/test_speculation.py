@@ -1,5 +1,8 @@
 """Speculative decoding from a sequence's own past: drafts, and the batch that runs the model ahead on them."""
 
+import re
+
+import httpx
 import pytest
 import torch
 from test_engine import chat_ids
@@ -10,6 +13,7 @@ from alambic.generation.backends import DraftingBackend, TransformersBackend
 from alambic.generation.batch import DecodeBatch, Sequence
 from alambic.generation.speculation import PromptLookup
 from alambic.watermark import KirchenbauerScheme
+from conftest import start_gateway
 
 
 def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_longest_suffix():
@@ -140,3 +144,19 @@ def test_a_request_joining_takes_the_draft_back_and_both_are_answered_as_if_alon
 def test_drafts_need_a_backend_that_can_take_tokens_back(tiny):
     with pytest.raises(InvalidRequestError, match=r"speculative decoding needs llama\.cpp"):
         DecodeBatch(TransformersBackend(tiny), draft_tokens=4)
+
+
+def test_the_gateway_counts_the_drafted_tokens_accepted_and_taken_back(tiny, sqlite_store):
+    engine = GenerationEngine(Patterned(tiny.tokenizer), draft_tokens=4)
+    try:
+        for gateway in start_gateway(engine, sqlite_store):
+            question = [{"role": "user", "content": "Hi"}]
+            gateway.client(gateway.key("alice")).chat.completions.create(
+                model="patterned", messages=question, max_tokens=40, temperature=0
+            )
+            metrics = httpx.get(f"{gateway.url}/metrics").text
+    finally:
+        engine.close()
+    counts = {k: float(n) for k, n in re.findall(r'alambic_draft_tokens_total{outcome="(\w+)"} (\S+)', metrics)}
+    assert counts["accepted"] == engine.batch.accepted_tokens > 0
+    assert counts["taken_back"] == engine.batch.drafted_tokens - engine.batch.accepted_tokens > 0
