@@ -153,16 +153,19 @@ async def load_level(
     return tokens, time.perf_counter() - started, sent
 
 
-def overhead_histogram(url: str) -> list[tuple[float, float]]:
-    """Cumulative bucket counts of the gateway's auth + policy + logging time, from /metrics."""
-    metrics = httpx.get(f"{url}/metrics").text
+def gateway_metrics(url: str) -> str:
+    """The gateway's /metrics page, read once for each figure taken from it."""
+    return httpx.get(f"{url}/metrics").text
+
+
+def overhead_histogram(metrics: str) -> list[tuple[float, float]]:
+    """Cumulative bucket counts of the gateway's auth + policy + logging time, from its /metrics page."""
     pairs = re.findall(r'alambic_gateway_overhead_seconds_bucket{le="([^"]+)"} (\S+)', metrics)
     return [(float(le), float(count)) for le, count in pairs]
 
 
-def draft_tokens(url: str) -> dict[str, float]:
-    """The gateway's drafted tokens so far by outcome (accepted, taken_back), from /metrics."""
-    metrics = httpx.get(f"{url}/metrics").text
+def draft_tokens(metrics: str) -> dict[str, float]:
+    """The gateway's drafted tokens so far by outcome (accepted, taken_back), from its /metrics page."""
     return {o: float(n) for o, n in re.findall(r'alambic_draft_tokens_total{outcome="([^"]+)"} (\S+)', metrics)}
 
 
@@ -182,11 +185,11 @@ def median_ms(before: list[tuple[float, float]], after: list[tuple[float, float]
 
 def idle_overhead_ms(url: str, key: str, requests: int = 50) -> float:
     """One request at a time, one token each: bookkeeping with no generation load beside it."""
-    before = overhead_histogram(url)
+    before = overhead_histogram(gateway_metrics(url))
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     for _ in range(requests):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
-    return median_ms(before, overhead_histogram(url))
+    return median_ms(before, overhead_histogram(gateway_metrics(url)))
 
 
 async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict:
@@ -216,13 +219,14 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
         try:
             for stream in (True, False):
                 for streams in args.streams:
-                    before = (overhead_histogram(server.url), draft_tokens(server.url)) if gateway else None
+                    before = gateway_metrics(server.url) if gateway else None
                     tokens, seconds, requests = await load_level(server.url, key, extra, fresh, streams, stream, args)
                     level = {"tok_s": tokens / seconds, "requests": requests, "seconds": seconds}
                     if before is not None:
-                        level["overhead_median_ms"] = median_ms(before[0], overhead_histogram(server.url))
-                        drafts = draft_tokens(server.url)
-                        level |= {f"draft_tokens_{o}": n - before[1][o] for o, n in drafts.items()}
+                        after = gateway_metrics(server.url)
+                        level["overhead_median_ms"] = median_ms(overhead_histogram(before), overhead_histogram(after))
+                        drafted = draft_tokens(before)
+                        level |= {f"draft_tokens_{o}": n - drafted[o] for o, n in draft_tokens(after).items()}
                     figures[f"{'streamed' if stream else 'whole'}_{streams}"] = level
                     print(f"{name:13s} {'streamed' if stream else 'whole   '} {streams:2d} streams: {level}")
             if gateway:

@@ -42,6 +42,7 @@ from bench_serve import (
     WATERMARK_KEY,
     FreshPrompts,
     draft_tokens,
+    gateway_metrics,
     load_level,
     paired_by_round,
     record,
@@ -105,11 +106,11 @@ async def main() -> None:
                 for turns in block_order(args.pairs):
                     shared = [unsent.take() for _ in range(block.min_requests)]  # the prompts of both blocks
                     for account in turns:
-                        before = draft_tokens(server.url)["accepted"]
+                        before = draft_tokens(gateway_metrics(server.url))["accepted"]
                         tokens, seconds, requests = await load_level(
                             server.url, keys[account], extra, FreshPrompts(shared), level, True, block
                         )
-                        accepted = draft_tokens(server.url)["accepted"] - before
+                        accepted = draft_tokens(gateway_metrics(server.url))["accepted"] - before
                         figures = {"tok_s": tokens / seconds, "requests": requests, "draft_tokens_accepted": accepted}
                         blocks[account].append({name: figures})
                         print(f"{level:2d} streams, {account:6s}: {tokens / seconds:7.1f} tok/s", flush=True)
