@@ -5,8 +5,10 @@ first flagged it; then, on a million-row week, the feature pass's rows/s and pea
 rows, and over four and sixteen weeks of that quarter's accounts), as DuckDB sizes its memory and within a limit,
 the same SQL on Spark, and the embeddings' prompts/s and share served from the cache.
 
-Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels. Every setting was
-chosen on seeds 0-2 with the styles not held out; the defaults here are other seeds and every style.
+Risk is calibrated on benign-only weeks of other seeds (`Reference`), never on campaign labels; the replay's risk on
+those weeks replayed at the same step (`RiskOverSteps`: a flag once raised stays, so the thresholds must hold their
+benign rates over a week of steps, not at each step). Every setting was chosen on seeds 0-2 with the styles not held
+out; the defaults here are other seeds and every style.
 
     .venv/bin/python benchmarks/bench_monitor.py [--seeds 10 11 12] [--scale 0.5] [--replay-step-hours 6]
         [--million-scale 2.6] [--extras-week quarter|full] [--visible-only] [--smoke] [--out DIR] [--no-write]
@@ -29,6 +31,7 @@ import time
 import warnings
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +45,8 @@ from alambic.monitor.linking import link_accounts
 from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
-from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag
-from alambic.monitor.risk import Reference
+from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag, highest_risks
+from alambic.monitor.risk import THRESHOLDS, Reference, RiskOverSteps, surprise
 from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
 from alambic.paths import cache_dir
@@ -75,20 +78,29 @@ def embeddings() -> EmbeddingCache:
 
 
 def benign_reference(
-    directory: Path, scale: float, content: EmbeddingCache | None
-) -> tuple[Reference, MmdBaseline | None]:
-    """What the benign-only weeks calibrate: the monitor's risk (on their accounts and their linked groups) and
-    common phrasing, and, with content, the MMD window baseline."""
-    rows, groups, phrasing, windows = [], [], [], {}
+    directory: Path, scale: float, content: EmbeddingCache | None, step: timedelta
+) -> tuple[Reference, RiskOverSteps, MmdBaseline | None]:
+    """What the benign-only weeks calibrate: the monitor's risk (on their accounts and their linked groups), common
+    phrasing, and risk over the replay's steps (each week replayed, its accounts compared with the others only);
+    with content, the MMD window baseline."""
+    rows, groups, phrasing, windows, weeks = [], [], [], {}, []
     for seed in REFERENCE_SEEDS:
         log, _ = simulate(directory, seed, scale, ())
         units = benign_units(open_log([log]), content)
+        weeks.append((log, len(rows), units.accounts))
         rows, groups, phrasing = rows + units.rows, groups + units.groups, [*phrasing, units.phrasing]
         if content is not None:
             for account, found in account_windows(open_log([log]), content).items():
                 windows[f"{seed}:{account}"] = found  # account ids may repeat across seeds
     common = np.unique(np.concatenate(phrasing), axis=0)  # the weeks' common texts, each once
-    return Reference(rows, groups=groups, phrasing=common), MmdBaseline.calibrate(windows) if windows else None
+    reference = Reference(rows, groups=groups, phrasing=common)
+    highest = []
+    for log, first, accounts in weeks:
+        scoring = partial(
+            assess, reference=reference.excluding_own(accounts, first), content=content, signatures=Signatures()
+        )
+        highest += highest_risks(open_log([log], name="log"), scoring, step)
+    return reference, RiskOverSteps(highest), MmdBaseline.calibrate(windows) if windows else None
 
 
 def linking(campaign_of: dict[str, str | None], labels: dict[str, dict]) -> dict[str, dict]:
@@ -192,6 +204,7 @@ def evaluate(
     log: Path,
     labels: dict,
     reference: Reference,
+    over_steps: RiskOverSteps,
     content: EmbeddingCache | None,
     mmd: MmdBaseline | None,
     tag: str,
@@ -207,7 +220,7 @@ def evaluate(
     if mmd is not None and content is not None:
         baselines["mmd"] = mmd.scores(account_windows(connection, content))
     signatures = Signatures()  # kept from step to step, as the CLI's replay keeps them
-    replayed = replay_week(log, lambda c: assess(c, reference, content, signatures), step, labels)
+    replayed = replay_week(log, lambda c: assess(c, reference, content, signatures, over_steps), step, labels)
     rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
     return {
         "labels": {
@@ -417,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as directory:
         directory = Path(directory)
         content = None if args.no_content else embeddings()
-        reference, mmd = benign_reference(directory, args.scale, content)
+        reference, over_steps, mmd = benign_reference(directory, args.scale, content, step)
         print(
             f"reference: {len(reference)} benign accounts, {len(reference.phrasing)} common texts, "
             f"{time.perf_counter() - begun:.0f} s",
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = []
         for seed in args.seeds:
             log, labels = simulate(directory, seed, args.scale, campaigns)
-            runs.append(evaluate(log, labels, reference, content, mmd, str(seed), step))
+            runs.append(evaluate(log, labels, reference, over_steps, content, mmd, str(seed), step))
             kinds = Counter(label["kind"] for label in labels.values())
             replay = runs[-1]["replay"]
             print(
@@ -469,6 +482,14 @@ def main(argv: list[str] | None = None) -> None:
         "accounts": dict(Counter(label["kind"] for label in merged["labels"].values())),
         "benign_actions": dict(Counter(merged["actions"][a] for a in benign)),
         "benign_in_linked_groups": sum(merged["campaign_of"][a] is not None for a in benign),
+        # the benign weeks' replay that calibrates risk over steps: the share of their accounts whose risk, calibrated
+        # per step, passed each action's threshold at some step (what per-step risk would have done to them)
+        "reference_replay": {
+            "accounts": len(over_steps.highest),
+            "past_threshold_at_some_step": {
+                action: float(np.mean(over_steps.highest >= surprise(threshold))) for action, threshold in THRESHOLDS
+            },
+        },
         "replay": {
             name: {
                 "rows_per_s": sum(r["rows"] for r in found) / sum(r["seconds"] for r in found),

@@ -35,7 +35,9 @@ def opened(files, connection: duckdb.DuckDBPyConnection | None = None) -> duckdb
     return connection
 
 
-def counting(connection: duckdb.DuckDBPyConnection, reference=None, content=None, signatures=None) -> list[Verdict]:
+def counting(
+    connection: duckdb.DuckDBPyConnection, reference=None, content=None, signatures=None, over_steps=None
+) -> list[Verdict]:
     """A stand-in for the scoring: flag an account at 3 requests, block it at 5."""
     counts = connection.execute("SELECT account, count(*) FROM requests GROUP BY account ORDER BY account").fetchall()
     action = {n: "block" if n >= 5 else "flag" if n >= 3 else "none" for _, n in counts}

@@ -6,6 +6,7 @@ import json
 import sys
 
 import duckdb
+import numpy as np
 import pytest
 from monitor_traffic import HashedWords, opened, row, write
 
@@ -15,7 +16,7 @@ from alambic.monitor.assess import assess, benign_units, campaign_features, feat
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts
-from alambic.monitor.risk import MEMBER_COUNTS, Reference
+from alambic.monitor.risk import MEMBER_COUNTS, Reference, RiskOverSteps, action_for
 from alambic.monitor.source import open_log
 from alambic.monitor.verdict import ACTIONS
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -42,9 +43,10 @@ def benign_reference(benign_week):
 
 
 def test_a_benign_log_calibrates_on_its_accounts_and_on_its_linked_groups_each_taken_as_one_account(benign_week):
-    rows, groups, _ = benign_units(open_log([benign_week]))
+    rows, groups, _, ids = benign_units(open_log([benign_week]))
     accounts = {f.account: f.values for f in account_features(open_log([benign_week]))}
-    assert sorted(r["requests"] for r in rows) == sorted(v["requests"] for v in accounts.values())
+    # each row with its account's id (a reference leaves an account's own row out when scoring it: `excluding_own`)
+    assert {a: r["requests"] for a, r in zip(ids, rows, strict=True)} == {a: v["requests"] for a, v in accounts.items()}
     connection = open_log([benign_week])
     prompts.load_prompts(connection)
     members: dict[str, list[str]] = {}
@@ -99,6 +101,27 @@ def test_a_hydra_s_accounts_take_the_risk_of_their_campaign_scored_as_one(simula
     assert all(linked[a].reasons[0].startswith(f"its campaign of {len(hydra)} linked accounts") for a in lifted)
     benign = [a for a, label in labels.items() if label["kind"] == "benign"]
     assert [linked[a].risk for a in benign] == [alone[a].risk for a in benign]
+
+
+def test_over_steps_each_accounts_risk_and_action_are_those_of_a_benign_replays_highest_risks(
+    simulated, benign_reference
+):
+    log, _ = simulated
+    static = assess(open_log([log]), benign_reference)
+    # a replay whose benign accounts climbed high: a tenth past 0.999 at some step
+    over = RiskOverSteps(np.concatenate([np.linspace(0.0, 0.999, 90), np.linspace(0.999, 0.99999, 10)]))
+    stepped = {v.account: v for v in assess(open_log([log]), benign_reference, over_steps=over)}
+    requests = {f.account: f.values["requests"] for f in account_features(open_log([log]))}
+    for verdict in static:
+        found = stepped[verdict.account]
+        assert found.risk == over(verdict.risk) and (found.reasons, found.campaign) == (
+            verdict.reasons,
+            verdict.campaign,
+        )
+        if verdict.campaign is None:
+            assert found.action == action_for(found.risk, int(requests[verdict.account]))
+    flagged = {v.account for v in static if v.action != "none"}
+    assert {a for a, v in stepped.items() if v.action != "none"} < flagged  # fewer, and none that were not
 
 
 def test_benign_accounts_linked_in_pairs_are_not_flagged_for_having_two_accounts_devices(simulated, benign_reference):

@@ -270,7 +270,7 @@ def test_phrasing_a_benign_crowd_shares_links_no_accounts_in_a_log_too_young_to_
 
 def test_a_reference_carries_its_benign_log_s_common_phrasing_into_the_scoring(tmp_path):
     crowd, young = _crowd_and_young(tmp_path)
-    rows, groups, phrasing = benign_units(opened(crowd))
+    rows, groups, phrasing, _ = benign_units(opened(crowd))
     verdicts = {v.account: v for v in assess(opened(young), Reference(rows, groups=groups, phrasing=phrasing))}
     assert verdicts["alice"].campaign is None and verdicts["bob"].campaign is None
     assert verdicts["p0x"].campaign is not None and verdicts["p0x"].campaign == verdicts["p0y"].campaign

@@ -2,6 +2,7 @@
 source, --act and --dry-run on a running gateway, --follow, and bad input in one line with exit code 2."""
 
 import json
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from alambic.cli import app
 from alambic.logs.importer import LogImporter
 from alambic.monitor.assess import assess, benign_units
 from alambic.monitor.embeddings import EmbeddingCache
-from alambic.monitor.risk import Reference
+from alambic.monitor.risk import Reference, RiskOverSteps, surprise
 from alambic.monitor.source import open_log
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 from alambic.store import Store
@@ -33,7 +34,7 @@ def lines(result) -> dict[str, dict]:
 
 def calibrated(benign, cache: EmbeddingCache | None = None) -> Reference:
     """The risk `--reference` calibrates: the benign log's accounts, and its linked groups each as one account."""
-    rows, groups, phrasing = benign_units(open_log([benign]), cache)
+    rows, groups, phrasing, _ = benign_units(open_log([benign]), cache)
     assert groups  # the log holds some (an organisation's keys, linked harnesses), so that they are tested
     return Reference(rows, groups=groups, phrasing=phrasing)
 
@@ -122,6 +123,30 @@ def test_replay_judges_each_step_on_the_window_given_or_the_references_span(tmp_
     assert lines(monitor(*args, "--window", "25m"))["steady"]["first_flag_time"] is not None
 
 
+def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_replay(tmp_path, benign, monkeypatch):
+    given = []
+
+    def recording(connection, reference=None, content=None, signatures=None, over_steps=None):
+        given.append(over_steps)
+        return counting(connection)
+
+    monkeypatch.setattr("alambic.monitor.assess.assess", recording)
+    log = write(tmp_path / "log.jsonl", traffic())[0]
+    args = ["--log", str(log), "--json", "--reference", str(benign)]
+    lines(monitor(*args))
+    assert given == [None]  # one scoring of the whole log: risk as calibrated
+    given.clear()
+    lines(monitor(*args, "--replay", "--step", "6h", "--window", "30d"))
+    # the reference replayed at the same step and window (its steps first, with no calibration), then the log's
+    benign_rows = [json.loads(line) for line in benign.read_text().splitlines()]
+    reference_steps = given.index(next(g for g in given if g is not None))
+    assert reference_steps >= 8 and given[:reference_steps] == [None] * reference_steps  # two days of 6 h steps
+    over_steps = given[-1]
+    assert isinstance(over_steps, RiskOverSteps) and all(g is over_steps for g in given[reference_steps:])
+    counts = Counter(r["account"] for r in benign_rows)  # `counting` gives an account n / 10 at n requests
+    assert sorted(over_steps.highest) == sorted(surprise(min(1.0, n / 10)) for n in counts.values())
+
+
 def test_the_store_is_read_as_the_file_is(tmp_path, counted):
     log = write(tmp_path / "log.jsonl", traffic())[0]
     db = f"sqlite:///{tmp_path / 'store.db'}"
@@ -134,7 +159,7 @@ def test_act_blocks_and_the_running_gateway_refuses_the_next_request(gateway, mo
     for key in (mallory, gina):
         assert gateway.post("/v1/chat/completions", key, json=CHAT).status_code == 200
 
-    def verdicts(connection, reference=None, content=None, signatures=None):
+    def verdicts(connection, reference=None, content=None, signatures=None, over_steps=None):
         from alambic.monitor.verdict import Verdict
 
         return [

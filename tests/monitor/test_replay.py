@@ -10,7 +10,7 @@ from monitor_traffic import MINUTE, START, counting, row, traffic, write
 from alambic.errors import InvalidRequestError
 from alambic.logs.importer import LogImporter
 from alambic.monitor.follow import Follower
-from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag
+from alambic.monitor.replay import FirstFlag, SteppedMonitor, campaign_requests_before_flag, highest_risks
 from alambic.monitor.scoring import before_flag_by_style
 from alambic.monitor.source import open_log
 
@@ -45,6 +45,13 @@ def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_p
         "quiet": "none",
         "steady": "block",
     }
+
+
+def test_a_replay_keeps_each_accounts_highest_risk_at_any_step(tmp_path):
+    files = write(tmp_path / "log.jsonl", traffic())
+    windowed = replay(files, 10 * MINUTE, window=25 * MINUTE)  # `counting`: n / 10 at n requests in the window
+    assert windowed.highest == {"steady": 0.3, "quiet": 0.1, "late": 0.3, "closer": 0.1}
+    assert sorted(highest_risks(open_log(files, name="log"), counting, 10 * MINUTE)) == [0.1, 0.2, 0.3, 1.0]
 
 
 def test_following_a_live_store_across_a_restart_gives_the_replays_flag_times(store, tmp_path):

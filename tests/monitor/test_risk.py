@@ -14,8 +14,10 @@ from alambic.monitor.risk import (
     MEMBER_COUNTS,
     Evidence,
     Reference,
+    RiskOverSteps,
     action_for,
     combined,
+    surprise,
     tail_probability,
 )
 from alambic.monitor.source import open_log
@@ -119,6 +121,39 @@ def test_a_reference_that_holds_benign_groups_compares_a_group_with_them_not_onl
 def test_a_reference_needs_enough_benign_accounts(two_benign_weeks):
     with pytest.raises(ValueError, match="at least 20"):
         Reference(two_benign_weeks[0][:5])
+
+
+def test_risk_over_steps_lets_the_target_share_of_benign_replays_past_each_threshold():
+    # Benign accounts' highest risk over a replay: past 0.99 at some step far more often than 1% (3.2% here).
+    rng = np.random.default_rng(0)
+
+    def highest(n: int) -> np.ndarray:
+        return 1.0 - 10.0 ** -rng.exponential(0.67, n)
+
+    replayed = highest(3000)
+    assert np.mean(replayed >= 0.99) > 0.025
+    over = RiskOverSteps(replayed)
+    fresh = highest(30000)  # other benign replays of the same kind
+    for threshold in (0.99, 0.999):  # about the target rate, and not above it past sampling noise
+        assert 0.5 <= np.mean([over(r) >= threshold for r in fresh]) / (1 - threshold) <= 1.25
+    assert over(0.5) < over(0.9) < over(0.99) < over(0.999) < 0.99  # the order of risk kept, each lower
+    assert over(max(replayed)) < over(1 - 1e-9) < 1.0  # past every benign replay: the exponential tail, to the cap
+    assert over(1.0) == over(1 - 1e-16) and surprise(1.0) == 15.0
+    with pytest.raises(ValueError, match="at least 20"):
+        RiskOverSteps(replayed[:19])
+
+
+def test_a_reference_scores_its_own_accounts_against_the_others_only(two_benign_weeks):
+    rows = two_benign_weeks[0]
+    ids = [f"a{n}" for n in range(len(rows))]
+    reference = Reference(rows)
+    own_excluded = reference.excluding_own(ids)
+    loudest = max(range(len(rows)), key=lambda n: rows[n]["requests"])
+    # compared with itself among the others, the loudest account is no louder than one benign account
+    assert reference.assess(rows[loudest]).risk < own_excluded.assess(rows[loudest], ids[loudest]).risk
+    assert own_excluded.assess(rows[loudest]).risk == reference.assess(rows[loudest]).risk  # no id: all of them
+    assert reference.excluding_own(ids[1:], first=1).assess(rows[0], ids[0]).risk == reference.assess(rows[0]).risk
+    assert reference.index == {}  # the copy's index is its own
 
 
 def test_actions_follow_fixed_benign_rates_and_the_grey_zone_is_only_flagged():

@@ -41,7 +41,11 @@ def monitor(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per account and line.")] = False,
     until: Annotated[str | None, typer.Option(help="Score only what was known at this ISO 8601 time.")] = None,
     replay: Annotated[
-        bool, typer.Option(help="Feed the rows in time order; add first_flag_time and requests_before_flag.")
+        bool,
+        typer.Option(
+            help="Feed the rows in time order; add first_flag_time and requests_before_flag. With a --reference, "
+            "risk is calibrated on its replay over the same steps (a flag, once raised, stays); without, per step."
+        ),
     ] = False,
     follow: Annotated[bool, typer.Option(help="Follow the live store (--db), checkpointed in --checkpoint.")] = False,
     step: Annotated[str, typer.Option(help="--replay, --follow: score the log as known every STEP.")] = "1h",
@@ -98,9 +102,13 @@ def monitor(
         connect(memory_limit).close()  # a limit DuckDB cannot read is bad input, before any work
     with _memory_bounded(memory_limit):
         embeddings = _embeddings() if content else None
-        benign, span = _reference(reference, embeddings, memory_limit) if reference else (None, None)
-        if window_length is None and span:  # a reference of one instant judged its accounts on no time at all
-            window_length = span
+        benign, over_steps = None, None
+        if reference:
+            benign, units, connection, span = _reference(reference, embeddings, memory_limit)
+            if window_length is None and span:  # a reference of one instant judged its accounts on no time at all
+                window_length = span
+            if replay or follow:
+                over_steps = _over_steps(benign, units, connection, embeddings, step_length, window_length)
         store = Store(db) if db is not None else None
         acting = Acting(store, act, throttle_rpm) if act or dry_run else None
         out = Console(soft_wrap=True)
@@ -110,7 +118,7 @@ def monitor(
             follower = Follower(
                 store,
                 checkpoint,
-                _assess(benign, embeddings),
+                _assess(benign, embeddings, over_steps),
                 step_length,
                 duration("--lag", lag),
                 memory_limit,
@@ -125,10 +133,10 @@ def monitor(
             if replay:
                 from alambic.monitor.replay import SteppedMonitor
 
-                # Without a benign reference, calibrated on the whole log (the early steps are too few to).
+                # Without a benign reference, calibrated on the whole log (the early steps are too few to), per step.
                 stepped = SteppedMonitor(
                     connection,
-                    _assess(benign or _self_calibrated(connection, embeddings), embeddings),
+                    _assess(benign or _self_calibrated(connection, embeddings), embeddings, over_steps),
                     step_length,
                     window=window_length,
                 )
@@ -196,9 +204,9 @@ def _embeddings():
     return EmbeddingCache(path=cache_dir() / "monitor" / "prompt-embeddings.parquet")
 
 
-def _assess(reference, embeddings):
-    """The scoring, against `reference` (None: the log itself), keeping the prompts' signatures from one scoring of
-    a growing log to the next; a log too small to calibrate on is bad input."""
+def _assess(reference, embeddings, over_steps=None):
+    """The scoring, against `reference` (None: the log itself) and `over_steps` (`risk.RiskOverSteps`), keeping the
+    prompts' signatures from one scoring of a growing log to the next; a log too small to calibrate on is bad input."""
     import alambic.monitor.assess as assessing
     from alambic.monitor.near_duplicates import Signatures
 
@@ -206,7 +214,7 @@ def _assess(reference, embeddings):
 
     def assess(connection):
         try:
-            return assessing.assess(connection, reference, embeddings, signatures)
+            return assessing.assess(connection, reference, embeddings, signatures, over_steps)
         except ValueError as error:  # too few accounts to calibrate risk on
             raise InvalidRequestError(f"{error}; give a benign --reference log.") from None
 
@@ -215,14 +223,27 @@ def _assess(reference, embeddings):
 
 def _reference(files: list[Path], embeddings, memory_limit: str | None) -> tuple:
     """Risk calibrated on a benign log's accounts and on its linked groups, each taken as one account, with its common
-    phrasing; and the time that log spans, over which its accounts were judged."""
+    phrasing; what the log gave it (`assess.BenignUnits`), the log (as `log` and `requests`), and the time it spans,
+    over which its accounts were judged."""
     from alambic.monitor.assess import benign_units
     from alambic.monitor.source import connect, open_log
 
-    connection = open_log(files, connect(memory_limit))
-    rows, groups, phrasing = benign_units(connection, embeddings)
-    span = connection.execute("SELECT epoch_us(max(t)) - epoch_us(min(t)) FROM requests").fetchone()[0]
-    return _calibrated(rows, "--reference", groups=groups, phrasing=phrasing), timedelta(microseconds=span)
+    connection = open_log(files, connect(memory_limit), name="log")
+    connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
+    units = benign_units(connection, embeddings)
+    span = connection.execute("SELECT epoch_us(max(t)) - epoch_us(min(t)) FROM log").fetchone()[0]
+    reference = _calibrated(units.rows, "--reference", groups=units.groups, phrasing=units.phrasing)
+    return reference, units, connection, timedelta(microseconds=span)
+
+
+def _over_steps(reference, units, connection, embeddings, step: timedelta, window: timedelta | None):
+    """Risk over the steps of a replay: the reference log replayed as the monitor will step (`step`, `window`), each
+    of its accounts compared with the others only, and calibrated on how high their risk climbs."""
+    from alambic.monitor.replay import highest_risks
+    from alambic.monitor.risk import RiskOverSteps
+
+    own_excluded = _assess(reference.excluding_own(units.accounts), embeddings)
+    return RiskOverSteps(highest_risks(connection, own_excluded, step, window))
 
 
 def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = (), phrasing=None):

@@ -18,7 +18,7 @@ from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts, phrasing_in_families
 from alambic.monitor.near_duplicates import Signatures
 from alambic.monitor.prompts import load_prompts
-from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, action_for
+from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, RiskOverSteps, action_for
 from alambic.monitor.verdict import ACTIONS, Verdict
 
 CAMPAIGN_SCHEMA = "campaign_view"
@@ -33,6 +33,7 @@ def assess(
     reference: Reference | None = None,
     content: EmbeddingCache | None = None,
     signatures: Signatures | None = None,
+    over_steps: RiskOverSteps | None = None,
 ) -> list[Verdict]:
     """A verdict for every account of the `requests` relation (`monitor.source`), in account order.
 
@@ -40,13 +41,14 @@ def assess(
     taken with content if these are). By default it is fitted on this log's own accounts, taken
     as mostly benign: risk then says how rare an account is among the log's accounts of its size (rank
     statistics, so a few campaigns move it little; each account is compared with the others, never with itself).
-    `signatures` keeps the prompts' MinHash signatures from one scoring of a growing log to the next (replay).
+    `signatures` keeps the prompts' MinHash signatures from one scoring of a growing log to the next (replay), and
+    `over_steps` calibrates its risk over a benign replay's steps rather than per step.
     """
     load_prompts(connection)  # once: the content, linking and campaign passes read its tables
     rows, topics = account_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
     linking = link_accounts(connection, signatures, reference.phrasing)
-    return verdicts(connection, rows, reference, linking, content, topics)
+    return verdicts(connection, rows, reference, linking, content, topics, over_steps)
 
 
 class BenignUnits(NamedTuple):
@@ -55,6 +57,7 @@ class BenignUnits(NamedTuple):
     rows: list[dict[str, float | None]]  # its accounts' features
     groups: list[dict[str, float | None]]  # its linked groups' features, each group taken as one account
     phrasing: np.ndarray  # its common phrasing (`linking.common_phrasing`)
+    accounts: list[str]  # the ids of `rows`, in their order
 
 
 def benign_units(connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None) -> BenignUnits:
@@ -65,7 +68,8 @@ def benign_units(connection: duckdb.DuckDBPyConnection, content: EmbeddingCache 
     signatures = Signatures()
     groups = campaign_features(connection, link_accounts(connection, signatures).campaign_of, content, topics)
     # the families linking built hold its common phrasing too: read there rather than banded again
-    return BenignUnits(list(rows.values()), list(groups.values()), phrasing_in_families(connection, signatures))
+    phrasing = phrasing_in_families(connection, signatures)
+    return BenignUnits(list(rows.values()), list(groups.values()), phrasing, list(rows))
 
 
 def feature_rows(
@@ -104,27 +108,30 @@ def verdicts(
     linking: Linking,
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
+    over_steps: RiskOverSteps | None = None,
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
-    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked). The
-    prompt tables are those of `requests` (`prompts.load_prompts`)."""
+    requests, and a member's risk is the larger of its own and its campaign's (with why they are linked), both
+    taken `over_steps` when given. The prompt tables are those of `requests` (`prompts.load_prompts`)."""
     campaign_of = linking.campaign_of
     campaigns = campaign_features(connection, campaign_of, content, topics)
     members = Counter(campaign_of.values())
     judged = {c: reference.assess(values, leave_out=MEMBER_COUNTS) for c, values in campaigns.items()}
+    risk_of = over_steps if over_steps is not None else (lambda risk: risk)
     out = []
     for account, values in sorted(rows.items()):
         own = reference.assess(values, account)
         campaign = campaign_of.get(account)
         reasons = own.reasons(len(reference))
-        risk, action = own.risk, action_for(own.risk, int(values["requests"]))
+        risk = risk_of(own.risk)
+        action = action_for(risk, int(values["requests"]))
         if campaign is not None and judged[campaign].risk > own.risk:
             group: Assessment = judged[campaign]
             prefix = f"its campaign of {members[campaign]} linked accounts, as one: "
             linked = linking.groups[campaign].reasons[:1] if campaign in linking.groups else ()
             reasons = group.reasons(len(reference), prefix) + linked + reasons
-            risk = group.risk
-            group_action = action_for(group.risk, int(campaigns[campaign]["requests"]))
+            risk = risk_of(group.risk)
+            group_action = action_for(risk, int(campaigns[campaign]["requests"]))
             action = max(action, min(group_action, CAMPAIGN_ACTION_CAP, key=ACTIONS.index), key=ACTIONS.index)
         out.append(Verdict(account, risk, reasons, campaign, action))
     return out

@@ -67,6 +67,7 @@ class SteppedMonitor:
         self.flags = dict(flags or {})
         self.earlier = dict(earlier or {})  # per account, its requests no longer in `log` (a follower's expired)
         self.latest: dict[str, Verdict] = {}  # per account, the verdict of the latest step that scored it
+        self.highest: dict[str, float] = {}  # per account, its highest risk at any step scored (in this run)
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -84,6 +85,8 @@ class SteppedMonitor:
             self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
             scored = self.assess(self.connection)
             self.latest.update((v.account, v) for v in scored)
+            for v in scored:
+                self.highest[v.account] = max(v.risk, self.highest.get(v.account, 0.0))
             self.scored_until = boundary
             fresh = {v.account: v for v in scored if v.action != "none" and v.account not in self.flags}
             if not fresh:
@@ -109,6 +112,16 @@ class SteppedMonitor:
             where.append(f"{ceiling} <= {micros(until)}")
         query = f"SELECT DISTINCT {ceiling} AS boundary FROM {self.log} WHERE {' AND '.join(where)} ORDER BY boundary"
         return [row[0] for row in self.connection.execute(query).fetchall()]
+
+
+def highest_risks(
+    connection: duckdb.DuckDBPyConnection, assess: Assess, step: timedelta, window: timedelta | None = None
+) -> list[float]:
+    """Each account's highest risk over a replay of `log` (the same `step` and `window` as the monitor it
+    calibrates): on a benign log, what `risk.RiskOverSteps` is fitted on."""
+    monitor = SteppedMonitor(connection, assess, step, window=window)
+    monitor.advance()
+    return list(monitor.highest.values())
 
 
 def campaign_requests_before_flag(monitor: SteppedMonitor, campaigns: dict[str, list[str]]) -> dict[str, int | None]:

@@ -13,8 +13,9 @@ accounts, on every feature but its members' counts (`MEMBER_COUNTS`).
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,7 @@ REASON_EVIDENCE = 2.0  # -log10 p: a feature is a reason when at most 1% of beni
 # Actions at fixed benign false-positive rates: 1% flagged, 0.1% throttled, 0.01% blocked.
 THRESHOLDS = (("block", 0.9999), ("throttle", 0.999), ("flag", 0.99))
 GREY_ZONE_REQUESTS = 500  # below this many requests (account or campaign), at most a flag for review
+SURPRISE_CAP = 15.0  # -log10(1 - risk) past double precision's resolution of risk near 1
 
 
 def tail_probability(sample: np.ndarray, x: float, interpolated: bool = False) -> float:
@@ -191,6 +193,13 @@ class Reference:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def excluding_own(self, accounts: Sequence[str], first: int = 0) -> Reference:
+        """This reference with each of `accounts` (the ids of its units `first`, `first` + 1, ...) compared with
+        the others only: to score the benign log it was fitted on as if it were new traffic."""
+        found = copy.copy(self)
+        found.index = {account: first + i for i, account in enumerate(accounts)}
+        return found
+
     def _pool(self, requests: float, exclude: int | None, among: int, nearest: bool) -> np.ndarray:
         """The benign units compared with: of the first `among` (accounts come first) but `exclude`, all, or the
         `NEIGHBOURS` closest in size to `requests`."""
@@ -237,6 +246,26 @@ class Reference:
         benign scores it lies between, so that risk orders accounts as their evidence does), and that evidence."""
         evidence = self.evidence(row, exclude=self.index.get(account), leave_out=leave_out)
         return Assessment(1.0 - tail_probability(self.scores, combined(evidence), interpolated=True), tuple(evidence))
+
+
+def surprise(risk: float) -> float:
+    """-log10(1 - risk): the scale on which the benign tail of risk is fitted."""
+    return -math.log10(max(1.0 - risk, 10.0**-SURPRISE_CAP))
+
+
+class RiskOverSteps:
+    """Risk for a monitor that judges each account at every step and keeps a flag once raised: the share of benign
+    accounts whose highest risk over a replay of benign traffic (the same step and window) stays below it. Each
+    step's risk lets 1% of benign accounts past 0.99 anew, and over a week of steps more are past it at some step;
+    this risk lets 1% past 0.99 over the whole replay, so the actions keep their benign rates (`THRESHOLDS`)."""
+
+    def __init__(self, highest: Iterable[float]) -> None:
+        self.highest = np.array([surprise(risk) for risk in highest])
+        if len(self.highest) < 20:
+            raise ValueError(f"calibrating over steps needs at least 20 benign accounts, got {len(self.highest)}")
+
+    def __call__(self, risk: float) -> float:
+        return 1.0 - tail_probability(self.highest, surprise(risk), interpolated=True)
 
 
 def action_for(risk: float, requests: int) -> str:
