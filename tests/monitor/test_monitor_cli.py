@@ -147,6 +147,32 @@ def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_repla
     assert sorted(over_steps.highest) == sorted(surprise(min(1.0, n / 10)) for n in counts.values())
 
 
+def test_a_follower_keeps_its_references_replay_in_the_checkpoint_while_nothing_it_depends_on_changes(
+    tmp_path, benign, monkeypatch
+):
+    given = []
+
+    def recording(connection, reference=None, content=None, signatures=None, over_steps=None):
+        given.append(over_steps)
+        return counting(connection)
+
+    monkeypatch.setattr("alambic.monitor.assess.assess", recording)
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    LogImporter(Store(db)).import_files(write(tmp_path / "log.jsonl", traffic()))
+    args = ["--db", db, "--follow", "--once", "--json", "--lag", "1s", "--checkpoint", str(tmp_path / "state")]
+    args += ["--reference", str(benign)]
+    kept = tmp_path / "state" / "risk-over-steps.json"
+    replayed = {}
+    for run, step in (("first", "6h"), ("again", "6h"), ("another step", "12h")):
+        given.clear()
+        lines(monitor(*args, "--step", step))
+        # the reference's steps (the log's rows all lie before its first boundary, so it scores none), what was kept
+        replayed[run] = (len(given), json.loads(kept.read_text())["key"])
+    assert replayed["first"][0] >= 8 and replayed["again"] == (0, replayed["first"][1])  # read back, not replayed
+    assert 4 <= replayed["another step"][0] < replayed["first"][0]  # a new setting: replayed at its own step
+    assert replayed["another step"][1] != replayed["first"][1]
+
+
 def test_the_store_is_read_as_the_file_is(tmp_path, counted):
     log = write(tmp_path / "log.jsonl", traffic())[0]
     db = f"sqlite:///{tmp_path / 'store.db'}"

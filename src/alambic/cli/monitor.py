@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -19,6 +20,8 @@ from rich.table import Table
 from alambic.cli.common import app, console, duration, moment, one_line_errors
 from alambic.errors import InvalidRequestError
 from alambic.store import Store
+
+RISK_OVER_STEPS = "risk-over-steps.json"  # in a follower's checkpoint: its reference's highest risks over the steps
 
 
 @app.command()
@@ -108,7 +111,8 @@ def monitor(
             if window_length is None and span:  # a reference of one instant judged its accounts on no time at all
                 window_length = span
             if replay or follow:
-                over_steps = _over_steps(benign, units, connection, embeddings, step_length, window_length)
+                kept = checkpoint if follow else None
+                over_steps = _over_steps(benign, units, connection, embeddings, step_length, window_length, kept)
         store = Store(db) if db is not None else None
         acting = Acting(store, act, throttle_rpm) if act or dry_run else None
         out = Console(soft_wrap=True)
@@ -236,14 +240,32 @@ def _reference(files: list[Path], embeddings, memory_limit: str | None) -> tuple
     return reference, units, connection, timedelta(microseconds=span)
 
 
-def _over_steps(reference, units, connection, embeddings, step: timedelta, window: timedelta | None):
+def _over_steps(
+    reference, units, connection, embeddings, step: timedelta, window: timedelta | None, kept: Path | None = None
+):
     """Risk over the steps of a replay: the reference log replayed as the monitor will step (`step`, `window`), each
-    of its accounts compared with the others only, and calibrated on how high their risk climbs."""
+    of its accounts compared with the others only, and calibrated on how high their risk climbs. With `kept` (a
+    follower's checkpoint), those highest risks are kept there and read back while the reference's accounts, the
+    settings and the monitor's code are the same (a follower run `--once` at a time need not replay it each time)."""
+    import alambic.monitor
     from alambic.monitor.replay import highest_risks
     from alambic.monitor.risk import RiskOverSteps
 
-    own_excluded = _assess(reference.excluding_own(units.accounts), embeddings)
-    return RiskOverSteps(highest_risks(connection, own_excluded, step, window))
+    settings = [units.accounts, units.rows, units.groups, step / timedelta(microseconds=1), embeddings is not None]
+    settings.append(window / timedelta(microseconds=1) if window is not None else None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for source in sorted(Path(alambic.monitor.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    key = digest.hexdigest()
+    path = kept / RISK_OVER_STEPS if kept is not None else None
+    if path is not None and path.is_file() and (found := json.loads(path.read_text()))["key"] == key:
+        return RiskOverSteps(found["highest"])
+    highest = highest_risks(connection, _assess(reference.excluding_own(units.accounts), embeddings), step, window)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps({"key": key, "highest": highest}))
+        path.with_suffix(".tmp").replace(path)
+    return RiskOverSteps(highest)
 
 
 def _calibrated(rows: list, what: str, accounts: list | None = None, groups: list = (), phrasing=None):

@@ -10,7 +10,9 @@ ACTIONS = ("none", "flag", "throttle", "block")
 @dataclass(frozen=True)
 class Verdict:
     account: str
-    risk: float  # calibrated on benign traffic: the share of benign accounts scoring at least as high is 1 - risk
+    # calibrated on benign traffic: the share of benign accounts scoring at least as high is 1 - risk (over a replay's
+    # steps, `risk.RiskOverSteps`: the share reaching it at some step)
+    risk: float
     reasons: tuple[str, ...]  # the strongest first, in words
     campaign: str | None  # the id of the linked group it belongs to, None when alone
     action: str  # one of ACTIONS
