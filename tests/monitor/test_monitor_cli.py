@@ -2,6 +2,7 @@
 source, --act and --dry-run on a running gateway, --follow, and bad input in one line with exit code 2."""
 
 import json
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -136,11 +137,16 @@ def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_repla
     lines(monitor(*args))
     assert given == [None]  # one scoring of the whole log: risk as calibrated
     given.clear()
-    lines(monitor(*args, "--replay", "--step", "6h", "--window", "30d"))
+    replayed = monitor(*args, "--replay", "--step", "6h", "--window", "30d")
+    lines(replayed)
     # the reference replayed at the same step and window (its steps first, with no calibration), then the log's
     benign_rows = [json.loads(line) for line in benign.read_text().splitlines()]
     reference_steps = given.index(next(g for g in given if g is not None))
     assert reference_steps >= 8 and given[:reference_steps] == [None] * reference_steps  # two days of 6 h steps
+    progress = replayed.stderr.replace("━", "")  # each replay's bar on stderr, with its steps
+    assert f"the reference's replay (calibration)  {reference_steps}/{reference_steps} " in progress
+    steps = len(given) - reference_steps  # the log's: 00:00 and 06:00
+    assert steps == 2 and re.search(f"^replay  {steps}/{steps} ", progress, re.MULTILINE)
     over_steps = given[-1]
     assert isinstance(over_steps, RiskOverSteps) and all(g is over_steps for g in given[reference_steps:])
     counts = Counter(r["account"] for r in benign_rows)  # `counting` gives an account n / 10 at n requests

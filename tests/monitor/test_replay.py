@@ -47,6 +47,14 @@ def test_a_replay_flags_each_account_once_with_its_requests_up_to_the_flag(tmp_p
     }
 
 
+def test_a_replay_says_how_far_it_is_after_each_step(tmp_path):
+    monitor = SteppedMonitor(open_log(write(tmp_path / "log.jsonl", traffic()), name="log"), counting, 10 * MINUTE)
+    steps = []
+    monitor.advance(on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(n, 13) for n in range(1, 14)]  # boundaries 00:00 to 01:50, and the closer's at 03:20
+    assert monitor.advance(on_step=steps.append) == [] and len(steps) == 13  # nothing new, no step
+
+
 def test_a_replay_keeps_each_accounts_highest_risk_at_any_step(tmp_path):
     files = write(tmp_path / "log.jsonl", traffic())
     windowed = replay(files, 10 * MINUTE, window=25 * MINUTE)  # `counting`: n / 10 at n requests in the window

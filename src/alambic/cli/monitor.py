@@ -6,7 +6,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from alambic.cli.common import app, console, duration, moment, one_line_errors
@@ -144,7 +145,8 @@ def monitor(
                     step_length,
                     window=window_length,
                 )
-                stepped.advance()
+                with _steps("replay") as on_step:
+                    stepped.advance(on_step=on_step)
                 verdicts, flags = stepped.verdicts, stepped.flags
             else:
                 verdicts = _assess(benign, embeddings)(connection)
@@ -172,6 +174,15 @@ def _memory_bounded(memory_limit: str | None) -> Iterator[None]:
             "JSONL takes ~40 MiB a DuckDB thread, one a core; prompts and their near-duplicates grow with the "
             "distinct prompts)."
         ) from None
+
+
+@contextmanager
+def _steps(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over a replay's steps, on stderr: what `SteppedMonitor.advance` calls after each."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done, steps: progress.update(task, completed=done, total=steps)
 
 
 def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitStack, memory_limit: str | None):
@@ -260,7 +271,9 @@ def _over_steps(
     path = kept / RISK_OVER_STEPS if kept is not None else None
     if path is not None and path.is_file() and (found := json.loads(path.read_text()))["key"] == key:
         return RiskOverSteps(found["highest"])
-    highest = highest_risks(connection, _assess(reference.excluding_own(units.accounts), embeddings), step, window)
+    own_excluded = _assess(reference.excluding_own(units.accounts), embeddings)
+    with _steps("the reference's replay (calibration)") as on_step:
+        highest = highest_risks(connection, own_excluded, step, window, on_step)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps({"key": key, "highest": highest}))

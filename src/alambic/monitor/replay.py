@@ -74,35 +74,47 @@ class SteppedMonitor:
         """Each account's latest verdict: with a window, an account quiet since is judged as it was last seen."""
         return list(self.latest.values())
 
-    def advance(self, until: datetime | None = None) -> list[tuple[Verdict, FirstFlag]]:
-        """Score every boundary up to `until` (None: up to the one past the last row) that new rows fall before;
-        returns the accounts flagged for the first time, in the order they were."""
+    def advance(
+        self, until: datetime | None = None, on_step: Callable[[int, int], None] | None = None
+    ) -> list[tuple[Verdict, FirstFlag]]:
+        """Score every boundary up to `until` (None: up to the one past the last row) that new rows fall before,
+        calling `on_step(steps scored, steps in all)` after each; returns the accounts flagged for the first time,
+        in the order they were."""
         raised = []
-        for boundary in self._boundaries(until):
-            known = f"SELECT * FROM {self.log} WHERE {_us('t')} <= {boundary}"
-            if self.window is not None:
-                known += f" AND {_us('t')} > {boundary - self.window}"
-            self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
-            scored = self.assess(self.connection)
-            self.latest.update((v.account, v) for v in scored)
-            for v in scored:
-                self.highest[v.account] = max(v.risk, self.highest.get(v.account, 0.0))
-            self.scored_until = boundary
-            fresh = {v.account: v for v in scored if v.action != "none" and v.account not in self.flags}
-            if not fresh:
-                continue
-            rows = self.connection.execute(
-                f"SELECT account, count(*), max({_us('t')}) FROM {self.log} WHERE {_us('t')} <= {boundary} "
-                "AND account IN (SELECT unnest(?)) GROUP BY account",
-                [list(fresh)],
-            ).fetchall()
-            seen = {account: (count, last) for account, count, last in rows}
-            for account, verdict in fresh.items():
-                if account in seen:
-                    count, last = seen[account]
-                    count += self.earlier.get(account, 0)
-                    self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action, _moment(boundary))
-                    raised.append((verdict, flag))
+        boundaries = self._boundaries(until)
+        for done, boundary in enumerate(boundaries, 1):
+            raised += self._score(boundary)
+            if on_step is not None:
+                on_step(done, len(boundaries))
+        return raised
+
+    def _score(self, boundary: int) -> list[tuple[Verdict, FirstFlag]]:
+        """Score the log as known at `boundary`; the accounts it flags for the first time."""
+        known = f"SELECT * FROM {self.log} WHERE {_us('t')} <= {boundary}"
+        if self.window is not None:
+            known += f" AND {_us('t')} > {boundary - self.window}"
+        self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
+        scored = self.assess(self.connection)
+        self.latest.update((v.account, v) for v in scored)
+        for v in scored:
+            self.highest[v.account] = max(v.risk, self.highest.get(v.account, 0.0))
+        self.scored_until = boundary
+        fresh = {v.account: v for v in scored if v.action != "none" and v.account not in self.flags}
+        if not fresh:
+            return []
+        rows = self.connection.execute(
+            f"SELECT account, count(*), max({_us('t')}) FROM {self.log} WHERE {_us('t')} <= {boundary} "
+            "AND account IN (SELECT unnest(?)) GROUP BY account",
+            [list(fresh)],
+        ).fetchall()
+        seen = {account: (count, last) for account, count, last in rows}
+        raised = []
+        for account, verdict in fresh.items():
+            if account in seen:
+                count, last = seen[account]
+                count += self.earlier.get(account, 0)
+                self.flags[account] = flag = FirstFlag(_moment(last), count, verdict.action, _moment(boundary))
+                raised.append((verdict, flag))
         return raised
 
     def _boundaries(self, until: datetime | None) -> list[int]:
@@ -115,12 +127,16 @@ class SteppedMonitor:
 
 
 def highest_risks(
-    connection: duckdb.DuckDBPyConnection, assess: Assess, step: timedelta, window: timedelta | None = None
+    connection: duckdb.DuckDBPyConnection,
+    assess: Assess,
+    step: timedelta,
+    window: timedelta | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[float]:
     """Each account's highest risk over a replay of `log` (the same `step` and `window` as the monitor it
-    calibrates): on a benign log, what `risk.RiskOverSteps` is fitted on."""
+    calibrates): on a benign log, what `risk.RiskOverSteps` is fitted on. `on_step` as `SteppedMonitor.advance`'s."""
     monitor = SteppedMonitor(connection, assess, step, window=window)
-    monitor.advance()
+    monitor.advance(on_step=on_step)
     return list(monitor.highest.values())
 
 
