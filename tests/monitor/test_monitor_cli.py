@@ -49,6 +49,19 @@ def benign(tmp_path_factory):
 
 
 @pytest.fixture
+def given(monkeypatch) -> list:
+    """`counted`'s scoring, recording the calibration over steps each scoring is given (None: per scoring)."""
+    calibrations = []
+
+    def recording(connection, reference=None, content=None, signatures=None, over_steps=None):
+        calibrations.append(over_steps)
+        return counting(connection)
+
+    monkeypatch.setattr("alambic.monitor.assess.assess", recording)
+    return calibrations
+
+
+@pytest.fixture
 def counted(monkeypatch):
     """The stand-in scoring (flag at 3 requests, block at 5), so that flag times are known."""
     monkeypatch.setattr("alambic.monitor.assess.assess", counting)
@@ -124,14 +137,7 @@ def test_replay_judges_each_step_on_the_window_given_or_the_references_span(tmp_
     assert lines(monitor(*args, "--window", "25m"))["steady"]["first_flag_time"] is not None
 
 
-def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_replay(tmp_path, benign, monkeypatch):
-    given = []
-
-    def recording(connection, reference=None, content=None, signatures=None, over_steps=None):
-        given.append(over_steps)
-        return counting(connection)
-
-    monkeypatch.setattr("alambic.monitor.assess.assess", recording)
+def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_replay(tmp_path, benign, given):
     log = write(tmp_path / "log.jsonl", traffic())[0]
     args = ["--log", str(log), "--json", "--reference", str(benign)]
     lines(monitor(*args))
@@ -154,15 +160,8 @@ def test_replay_and_follow_calibrate_risk_over_the_steps_of_the_references_repla
 
 
 def test_a_follower_keeps_its_references_replay_in_the_checkpoint_while_nothing_it_depends_on_changes(
-    tmp_path, benign, monkeypatch
+    tmp_path, benign, given
 ):
-    given = []
-
-    def recording(connection, reference=None, content=None, signatures=None, over_steps=None):
-        given.append(over_steps)
-        return counting(connection)
-
-    monkeypatch.setattr("alambic.monitor.assess.assess", recording)
     db = f"sqlite:///{tmp_path / 'store.db'}"
     LogImporter(Store(db)).import_files(write(tmp_path / "log.jsonl", traffic()))
     args = ["--db", db, "--follow", "--once", "--json", "--lag", "1s", "--checkpoint", str(tmp_path / "state")]

@@ -149,7 +149,7 @@ def test_a_reference_scores_its_own_accounts_against_the_others_only(two_benign_
     reference = Reference(rows)
     own_excluded = reference.excluding_own(ids)
     loudest = max(range(len(rows)), key=lambda n: rows[n]["requests"])
-    # compared with itself among the others, the loudest account is no louder than one benign account
+    # in a pool that holds its own row the loudest account ties with it; left out, it is past every other
     assert reference.assess(rows[loudest]).risk < own_excluded.assess(rows[loudest], ids[loudest]).risk
     assert own_excluded.assess(rows[loudest]).risk == reference.assess(rows[loudest]).risk  # no id: all of them
     assert reference.excluding_own(ids[1:], first=1).assess(rows[0], ids[0]).risk == reference.assess(rows[0]).risk
