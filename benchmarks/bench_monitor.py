@@ -49,9 +49,9 @@ from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_bef
 from alambic.monitor.risk import THRESHOLDS, Reference, RiskOverSteps, surprise
 from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
-from alambic.paths import cache_dir
+from alambic.paths import cache_dir, fingerprint
 from alambic.simulate import CAMPAIGNS, HELD_OUT, Simulation, SimulationSettings, write_jsonl
-from common import SOURCES, fingerprint, library_versions, write_result
+from common import SOURCES, library_versions, write_result
 
 REFERENCE_SEEDS = (1000, 1001, 1002)  # benign-only weeks that calibrate risk
 DAYS = 7

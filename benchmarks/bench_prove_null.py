@@ -48,13 +48,13 @@ from alambic.generation.params import SamplingParams
 from alambic.harvest.dataset import AnswerRow, HarvestDataset
 from alambic.models import LoadedModel, load_model
 from alambic.models.student import student_from_teacher
-from alambic.paths import cache_dir
+from alambic.paths import cache_dir, fingerprint
 from alambic.prove.null import Trial, copied_predictions, copying_answer, summarise, trial
 from alambic.prove.radioactivity import Scored, radioactivity, suspect_predictions
 from alambic.prove.run import answers_read, rows_read
 from alambic.watermark import AaronsonScheme, KirchenbauerScheme
 from alambic.watermark.schemes import KeyedScheme
-from common import RESULTS, SHARED_DATA, SOURCES, answered, fingerprint, library_versions, source_of, write_result
+from common import RESULTS, SHARED_DATA, SOURCES, answered, library_versions, source_of, write_result
 
 KEYS = 200
 ANSWER_TOKENS = 64

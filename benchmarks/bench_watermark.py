@@ -60,6 +60,7 @@ from alambic.generation.backends import load_backend
 from alambic.harvest import load_prompts
 from alambic.harvest.dataset import HarvestDataset, read_rows
 from alambic.models import load_model
+from alambic.paths import fingerprint
 from alambic.prove import MIN_CONTEXT_TEXTS
 from alambic.prove.radioactivity import Scored, radioactivity
 from alambic.prove.run import answers_read, prove_api, prove_weights, read_suspect
@@ -72,7 +73,6 @@ from common import (
     SOURCES,
     GatewayProcess,
     answered,
-    fingerprint,
     harvest_digest,
     library_versions,
     sharegpt_first_turns,

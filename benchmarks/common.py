@@ -1,5 +1,5 @@
 """What the benchmarks share: the real prompts, a gateway in its own process, writing results with where and
-when each figure was measured, and the fingerprints that key cached intermediate results."""
+when each figure was measured, and what keys cached intermediate results (beside `alambic.paths.fingerprint`)."""
 
 from __future__ import annotations
 
@@ -101,17 +101,6 @@ def write_result(name: str, result: dict, *, update: bool = False, directory: Pa
     measured = {key: now if key in result else measured.get(key) for key in figures}
     path.write_text(json.dumps({**figures, "measured": measured}, indent=2) + "\n")
     return path
-
-
-def fingerprint(settings: dict, *paths: Path) -> str:
-    """A hash of the settings and of the files (every file under a directory) that make a cached result: its
-    key, so that a change to the code or the settings makes a new one instead of reusing a stale one."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for path in paths:
-        for file in sorted(path.rglob("*") if path.is_dir() else [path]):
-            if file.is_file() and "__pycache__" not in file.parts:
-                digest.update(str(file.relative_to(path.parent)).encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def source_of(*functions: Callable) -> str:

@@ -1,10 +1,8 @@
-"""What the benchmarks' results record: each figure's own date and machine, the CPU's AVX-512 and AMX flags;
-and the fingerprint that keys a cached intermediate result by the settings and code that made it."""
+"""What the benchmarks' results record: each figure's own date and machine, the CPU's AVX-512 and AMX flags."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -49,15 +47,3 @@ def test_the_machine_names_the_cpus_avx512_and_amx_flags(tmp_path, monkeypatch):
     described = common.machine()
     assert described["cpu"] == "Test CPU"
     assert described["cpu_flags"] == ["amx_bf16", "amx_tile", "avx512_bf16", "avx512f"]
-
-
-def test_a_fingerprint_changes_with_the_settings_and_the_code_and_not_with_where_the_code_lies(tmp_path):
-    code = tmp_path / "a" / "pkg"
-    code.mkdir(parents=True)
-    (code / "train.py").write_text("STEPS = 1\n")
-    first = common.fingerprint({"epochs": 2}, code)
-    shutil.copytree(code, tmp_path / "b" / "pkg")
-    assert common.fingerprint({"epochs": 2}, tmp_path / "b" / "pkg") == first
-    assert common.fingerprint({"epochs": 1}, code) != first
-    (code / "train.py").write_text("STEPS = 2\n")
-    assert common.fingerprint({"epochs": 2}, code) != first

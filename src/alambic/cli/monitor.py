@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -261,13 +260,11 @@ def _over_steps(
     import alambic.monitor
     from alambic.monitor.replay import highest_risks
     from alambic.monitor.risk import RiskOverSteps
+    from alambic.paths import fingerprint
 
-    settings = [units.accounts, units.rows, units.groups, step / timedelta(microseconds=1), embeddings is not None]
-    settings.append(window / timedelta(microseconds=1) if window is not None else None)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for source in sorted(Path(alambic.monitor.__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
-    key = digest.hexdigest()
+    settings = {"reference": [units.accounts, units.rows, units.groups], "content": embeddings is not None}
+    settings |= {"step": step, "window": window}
+    key = fingerprint(settings, Path(alambic.monitor.__file__).parent)
     path = kept / RISK_OVER_STEPS if kept is not None else None
     if path is not None and path.is_file() and (found := json.loads(path.read_text()))["key"] == key:
         return RiskOverSteps(found["highest"])
