@@ -55,6 +55,8 @@ def test_accounts_create_prints_the_key_alone_on_the_last_line(db):
         (["serve", "--model", "tiny", "--kv-layout", "per-sequence"], "llama.cpp settings"),
         (["serve", "--model", "tiny", "--kv-tokens", "4096"], "llama.cpp settings"),
         (["serve", "--backend", "llamacpp", "--kv-layout", "paged"], "Unknown KV layout 'paged'"),
+        (["serve", "--backend", "llamacpp", "--dtype", "bfloat16"], "dtype is a transformers setting"),
+        (["serve", "--model", "tiny", "--dtype", "float16"], "Unknown dtype 'float16'"),
         (["serve", "--model", "tiny", "--draft-tokens", "4"], "speculative decoding needs llama.cpp"),
     ],
 )

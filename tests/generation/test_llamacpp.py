@@ -37,7 +37,8 @@ def llama_engine():
 
 @pytest.fixture(scope="module")
 def hf_engine():
-    engine = GenerationEngine(load_backend("smollm2", "transformers"))
+    # float32, nearest llama.cpp's F16 (bf16 rounds more: near-ties flip more often)
+    engine = GenerationEngine(load_backend("smollm2", "transformers", dtype="float32"))
     yield engine
     engine.close()
 

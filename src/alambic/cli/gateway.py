@@ -50,6 +50,13 @@ def serve(
             "CPU has AVX512_BF16 or AMX, else f16."
         ),
     ] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="transformers: the weights' precision, float32, bfloat16, or auto: bfloat16 where the CPU has "
+            "AVX512_BF16 or AMX, else float32."
+        ),
+    ] = "auto",
     db: DatabaseOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -118,6 +125,7 @@ def serve(
             model,
             backend,
             gguf_type=gguf_type,
+            dtype=dtype,
             max_sequences=max_batch_size,
             kv_tokens=kv_tokens,
             kv_layout=kv_layout,
@@ -132,8 +140,11 @@ def serve(
         watermark=scheme,
         instance=instance,
     )
-    encoding = getattr(model_backend, "encoding", None)  # llama.cpp: the weights' encoding, logged at load
-    weights = f", GGUF {encoding}" + (" chosen for this CPU" if gguf_type == "auto" else "") if encoding else ""
+    if backend == "llamacpp":  # the weights' encoding: a GGUF type (None: a .gguf file's own), or a torch dtype
+        encoding, asked = model_backend.encoding and f"GGUF {model_backend.encoding}", gguf_type
+    else:
+        encoding, asked = str(model_backend.model.dtype).removeprefix("torch."), dtype
+    weights = f", {encoding}" + (" chosen for this CPU" if asked == "auto" else "") if encoding else ""
     console.print(f"Serving [bold]{model_backend.name}[/bold]{weights} on http://{host}:{port}/v1 (log: {store.url})")
     try:
         uvicorn.run(create_app(engine, store, settings), host=host, port=port, access_log=False)

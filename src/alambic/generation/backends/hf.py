@@ -1,28 +1,66 @@
 """transformers backend: one left-padded DynamicCache shared by all rows.
 
 Each row's real tokens end at the right edge of the cache, so a decode step appends one column for every
-row. A joining group is prefilled on its own, then padded on the left and concatenated to the running
-cache; leaving rows are removed with an index select, and columns that only hold padding are trimmed.
+row. Each joining prompt is prefilled alone (a batch padded to its longest prompt would compute the padding),
+then padded on the left and concatenated to the running cache; leaving rows are removed with an index select,
+and columns that only hold padding are trimmed. A decode step's attention is `grouped_decode_attention`,
+registered with transformers as `GROUPED_DECODE`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from alambic.models import LoadedModel
+
+GROUPED_DECODE = "alambic_grouped_decode"
+
+
+def grouped_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for one new token a row: the query heads that share a key/value head are multiplied against it
+    together, softmax in float32. Anything else (a prompt, a soft cap, a position bias) is torch's SDPA's, whose
+    CPU kernels at one token a row repeat the cache for every query head, or run flash attention, both slower.
+    In: query (B, H, 1, D), key and value (B, KV heads, L, D), the mask (B, 1, 1, L) True where a row attends.
+    Out: (B, 1, H, D), as transformers' attention functions return it."""
+    if query.shape[2] != 1 or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    rows, heads, _, width = query.shape
+    grouped = query.view(rows, key.shape[1], heads // key.shape[1], width)
+    scale = scaling if scaling is not None else 1 / math.sqrt(width)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale  # (B, KV heads, group, L)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, -math.inf)
+    output = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)  # (B, KV heads, group, D)
+    return output.reshape(rows, 1, heads, value.shape[-1]), None
+
+
+AttentionInterface.register(GROUPED_DECODE, grouped_decode_attention)
+AttentionMaskInterface.register(GROUPED_DECODE, sdpa_mask)  # boolean masks, as SDPA's
 
 
 class TransformersBackend:
     def __init__(self, loaded: LoadedModel) -> None:
         self.name = loaded.name
         self.model = loaded.model
+        self.model.set_attn_implementation(GROUPED_DECODE)
         self.tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self.eos_token_ids = loaded.eos_token_ids
         self.kv_capacity = None  # the DynamicCache grows with the rows, as far as memory goes
-        self.pad_token_id = self.tokenizer.pad_token_id or min(self.eos_token_ids)
         self.cached_tokens: list[int] = []  # always none: each prompt is computed whole
         self.torch_threads = torch.get_num_threads()  # the model's forward passes are torch's
         self.cache: DynamicCache | None = None
@@ -30,20 +68,19 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, mask, cache)
+        # One prompt at a time: 16 ShareGPT first turns, ~90 tokens on average, pad to ~250 (two thirds padding)
+        joining, logits = [], []
+        for prompt in prompts:
+            input_ids = torch.tensor([prompt])
+            mask = torch.ones_like(input_ids)
+            cache = DynamicCache(config=self.model.config)
+            logits.append(self._forward(input_ids, mask, cache))
+            joining.append((cache, mask))
         self.cached_tokens = [0] * len(prompts)
-        if self.cache is None:
-            self.cache, self.attention_mask = cache, mask
-        else:
-            self._merge(cache, mask)
-        return logits
+        parts = ([(self.cache, self.attention_mask)] if self.cache is not None else []) + joining
+        self.cache = parts[0][0]
+        self._join(parts)
+        return torch.cat(logits)
 
     @torch.inference_mode()
     def decode(self, tokens: list[int]) -> torch.Tensor:
@@ -75,16 +112,15 @@ class TransformersBackend:
         )
         return output.logits[:, -1, :].float()  # (B, V)
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        width = max(self.attention_mask.shape[1], mask.shape[1])
-        for running_layer, joining_layer in zip(self.cache.layers, cache.layers, strict=True):
+    def _join(self, parts: list[tuple[DynamicCache, torch.Tensor]]) -> None:
+        """The running cache becomes `parts` (each a cache and its mask) one after another, left-padded to the
+        widest."""
+        width = max(mask.shape[1] for _, mask in parts)
+        for index, running_layer in enumerate(self.cache.layers):
             for name in ("keys", "values"):  # (B, H, L, D)
-                a = _left_pad(getattr(running_layer, name), width, dim=2)
-                b = _left_pad(getattr(joining_layer, name), width, dim=2)
-                setattr(running_layer, name, torch.cat([a, b], dim=0))
-        self.attention_mask = torch.cat(
-            [_left_pad(self.attention_mask, width, dim=1), _left_pad(mask, width, dim=1)], dim=0
-        )
+                padded = [_left_pad(getattr(cache.layers[index], name), width, dim=2) for cache, _ in parts]
+                setattr(running_layer, name, torch.cat(padded, dim=0))
+        self.attention_mask = torch.cat([_left_pad(mask, width, dim=1) for _, mask in parts], dim=0)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
