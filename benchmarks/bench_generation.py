@@ -26,6 +26,7 @@ import torch
 
 from alambic.generation import FinishEvent, GenerationEngine, GenerationRequest, SamplingParams, TokenEvent
 from alambic.generation.backends import load_backend
+from alambic.generation.backends.select import resolve_dtype
 from alambic.models import load_model
 from alambic.models.gguf import resolve_gguf_type, smollm2_gguf
 from alambic.watermark import KirchenbauerScheme
@@ -269,6 +270,7 @@ def main_length() -> None:
 
 def main() -> None:
     loaded = load_model("smollm2")
+    loaded.model.to(getattr(torch, resolve_dtype()))  # the dtype the transformers backend picks for this CPU
     tokenizer = loaded.tokenizer
     prompts = chat_prompts(tokenizer)
     mean_prompt = sum(len(p) for p in prompts) / len(prompts)
@@ -284,11 +286,13 @@ def main() -> None:
         print(f"{name:24s} streams={streams:2d} {figures['tok_s']:7.1f} tok/s", flush=True)
 
     generate_dtype = str(loaded.model.dtype)
+    torch_peak = "bf16" if loaded.model.dtype == torch.bfloat16 else "fp32"
     for streams in STREAMS:
-        record("transformers.generate", streams, measure_hf_generate(loaded.model, tokenizer, prompts, streams), "fp32")
+        figures = measure_hf_generate(loaded.model, tokenizer, prompts, streams)
+        record("transformers.generate", streams, figures, torch_peak)
 
     children = {}
-    for backend, peak in (("transformers", "fp32"), ("llamacpp", LLAMACPP_PEAK)):
+    for backend, peak in (("transformers", torch_peak), ("llamacpp", LLAMACPP_PEAK)):
         children[backend] = engine_figures(backend)
         for streams, figures in children[backend]["streams"].items():
             record(f"alambic-{backend}", int(streams), figures, peak)

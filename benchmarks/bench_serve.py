@@ -9,7 +9,8 @@ defaults (top-k 40, top-p 0.95, min-p 0.05 before the temperature); `llama-serve
 the whole distribution, as alambic samples. The gateway drafts tokens from a sequence's own past while it runs alone
 (`--draft-tokens`, 4 by default; each kept only when sampled): `alambic-no-drafts` is the gateway without them,
 `llama-server-ngram` llama-server with its own (`--spec-type ngram-simple`), and each level records the gateway's
-drafted tokens, accepted and taken back. Each server runs alone on the machine; with `--rounds` above 1 the servers
+drafted tokens, accepted and taken back; `alambic-transformers` is the gateway on its transformers backend (the
+weights in the dtype it picks for the CPU). Each server runs alone on the machine; with `--rounds` above 1 the servers
 take turns, in reverse order every other round (A, B, B, A, ...), so that drift in the machine's speed falls on
 both; each round's figures are kept beside their mean, and KGW's slowdown is also given round by round with a 95%
 interval. Both load the GGUF encoding alambic picks for this CPU (`--gguf-type auto`), and the CPU's flags are
@@ -60,6 +61,7 @@ SERVERS = (
     "alambic-kgw",
     "alambic-shared",
     "alambic-no-drafts",
+    "alambic-transformers",
     "llama-server",
     "llama-server-full",
     "llama-server-ngram",
@@ -205,10 +207,13 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
         else:
             db = f"sqlite:///{Path(scratch) / 'bench.db'}"
             key = create_account(Store(db), "bench")
-            options = ["--model", MODEL, "--backend", "llamacpp", "--gguf-type", gguf_type]
-            options += ["--max-batch-size", str(max(args.streams))]
-            options += ["--kv-tokens", str(max(args.streams) * KV_CELLS_PER_STREAM)]
-            if name != "alambic-shared":
+            options = ["--model", MODEL, "--max-batch-size", str(max(args.streams))]
+            if name == "alambic-transformers":
+                options += ["--backend", "transformers"]  # its weights in the dtype that fits the CPU
+            else:
+                options += ["--backend", "llamacpp", "--gguf-type", gguf_type]
+                options += ["--kv-tokens", str(max(args.streams) * KV_CELLS_PER_STREAM)]
+            if name not in ("alambic-shared", "alambic-transformers"):
                 options += ["--kv-layout", "per-sequence"]
             if name == "alambic-no-drafts":
                 options += ["--draft-tokens", "0"]
@@ -294,7 +299,7 @@ async def main() -> None:
     }
     for peer_name in LLAMA_SERVERS.keys() & by_server.keys():
         peer = by_server[peer_name]
-        for name in ("alambic", "alambic-shared", "alambic-no-drafts"):
+        for name in ("alambic", "alambic-shared", "alambic-no-drafts", "alambic-transformers"):
             if name in by_server:
                 ratios = {level: ratio(peer[level]["tok_s"], by_server[name][level]["tok_s"]) for level in peer}
                 field = f"ratio_vs_{peer_name}{name.removeprefix('alambic')}".replace("-", "_")
