@@ -3,8 +3,7 @@
 import pytest
 
 from alambic.generation import GenerationEngine
-from alambic.generation.backends import TransformersBackend
-from alambic.models import load_model
+from alambic.generation.backends import load_backend
 from conftest import start_gateway
 
 pytestmark = pytest.mark.slow
@@ -13,7 +12,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def teacher_engine():
-    engine = GenerationEngine(TransformersBackend(load_model("smollm2")))
+    engine = GenerationEngine(load_backend("smollm2", "transformers"))  # as `alambic serve` has it: its dtype auto
     yield engine
     engine.close()
 
