@@ -1,10 +1,12 @@
+import math
+
 import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from alambic.errors import InvalidRequestError
 from alambic.generation.backends import load_backend
-from alambic.generation.backends.hf import TransformersBackend, grouped_decode_attention
+from alambic.generation.backends.hf import GROUPED_DECODE, TransformersBackend, grouped_decode_attention
 from alambic.generation.backends.select import resolve_dtype
 from alambic.models import tiny_model
 from alambic.models.gguf import AUTO
@@ -13,11 +15,14 @@ ZEN3 = {"fpu", "avx", "avx2", "fma"}  # no AVX-512
 ZEN4 = ZEN3 | {"avx512f", "avx512_bf16"}
 
 
-def test_grouped_decode_attention_equals_sdpa_with_its_cache_repeated_per_query_head():
+@pytest.mark.parametrize("additive", [False, True], ids=["boolean-mask", "additive-mask"])
+def test_grouped_decode_attention_equals_sdpa_with_its_cache_repeated_per_query_head(additive):
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(3, 6, 1, 8, generator=generator)  # 3 rows, 6 query heads sharing 2 key/value heads
     key, value = torch.randn(2, 3, 2, 5, 8, generator=generator).unbind(0)
     mask = torch.tensor([[True] * 5, [False, False, True, True, True], [False] * 4 + [True]]).view(3, 1, 1, 5)
+    if additive:
+        mask = torch.zeros(mask.shape).masked_fill(~mask, -math.inf)
     module = torch.nn.Module()
     module.num_key_value_groups = 3  # what SDPA repeats the cache by
     expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
@@ -68,3 +73,11 @@ def test_the_backend_holds_its_weights_in_the_dtype_asked_for():
     assert backend.prefill([[5, 9, 11]]).dtype == torch.float32  # logits as every backend returns them
     with pytest.raises(InvalidRequestError, match="dtype is a transformers setting"):
         load_backend("smollm2", "llamacpp", dtype="float32")
+
+
+def test_the_grouped_attention_replaces_sdpa_only():
+    default, eager = tiny_model(), tiny_model()
+    eager.model.set_attn_implementation("eager")  # as a model with a soft cap needs
+    TransformersBackend(default), TransformersBackend(eager)
+    assert default.model.config._attn_implementation == GROUPED_DECODE
+    assert eager.model.config._attn_implementation == "eager"

@@ -32,18 +32,20 @@ def grouped_decode_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Attention for one new token a row: the query heads that share a key/value head are multiplied against it
-    together, softmax in float32. Anything else (a prompt, a soft cap, a position bias) is torch's SDPA's, whose
-    CPU kernels at one token a row repeat the cache for every query head, or run flash attention, both slower.
-    In: query (B, H, 1, D), key and value (B, KV heads, L, D), the mask (B, 1, 1, L) True where a row attends.
-    Out: (B, 1, H, D), as transformers' attention functions return it."""
-    if query.shape[2] != 1 or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+    together, softmax in float32. A prompt (several tokens a row) or a position bias is torch's SDPA's, whose CPU
+    kernels at one token a row repeat the cache for every query head, or run flash attention, both slower.
+    In: query (B, H, 1, D), key and value (B, KV heads, L, D), the mask (B, 1, 1, L): True where a row attends,
+    or added to the scores. Out: (B, 1, H, D), as transformers' attention functions return it."""
+    if query.shape[2] != 1 or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     rows, heads, _, width = query.shape
     grouped = query.view(rows, key.shape[1], heads // key.shape[1], width)
     scale = scaling if scaling is not None else 1 / math.sqrt(width)
     scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale  # (B, KV heads, group, L)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, -math.inf)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
     output = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)  # (B, KV heads, group, D)
     return output.reshape(rows, 1, heads, value.shape[-1]), None
 
@@ -56,7 +58,8 @@ class TransformersBackend:
     def __init__(self, loaded: LoadedModel) -> None:
         self.name = loaded.name
         self.model = loaded.model
-        self.model.set_attn_implementation(GROUPED_DECODE)
+        if self.model.config._attn_implementation == "sdpa":  # models that need another (a soft cap) keep theirs
+            self.model.set_attn_implementation(GROUPED_DECODE)
         self.tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self.eos_token_ids = loaded.eos_token_ids
