@@ -9,11 +9,13 @@ from contextlib import contextmanager
 import click
 import httpx
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
 from alambic.cli import app
 from alambic.cli.common import GIL_SWITCH_INTERVAL_S, before_backend_loads
+from alambic.generation.backends import load_backend
 from alambic.serve.server import wait_until_ready
 
 
@@ -188,10 +190,21 @@ def test_every_default_named_in_words_shows_in_the_help():
 
 @pytest.mark.parametrize("backend", ["llamacpp", "transformers"])
 def test_serving_llamacpp_hands_the_gil_back_to_the_generation_thread_sooner(backend, monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # set back after, as the interval is below
-    default = sys.getswitchinterval()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # set back after, as the interval and threads are below
+    default, threads = sys.getswitchinterval(), torch.get_num_threads()
     try:
         before_backend_loads(backend)
         assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S if backend == "llamacpp" else default)
     finally:
         sys.setswitchinterval(default)
+        torch.set_num_threads(threads)
+
+
+def test_serving_transformers_keeps_the_main_thread_to_one_torch_thread_and_the_engine_s_to_the_default():
+    threads = torch.get_num_threads()
+    try:
+        forward_threads = before_backend_loads("transformers")
+        assert (forward_threads, torch.get_num_threads()) == (threads, 1)
+        assert load_backend("tiny", "transformers", threads=forward_threads).torch_threads == threads
+    finally:
+        torch.set_num_threads(threads)

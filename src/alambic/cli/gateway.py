@@ -104,7 +104,7 @@ def serve(
     ] = "plain",
 ) -> None:
     """Serve a model behind an OpenAI-compatible API with accounts, policies and a request log."""
-    before_backend_loads(backend)
+    threads = before_backend_loads(backend)
     store = open_for_serving(db)  # before the model loads: a store to upgrade first fails in a second
     import uvicorn
 
@@ -129,6 +129,7 @@ def serve(
             max_sequences=max_batch_size,
             kv_tokens=kv_tokens,
             kv_layout=kv_layout,
+            threads=threads,
         )
     if draft_tokens is None:
         draft_tokens = DRAFT_TOKENS if backend == "llamacpp" else 0

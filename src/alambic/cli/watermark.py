@@ -68,7 +68,7 @@ def watermark_cost(
 ) -> None:
     """What each watermark setting costs: the answers' perplexity as the unwatermarked model scores them, GSM8K
     accuracy, and one answer's median detection p-value, against the same sampling without a watermark."""
-    before_backend_loads(backend)
+    threads = before_backend_loads(backend)
     from rich.console import Console
     from rich.table import Table
 
@@ -80,7 +80,7 @@ def watermark_cost(
 
     problems = load_problems(gsm8k, limit)
     key = watermark_key(key_env)
-    engine = GenerationEngine(load_backend(model, backend), max_batch_size=32)
+    engine = GenerationEngine(load_backend(model, backend, threads=threads), max_batch_size=32)
     try:
         scorer = engine.backend.model if backend == "transformers" else load_model(model).model
         with console.status(f"Answering {len(problems)} questions per setting…"):

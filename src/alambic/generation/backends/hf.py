@@ -55,7 +55,8 @@ AttentionMaskInterface.register(GROUPED_DECODE, sdpa_mask)  # boolean masks, as 
 
 
 class TransformersBackend:
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, threads: int | None = None) -> None:
+        """`threads`: torch's in the engine's thread, which runs the forward passes (default: torch's now)."""
         self.name = loaded.name
         self.model = loaded.model
         if self.model.config._attn_implementation == "sdpa":  # models that need another (a soft cap) keep theirs
@@ -65,7 +66,7 @@ class TransformersBackend:
         self.eos_token_ids = loaded.eos_token_ids
         self.kv_capacity = None  # the DynamicCache grows with the rows, as far as memory goes
         self.cached_tokens: list[int] = []  # always none: each prompt is computed whole
-        self.torch_threads = torch.get_num_threads()  # the model's forward passes are torch's
+        self.torch_threads = threads or torch.get_num_threads()  # the model's forward passes are torch's
         self.cache: DynamicCache | None = None
         self.attention_mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L) 1 where the cache holds a token
 

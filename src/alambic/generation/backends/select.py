@@ -47,15 +47,15 @@ def load_backend(
     kv_layout: str = "shared",
 ) -> ModelBackend:
     """`model` is smollm2, tiny, a model directory, or (llamacpp only) a .gguf file; llama.cpp's sequences
-    hold `kv_tokens` KV cells in all (default 32,768), laid out as `kv_layout` (shared or per-sequence), and
-    its forward passes use `threads` (default: torch's); smollm2's encoding is `gguf_type`, by default the one
-    that fits this CPU, and so is a transformers model's `dtype`."""
+    hold `kv_tokens` KV cells in all (default 32,768), laid out as `kv_layout` (shared or per-sequence); either
+    backend's forward passes use `threads` (default: torch's); smollm2's encoding is `gguf_type`, by default the
+    one that fits this CPU, and so is a transformers model's `dtype`."""
     if backend == "transformers":
         if kv_layout != "shared" or kv_tokens is not None:
             raise InvalidRequestError("KV cells and their layout are llama.cpp settings, not transformers'.")
         loaded = load_model(model)
         loaded.model.to(getattr(torch, resolve_dtype(dtype)))
-        return TransformersBackend(loaded)
+        return TransformersBackend(loaded, threads=threads)
     if backend != "llamacpp":
         raise InvalidRequestError(f"Unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
     if dtype != AUTO:
