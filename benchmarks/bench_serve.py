@@ -213,8 +213,8 @@ async def measure_server(name: str, gguf_type: str, prompts: list, args) -> dict
             else:
                 options += ["--backend", "llamacpp", "--gguf-type", gguf_type]
                 options += ["--kv-tokens", str(max(args.streams) * KV_CELLS_PER_STREAM)]
-            if name not in ("alambic-shared", "alambic-transformers"):
-                options += ["--kv-layout", "per-sequence"]
+                if name != "alambic-shared":
+                    options += ["--kv-layout", "per-sequence"]
             if name == "alambic-no-drafts":
                 options += ["--draft-tokens", "0"]
             if name == "alambic-kgw":
