@@ -11,7 +11,15 @@ import pytest
 from monitor_traffic import opened
 
 from alambic.monitor.assess import assess, benign_units
-from alambic.monitor.linking import EVIDENCE, Linking, actors, common_phrasing, link_accounts, linked_groups
+from alambic.monitor.linking import (
+    EVIDENCE,
+    SAME_TEXT_WEIGHT,
+    Linking,
+    actors,
+    common_phrasing,
+    link_accounts,
+    linked_groups,
+)
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
@@ -210,6 +218,28 @@ def test_a_log_without_addresses_links_with_no_address_evidence(tmp_path):
         assert group.evidence["address_shared_share"] == group.evidence["address_exclusivity"] == 0.0
 
 
+def test_a_sparse_campaign_stays_one_group_beside_a_heavy_actor_drawing_on_its_families(tmp_path):
+    """Six small accounts in a ring, each sending two prompts and matching its neighbours on one (a hydra's), and
+    a heavy actor of two accounts that split a hundred tasks and also send other variants of all six accounts'
+    tasks, two of their texts word for word (one bank, two actors). Counted in prompts, each small account matches
+    each heavy one on both of its prompts and the ring once a side: the heavy actor pulls them in. Relative to the
+    accounts' sizes, the ring's matches weigh more, and the campaign is one group of its own."""
+    ring = {f"c{i}": [_task(i), _task((i + 1) % 6, " more")] for i in range(6)}
+    heavy = {
+        f"h{side}": [_task(100 + k, tail) for k in range(100)] + [_task(i, f" {extra}") for i in range(6)]
+        for side, (tail, extra) in enumerate([("", "again"), (" more", "now")])
+    }
+    heavy["h0"] += [ring["c0"][0], ring["c3"][0]]
+    linking = link_accounts(opened(_log(tmp_path / "log.jsonl", {**_split_sets(100), **ring, **heavy})))
+    groups = {linking.campaign_of.get(a) for a in ring}
+    assert len(groups) == 1 and None not in groups, groups
+    assert linking.campaign_of["h0"] == linking.campaign_of["h1"] not in groups
+
+
+def _task(family: int, tail: str = "") -> str:
+    return " ".join(f"t{family}.{j}" for j in range(6)) + tail
+
+
 def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
     """ "hello" and "Hello" are one popular prompt, not two texts of a split set."""
     prompts = _split_sets(12)
@@ -222,9 +252,11 @@ def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
 
 def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_weighs_most_towards():
     """Contraction merges x with a1 first (their match is the heaviest), and the rest of a1's actor follows; x's
-    weight towards that actor (100 less two shared texts) is less than towards b1 and b2, which it then joins."""
-    edges = [("a1", "a2", 50), ("a1", "a3", 50), ("a2", "a3", 50), ("b1", "b2", 50)]
-    edges += [("a1", "x", 100), ("b1", "x", 40), ("b2", "x", 40)]
+    weight towards that actor (10/3 shared texts' worth less two shared texts) is less than towards b1 and b2 (4/3
+    each), which it then joins. Weights in units of a shared text's."""
+    w = SAME_TEXT_WEIGHT / 3
+    edges = [("a1", "a2", 5 * w), ("a1", "a3", 5 * w), ("a2", "a3", 5 * w), ("b1", "b2", 5 * w)]
+    edges += [("a1", "x", 10 * w), ("b1", "x", 4 * w), ("b2", "x", 4 * w)]
     same_texts = [("a2", "x", 1), ("a3", "x", 1), ("a1", "b1", 2), ("a2", "b2", 2), ("a3", "b1", 2)]
     actor_of = actors(edges, same_texts)
     assert actor_of["x"] == actor_of["b1"] == actor_of["b2"] != actor_of["a1"]
@@ -233,8 +265,10 @@ def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_w
 
 def test_an_account_that_weighs_against_its_own_actor_stands_alone_even_as_its_first_member():
     """a and b merge first (their match is the heaviest), then c and d join through b, each of them sharing texts
-    with a: a now weighs against its actor (70 less 120) and leaves it, though the actor was first a's."""
-    edges = [("a", "b", 70), ("b", "c", 65), ("b", "d", 65)]
+    with a: a now weighs against its actor (7/3 shared texts' worth less four) and leaves it, though the actor was
+    first a's."""
+    w = SAME_TEXT_WEIGHT / 3
+    edges = [("a", "b", 7 * w), ("b", "c", 6.5 * w), ("b", "d", 6.5 * w)]
     actor_of = actors(edges, [("a", "c", 2), ("a", "d", 2)])
     assert actor_of["a"] != actor_of["b"] == actor_of["c"] == actor_of["d"]
 

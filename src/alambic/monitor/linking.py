@@ -15,9 +15,11 @@ removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` 
 drawing on one bank (a public data set, one generator's templates) match each other's texts as often as one actor's
 accounts match among themselves, but they also send some of the same texts, which a split set never does: each rare
 text two accounts both sent weighs `SAME_TEXT_WEIGHT` matched prompts against linking them, and accounts are
-partitioned on that signed graph before its groups are read. A family is rare by the log it is read in; hours into a
-log, phrasing that crowds share (a chat opener's template) has reached few accounts yet, so prompts near a benign
-log's `common_phrasing` (a `risk.Reference` carries it) are no evidence at all.
+partitioned on that signed graph before its groups are read. A pair's matches and shared texts weigh relative to the
+two accounts' sizes: an account drawing hundreds of prompts from a bank matches a few of everyone's, and must not
+outweigh a sparse campaign's few matches between its own small accounts. A family is rare by the log it is read in;
+hours into a log, phrasing that crowds share (a chat opener's template) has reached few accounts yet, so prompts near
+a benign log's `common_phrasing` (a `risk.Reference` carries it) are no evidence at all.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a s
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
 COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
 BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smaller side is an account joining
-SAME_TEXT_WEIGHT = 30.0  # matched prompts one rare text sent by both outweighs (20 to 1e6: the same groups, seeds 0-2)
+SAME_TEXT_WEIGHT = 30.0  # matched prompts one rare text sent by both outweighs (from 40, benign classrooms split)
 REFINE_ROUNDS = 20  # of moving accounts between clusters; it settles in a few
 
 # Families: each LSH bucket of near-duplicates, and each exact text, less the prompts near a benign log's common
@@ -74,11 +76,16 @@ SELECT DISTINCT family, account, prompt_hash,
 FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 
+# A pair's size, which its weights are relative to (as a cosine similarity is): the geometric mean of its accounts'
+# distinct prompts.
+DISTINCT_PROMPTS = "distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account)"
+PAIR_SIZE = "sqrt(pa.prompts * pb.prompts)"
+
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
 # prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance;
-# weighed by the prompts matched (the fewer of the two sides).
+# weighed by the prompts matched (the fewer of the two sides), relative to the pair's size.
 EDGES = f"""
-WITH distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account),
+WITH {DISTINCT_PROMPTS},
 coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
              FROM rare_holdings GROUP BY account),
 matched AS (
@@ -87,18 +94,22 @@ matched AS (
       ON x.family = y.family AND x.account < y.account AND x.wording <> y.wording
     GROUP BY ALL
 )
-SELECT a, b, least(in_a, in_b) FROM matched
+SELECT a, b, least(in_a, in_b) / {PAIR_SIZE} FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
 WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
    OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
 """
 
-# Two accounts that sent the same rare texts, and how many: two actors drawing on one bank, as a split set is disjoint.
-SAME_TEXTS = """
-WITH texts AS (SELECT DISTINCT account, wording FROM rare_holdings)
-SELECT x.account, y.account, count(*) FROM texts x JOIN texts y ON x.wording = y.wording AND x.account < y.account
-GROUP BY ALL
+# Two accounts that sent the same rare texts, and how many, relative to the pair's size as `EDGES` are: two actors
+# drawing on one bank, as a split set is disjoint.
+SAME_TEXTS = f"""
+WITH {DISTINCT_PROMPTS},
+texts AS (SELECT DISTINCT account, wording FROM rare_holdings),
+shared AS (SELECT x.account AS a, y.account AS b, count(*) AS texts
+           FROM texts x JOIN texts y ON x.wording = y.wording AND x.account < y.account GROUP BY ALL)
+SELECT a, b, texts / {PAIR_SIZE} FROM shared
+JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 """
 
 # Per group: its member that sent first (ties by name), then what its members share and how exclusive it is to them
@@ -235,11 +246,12 @@ Node = TypeVar("Node", str, int)
 Signed = dict[Node, dict[Node, float]]  # a symmetric weighted graph: node -> neighbour -> weight
 
 
-def actors(edges: list[tuple[str, str, int]], same_texts: list[tuple[str, str, int]]) -> dict[str, int]:
+def actors(edges: list[tuple[str, str, float]], same_texts: list[tuple[str, str, float]]) -> dict[str, int]:
     """Each account of `edges` -> its actor's number, on the signed graph of prompts matched (`edges`) less
-    `SAME_TEXT_WEIGHT` per rare text both sent: greedy additive edge contraction, then rounds that move each account
-    to the cluster it weighs most towards and contract the clusters again, until none moves (GAEC and
-    Kernighan-Lin-style refinement for correlation clustering, Keuper et al. 2015)."""
+    `SAME_TEXT_WEIGHT` per rare text both sent (each pair's both taken relative to its size alike): greedy additive
+    edge contraction, then rounds that move each account to the cluster it weighs most towards and contract the
+    clusters again, until none moves (GAEC and Kernighan-Lin-style refinement for correlation clustering, Keuper et
+    al. 2015)."""
     weight: Signed[str] = defaultdict(dict)
     for a, b, w in [*edges, *((a, b, -SAME_TEXT_WEIGHT * n) for a, b, n in same_texts)]:
         weight[a][b] = weight[b][a] = weight[a].get(b, 0.0) + w
