@@ -11,15 +11,7 @@ import pytest
 from monitor_traffic import opened
 
 from alambic.monitor.assess import assess, benign_units
-from alambic.monitor.linking import (
-    EVIDENCE,
-    SAME_TEXT_WEIGHT,
-    Linking,
-    actors,
-    common_phrasing,
-    link_accounts,
-    linked_groups,
-)
+from alambic.monitor.linking import EVIDENCE, Linking, actors, common_phrasing, link_accounts, linked_groups
 from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
@@ -252,11 +244,9 @@ def test_the_same_words_in_another_case_or_spacing_are_one_text(tmp_path):
 
 def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_weighs_most_towards():
     """Contraction merges x with a1 first (their match is the heaviest), and the rest of a1's actor follows; x's
-    weight towards that actor (10/3 shared texts' worth less two shared texts) is less than towards b1 and b2 (4/3
-    each), which it then joins. Weights in units of a shared text's."""
-    w = SAME_TEXT_WEIGHT / 3
-    edges = [("a1", "a2", 5 * w), ("a1", "a3", 5 * w), ("a2", "a3", 5 * w), ("b1", "b2", 5 * w)]
-    edges += [("a1", "x", 10 * w), ("b1", "x", 4 * w), ("b2", "x", 4 * w)]
+    weight towards that actor (100 less two shared texts) is less than towards b1 and b2, which it then joins."""
+    edges = [("a1", "a2", 50), ("a1", "a3", 50), ("a2", "a3", 50), ("b1", "b2", 50)]
+    edges += [("a1", "x", 100), ("b1", "x", 40), ("b2", "x", 40)]
     same_texts = [("a2", "x", 1), ("a3", "x", 1), ("a1", "b1", 2), ("a2", "b2", 2), ("a3", "b1", 2)]
     actor_of = actors(edges, same_texts)
     assert actor_of["x"] == actor_of["b1"] == actor_of["b2"] != actor_of["a1"]
@@ -265,10 +255,8 @@ def test_an_account_merged_early_by_its_one_strong_match_moves_to_the_actor_it_w
 
 def test_an_account_that_weighs_against_its_own_actor_stands_alone_even_as_its_first_member():
     """a and b merge first (their match is the heaviest), then c and d join through b, each of them sharing texts
-    with a: a now weighs against its actor (7/3 shared texts' worth less four) and leaves it, though the actor was
-    first a's."""
-    w = SAME_TEXT_WEIGHT / 3
-    edges = [("a", "b", 7 * w), ("b", "c", 6.5 * w), ("b", "d", 6.5 * w)]
+    with a: a now weighs against its actor (70 less 120) and leaves it, though the actor was first a's."""
+    edges = [("a", "b", 70), ("b", "c", 65), ("b", "d", 65)]
     actor_of = actors(edges, [("a", "c", 2), ("a", "d", 2)])
     assert actor_of["a"] != actor_of["b"] == actor_of["c"] == actor_of["d"]
 
