@@ -69,6 +69,37 @@ def test_bad_input_is_one_line_and_exit_code_2(db, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["accounts", "list"],
+        ["accounts", "policy", "alice", "block"],
+        ["log", "export", "--out", "log.jsonl"],
+        ["monitor"],
+    ],
+)
+def test_a_command_that_reads_the_store_refuses_one_that_is_not_there_and_creates_none(tmp_path, args):
+    typo = tmp_path / "sub" / "typo.db"
+    result = alambic(*args, "--db", f"sqlite:///{typo}", db="", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"No store at {typo}" in result.stderr and not typo.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("bogus://nowhere", "not a store URL alambic can open"),
+        ("postgresql+nosuchdriver://user@localhost/db", "not a store URL alambic can open"),
+        ("postgresql://nobody:secret@127.0.0.1:1/none", "cannot be reached"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_code_2(url, message):
+    for args in (["accounts", "create", "alice"], ["db", "upgrade"], ["monitor"]):
+        result = alambic(*args, "--db", url, db="", check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and "secret" not in result.stderr
+
+
 def test_serve_refuses_a_store_behind_the_schema_until_db_upgrade(db):
     from alambic.store import Store
     from alambic.store.database import newest_revision, upgrade

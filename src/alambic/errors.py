@@ -94,3 +94,11 @@ class DatabaseOutdatedError(AlambicError):
 
     status_code = 503
     error_type = "server_error"
+
+
+class StoreUnavailableError(AlambicError):
+    """The store cannot be opened: a URL no installed driver reads, a server that does not answer, or no database
+    where a command that reads one was pointed."""
+
+    status_code = 503
+    error_type = "server_error"

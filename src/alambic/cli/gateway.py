@@ -184,7 +184,7 @@ def accounts_create(
 @one_line_errors
 def accounts_new_key(name: str, db: DatabaseOption = None) -> None:
     """Issue another API key for an account (printed alone on the last line)."""
-    print(issue_key(Store(db), name))
+    print(issue_key(Store(db, create=False), name))
 
 
 @accounts_app.command("policy")
@@ -198,8 +198,9 @@ def accounts_policy(
     reason: Annotated[str | None, typer.Option(help="Why, kept with the change.")] = None,
 ) -> None:
     """Set an account's policy; a running gateway applies it from the next request."""
+    store = Store(db, create=False)
     changed = set_policy(
-        Store(db), name, policy, requests_per_minute=rpm, tokens_per_minute=tpm, actor="cli", reason=reason
+        store, name, policy, requests_per_minute=rpm, tokens_per_minute=tpm, actor="cli", reason=reason
     )
     console.print(f"{changed.name}: {changed.policy.value}", highlight=False)
 
@@ -215,7 +216,7 @@ def accounts_watermark(
     choices = {"on": True, "off": False, "default": None}
     if setting not in choices:
         raise InvalidRequestError("The setting is on, off or default.")
-    set_watermark(Store(db), name, choices[setting])
+    set_watermark(Store(db, create=False), name, choices[setting])
     console.print(f"{name}: watermark {setting}", highlight=False)
 
 
@@ -224,7 +225,7 @@ def accounts_watermark(
 def accounts_list(db: DatabaseOption = None) -> None:
     """Accounts with their policy, limits, keys and logged requests."""
     table = Table("name", "policy", "rpm", "tpm", "keys", "requests", "created")
-    for a in list_accounts(Store(db)):
+    for a in list_accounts(Store(db, create=False)):
         table.add_row(
             a.name,
             a.policy.value,

@@ -87,7 +87,7 @@ def export_log(
     started = time.perf_counter()
     with _progress("export") as progress:
         task = progress.add_task("export", total=None)
-        written = write(Store(db), out, where, on_progress=lambda rows: progress.advance(task, rows))
+        written = write(Store(db, create=False), out, where, on_progress=lambda rows: progress.advance(task, rows))
     seconds = time.perf_counter() - started
     console.print(f"exported {written:,} rows to {out} in {seconds:.1f} s: {written / max(seconds, 1e-9):,.0f} rows/s")
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from alambic.errors import DatabaseOutdatedError
+from alambic.errors import DatabaseOutdatedError, StoreUnavailableError
 from alambic.paths import default_database_url
 
 if TYPE_CHECKING:
@@ -21,12 +22,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Store:
-    """A database with alambic's schema at its newest version."""
+    """A database with alambic's schema at its newest version. Without `create`, an SQLite file that does not exist
+    is an error rather than a new store (a command that reads the store, given a mistyped path)."""
 
-    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, migrate: bool = True, create: bool = True) -> None:
         self.url = url or default_database_url()
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, create=create)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            with self.engine.connect():
+                pass
+        except DBAPIError as error:
+            shown = self.engine.url.render_as_string(hide_password=True)
+            message = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise StoreUnavailableError(f"The store at {shown} cannot be reached: {message}") from None
         if migrate:
             upgrade(self.engine)
 
@@ -65,15 +74,28 @@ def open_for_serving(url: str | None = None) -> Store:
     return store
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`; a new SQLite file's directory is made, unless not `create`, where no file is an error."""
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(parsed, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            if not create and not Path(database).is_file():
+                raise StoreUnavailableError(
+                    f"No store at {database}: check --db (`alambic db upgrade` or `alambic serve` creates one)."
+                )
             Path(database).parent.mkdir(parents=True, exist_ok=True)  # a new store in a new directory
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _tune_sqlite)
-        return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+    except (ArgumentError, NoSuchModuleError, ImportError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise StoreUnavailableError(
+            f"--db: not a store URL alambic can open ({reason}); e.g. sqlite:///alambic.db or "
+            "postgresql://user@host/database."
+        ) from None
+    event.listen(engine, "connect", _tune_sqlite)
+    return engine
 
 
 def _tune_sqlite(connection, _record) -> None:
