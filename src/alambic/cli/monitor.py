@@ -103,6 +103,7 @@ def monitor(
         from alambic.monitor.source import connect
 
         connect(memory_limit).close()  # a limit DuckDB cannot read is bad input, before any work
+    store = Store(db, create=False) if db is not None else None  # a store that is not there fails before any work
     with _memory_bounded(memory_limit):
         embeddings = _embeddings() if content else None
         benign, over_steps = None, None
@@ -113,7 +114,6 @@ def monitor(
             if replay or follow:
                 kept = checkpoint if follow else None
                 over_steps = _over_steps(benign, units, connection, embeddings, step_length, window_length, kept)
-        store = Store(db, create=False) if db is not None else None
         acting = Acting(store, act, throttle_rpm) if act or dry_run else None
         out = Console(soft_wrap=True)
         if follow:
