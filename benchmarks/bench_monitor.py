@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import pickle
 import shutil
 import tempfile
 import time
@@ -57,6 +58,7 @@ REFERENCE_SEEDS = (1000, 1001, 1002)  # benign-only weeks that calibrate risk
 DAYS = 7
 TARGET = 1000  # every campaign flagged before this many of its requests
 MILLION_SEED = 1  # the week of a million rows (scale 2.6: ~1.04 million)
+REPLAYED = ("quarter", "quarter_four_weeks")  # the replay's weeks at a million rows: one, and four of its accounts
 SPARK_WARM_ROWS = 2000
 FEATURE_PASS_MEMORY = "128MB"  # DuckDB's memory limit for the bounded passes (`source.connect`): past it, they spill
 SMOKE = {"seeds": [10], "scale": 0.05, "replay_step_hours": 24.0, "million_scale": 0.04}
@@ -297,11 +299,13 @@ def _rules_blocked(run: dict, benign: list[str]) -> int:
     return sum(run["rules_fired"][a] for a in benign)
 
 
-def at_a_million_rows(directory: Path, scale: float, extras: str) -> dict:
+def at_a_million_rows(directory: Path, scale: float, extras: str, step: timedelta) -> dict:
     """A week of ~a million rows, one of a quarter of them, and four and sixteen weeks of the quarter's accounts (as
     many rows as the full week, and four times as many, from a quarter of its accounts): the feature pass's rows/s
     on one thread and peak RSS, each in a process of its own, as DuckDB sizes its memory and within
-    `FEATURE_PASS_MEMORY`; on the `extras` week, the same SQL on Spark and the embeddings."""
+    `FEATURE_PASS_MEMORY`; the replay (`step`, a week's window, scored against a benign week of the quarter's size,
+    without content) over the quarter's week and its four weeks, each in a process of its own; on the `extras`
+    week, the same SQL on Spark and the embeddings."""
     logs = {}
     for size, at, days in (
         ("quarter", scale / 4, DAYS),
@@ -316,17 +320,32 @@ def at_a_million_rows(directory: Path, scale: float, extras: str) -> dict:
     bounded = {size: feature_pass.measure([log], FEATURE_PASS_MEMORY) for size, log in logs.items()}
     for size in logs:
         print(f"feature pass, {size}: {passes[size]}\n  within {FEATURE_PASS_MEMORY}: {bounded[size]}", flush=True)
+    replaying = feature_pass.Replay(million_reference(directory, scale / 4), step / timedelta(hours=1), DAYS * 24)
+    replays = {size: feature_pass.measure([logs[size]], replaying=replaying) for size in REPLAYED}
+    print(f"replay: {replays}", flush=True)
     found = {
         "scale": scale,
         "feature_pass": passes,
         **_rss_ratios(passes, ""),
         "feature_pass_within_memory_limit": bounded,
         **_rss_ratios(bounded, "_within_memory_limit"),
+        "replay": replays,
+        "replay_peak_rss_four_weeks_over_one": replays[REPLAYED[1]]["peak_rss_mib"]
+        / replays[REPLAYED[0]]["peak_rss_mib"],
         "spark": {"week": extras, **spark_speed(logs[extras]), "duckdb_rows_per_s": passes[extras]["rows_per_s"]},
         "embeddings": {"week": extras, **embedding_speed(logs[extras], minilm_encoder())},
     }
     print(f"spark: {found['spark']}\nembeddings: {found['embeddings']}", flush=True)
     return found
+
+
+def million_reference(directory: Path, scale: float) -> Path:
+    """A benign week's `Reference` (without content) at `scale`, pickled for the replays at a million rows."""
+    log, _ = simulate(directory / "million-reference", REFERENCE_SEEDS[0], scale, ())
+    units = benign_units(open_log([log]))
+    pickled = directory / "million-reference.pkl"
+    pickled.write_bytes(pickle.dumps(Reference(units.rows, groups=units.groups, phrasing=units.phrasing)))
+    return pickled
 
 
 def _rss_ratios(passes: dict[str, dict], suffix: str) -> dict[str, float]:
@@ -453,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         alone = linking_alone(directory, args.seeds, args.scale, campaigns, reference.phrasing)
         for style, linked in alone.items():
             print(f"  {style} alone in its weeks: linked {linked}", flush=True)
-        scaled = at_a_million_rows(directory, args.million_scale, args.extras_week)
+        scaled = at_a_million_rows(directory, args.million_scale, args.extras_week, step)
     merged = pooled(runs)
     benign = [a for a, label in merged["labels"].items() if label["kind"] == "benign"]
     table = style_table(merged)

@@ -125,7 +125,7 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     bench_monitor.main(["--smoke", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "monitor.json").read_text())
     assert written["settings"]["replay_step_hours"] == 72.0 and written["settings"]["content"]
-    assert list((tmp_path / "cache" / "benchmarks").glob("monitor-embeddings-*.parquet"))  # content was scored
+    assert list((tmp_path / "cache" / "benchmarks").glob("monitor-embeddings-*/part-*.parquet"))  # content was scored
     for figures in written["styles"].values():
         assert {"auc", "tpr_at_0.1pct_fpr", "requests_before_flag", "benign_blocked", "baselines"} <= figures.keys()
     counts = [c["requests_before_flag"] for c in written["campaigns"].values()]
@@ -142,6 +142,10 @@ def test_a_smoke_run_writes_every_figure(tmp_path, monkeypatch):
     within = scaled["feature_pass_within_memory_limit"]
     assert within.keys() == passes.keys() and within["full"]["memory_limit"] == bench_monitor.FEATURE_PASS_MEMORY
     assert scaled["peak_rss_sixteen_weeks_over_one_within_memory_limit"] > 0
+    replays = scaled["replay"]
+    assert replays["quarter_four_weeks"]["rows"] == passes["quarter_four_weeks"]["rows"]
+    assert replays["quarter_four_weeks"]["steps"] > replays["quarter"]["steps"] > 0
+    assert replays["quarter"]["window_hours"] == 7 * 24 and scaled["replay_peak_rss_four_weeks_over_one"] > 0
     assert scaled["spark"]["rows"] == 1
     embeddings = scaled["embeddings"]
     assert 0 < embeddings["prompts_embedded"] < embeddings["prompts_asked"] and 0 < embeddings["cached_share"] < 1
