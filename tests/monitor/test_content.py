@@ -253,3 +253,10 @@ def test_the_saved_parts_are_merged_into_one_when_they_pile_up(tmp_path, monkeyp
     assert sorted(pq.read_table(part).column("prompt_hash").to_pylist()) == [0, 1, 2, 3]
     cache.embed({4: "one more"})
     assert len(list(path.iterdir())) == 2 and sorted(EmbeddingCache(HashedWords(), path=path).vectors) == list(range(5))
+
+
+def test_the_cache_is_named_by_what_the_encoder_s_vectors_depend_on(monkeypatch):
+    key = embeddings.encoder_key()
+    assert embeddings.encoder_key() == key and len(key) == 16
+    monkeypatch.setattr(embeddings, "MAX_TOKENS", 2 * embeddings.MAX_TOKENS)
+    assert embeddings.encoder_key() != key

@@ -98,7 +98,7 @@ def test_content_scores_prompt_topics_through_the_embedding_cache(tmp_path, beni
     assert "topic_coverage" in reference.features
     expected = {v.account: (v.risk, list(v.reasons)) for v in assess(open_log([log]), reference, cache)}
     assert {account: (line["risk"], line["reasons"]) for account, line in found.items()} == expected
-    assert (tmp_path / "cache" / "monitor" / "prompt-embeddings").is_dir()
+    assert list((tmp_path / "cache" / "monitor").glob("prompt-embeddings-*/part-*.parquet"))
 
 
 def test_until_scores_only_what_was_known_then(tmp_path, counted):

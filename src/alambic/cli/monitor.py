@@ -211,11 +211,10 @@ def _open(files: list[Path] | None, store, until: datetime | None, stack: ExitSt
 
 def _embeddings():
     """The prompt-embedding cache `--content` reads and grows."""
-    from alambic.monitor.embeddings import EmbeddingCache
+    from alambic.monitor.embeddings import EmbeddingCache, encoder_key
     from alambic.paths import cache_dir
 
-    (cache_dir() / "monitor").mkdir(parents=True, exist_ok=True)
-    return EmbeddingCache(path=cache_dir() / "monitor" / "prompt-embeddings")
+    return EmbeddingCache(path=cache_dir() / "monitor" / f"prompt-embeddings-{encoder_key()}")
 
 
 def _assess(reference, embeddings, over_steps=None):

