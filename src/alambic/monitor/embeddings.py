@@ -110,7 +110,9 @@ class EmbeddingCache:
         part = directory / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"  # another process's never clashes
         matrix = np.stack([self.vectors[h] for h in hashes])
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
-        pq.write_table(pa.table({"prompt_hash": pa.array(hashes, pa.uint64()), "vector": vectors}), part)
+        written = part.with_suffix(".tmp")  # renamed once whole: a save cut short leaves no part half written
+        pq.write_table(pa.table({"prompt_hash": pa.array(hashes, pa.uint64()), "vector": vectors}), written)
+        os.replace(written, part)
         if merging:  # written first: a merge cut short leaves vectors twice, never none
             for replaced in self.parts:
                 replaced.unlink(missing_ok=True)
