@@ -60,6 +60,14 @@ def test_accounts_create_prints_the_key_alone_on_the_last_line(db):
         (["serve", "--backend", "llamacpp", "--dtype", "bfloat16"], "dtype is a transformers setting"),
         (["serve", "--model", "tiny", "--dtype", "float16"], "Unknown dtype 'float16'"),
         (["serve", "--model", "tiny", "--draft-tokens", "4"], "speculative decoding needs llama.cpp"),
+        (
+            ["serve", "--watermark", "kgw", "--watermark-key-env", "NO_SUCH_KEY"],
+            "another variable with --watermark-key-env",
+        ),
+        (
+            ["prove", "--suspect", "tiny", "--out", "report", "--key-env", "NO_SUCH_KEY"],
+            "another variable with --key-env",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(db, args, message):

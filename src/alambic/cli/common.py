@@ -106,21 +106,31 @@ def before_backend_loads(backend: str) -> int | None:
     return threads
 
 
-def watermark_key(key_env: str) -> str:
+def watermark_key(key_env: str, option: str = "--key-env") -> str:
+    """The key from the environment variable `key_env`, which the command's `option` names."""
     key = os.environ.get(key_env)
     if not key:
-        raise InvalidRequestError(f"Set the watermark key in ${key_env} (or name another with --watermark-key-env).")
+        raise InvalidRequestError(f"Set the watermark key in ${key_env} (or name another variable with {option}).")
     return key
 
 
-def watermark_scheme(name: str, key_env: str, gamma: float, delta: float, context: int, logprobs: str = "plain"):
-    """A scheme keyed from the environment: the key never appears on a command line or in a log."""
+def watermark_scheme(
+    name: str,
+    key_env: str,
+    gamma: float,
+    delta: float,
+    context: int,
+    logprobs: str = "plain",
+    key_option: str = "--key-env",
+):
+    """A scheme keyed from the environment (`key_env`, named by the command's `key_option`): the key never appears on
+    a command line or in a log."""
     from alambic.watermark import AaronsonScheme, KirchenbauerScheme
     from alambic.watermark.schemes import LOGPROB_MODES
 
     if logprobs not in LOGPROB_MODES:
         raise InvalidRequestError(f"Unknown watermark logprobs '{logprobs}'; choose plain or marked.")
-    key = watermark_key(key_env)
+    key = watermark_key(key_env, key_option)
     if name == KirchenbauerScheme.name:
         return KirchenbauerScheme(key, gamma=gamma, delta=delta, context_width=context, logprobs=logprobs)
     if name == AaronsonScheme.name:

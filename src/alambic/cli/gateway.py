@@ -115,7 +115,13 @@ def serve(
 
     scheme = (
         watermark_scheme(
-            watermark, watermark_key_env, watermark_gamma, watermark_delta, watermark_context, watermark_logprobs
+            watermark,
+            watermark_key_env,
+            watermark_gamma,
+            watermark_delta,
+            watermark_context,
+            watermark_logprobs,
+            key_option="--watermark-key-env",
         )
         if watermark
         else None
