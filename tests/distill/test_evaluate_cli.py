@@ -85,3 +85,27 @@ def test_bad_input_is_one_line_and_exit_code_2(arguments, message, tmp_path, mon
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("epochs = [[[", "is not TOML"),
+        ('epochs = "x"', "epochs = 'x'"),
+        ("ce_weight = 5", "ce_weight = 5"),
+        ('loss = "nope"', "loss = 'nope'"),
+        ('student_layers = [0, "a"]', "student_layers"),
+        ("warmup_ratio = true", "warmup_ratio = True"),
+        ('extra = "x"', "extra = 'x'"),
+    ],
+)
+def test_a_config_file_s_settings_are_checked_as_the_flags_are(toml, message, tmp_path):
+    (tmp_path / "run.toml").write_text(f'data = "{tmp_path}"\nout = "{tmp_path / "student"}"\n{toml}\n')
+    result = CliRunner().invoke(app, ["distill", "--config", str(tmp_path / "run.toml")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_config_file_that_is_not_there_is_one_line_and_exit_code_2(tmp_path):
+    result = CliRunner().invoke(app, ["distill", "--config", str(tmp_path / "nothere.toml")])
+    assert result.exit_code == 2 and "No such file" in result.output

@@ -58,7 +58,7 @@ def distill(
     from alambic.distill.run import DistillConfig
     from alambic.distill.run import distill as run_distill
 
-    settings = tomllib.loads(config.read_text()) if config else {}
+    settings = _config_file(config, context) if config else {}
     for name, value in context.params.items():
         given = context.get_parameter_source(name).name != "DEFAULT"  # typed on the command line or env
         if name != "config" and (given or name not in settings):
@@ -72,6 +72,27 @@ def distill(
         f"{result.cpu_seconds:.0f} CPU s ({result.targets} targets)",
         highlight=False,
     )
+
+
+def _config_file(path: Path, context: typer.Context) -> dict:
+    """The `--config` file's settings, each checked and converted as its flag would be; those with no flag, and lists
+    (`student_layers` as the teacher's layer indices, where its flag counts layers), `DistillConfig.from_mapping`
+    checks."""
+    try:
+        settings = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise InvalidRequestError(f"--config {path}: {error.strerror}.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidRequestError(f"--config {path} is not TOML: {error}.") from None
+    flags = {flag.name: flag for flag in context.command.params if flag.name != "config"}
+    for name, value in settings.items():
+        if (flag := flags.get(name)) is None or isinstance(value, list):
+            continue
+        try:
+            settings[name] = flag.process_value(context, value)
+        except typer.BadParameter as error:
+            raise InvalidRequestError(f"--config {path}: {name} = {value!r}: {error.message}") from None
+    return settings
 
 
 @app.command()

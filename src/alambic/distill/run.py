@@ -72,12 +72,42 @@ class DistillConfig:
         if unknown:
             raise InvalidRequestError(f"unknown distill settings: {', '.join(unknown)}")
         values = dict(values)
+        for f in fields(cls):
+            if f.name in values and not _accepts(f.type, values[f.name]):
+                raise InvalidRequestError(f"distill setting {f.name} = {values[f.name]!r}: expected {f.type}")
         for name in ("data", "out"):
             if name in values:
                 values[name] = Path(values[name])
         if "loss" in values:
             values["loss"] = Loss(values["loss"])
         return cls(**values)
+
+
+# What a setting of each annotated type may be given as (a TOML file's values, or Python's); paths and the loss come
+# as text too, and are converted.
+ACCEPTED = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "dict": (dict,),
+    "Path": (str, Path),
+    "Loss": (str, Loss),
+}
+
+
+def _accepts(annotation: str, value: object) -> bool:
+    """Whether `value` may fill a setting annotated `annotation` ("int | None", "int | list[int]", ...); a bool is no
+    number."""
+    for kind in annotation.split(" | "):
+        if kind == "None" and value is None:
+            return True
+        if kind.startswith("list[") and isinstance(value, list):
+            return all(_accepts(kind[5:-1], item) for item in value)
+        accepted = ACCEPTED.get(kind, ())
+        if isinstance(value, accepted) and (kind == "bool" or not isinstance(value, bool)):
+            return True
+    return False
 
 
 @dataclass
