@@ -45,11 +45,11 @@ from alambic.monitor.embeddings import EmbeddingCache, Encoder, encoder_key, min
 from alambic.monitor.linking import link_accounts
 from alambic.monitor.mmd_baseline import SAMPLE, WINDOW, MmdBaseline, account_windows
 from alambic.monitor.near_duplicates import Signatures
-from alambic.monitor.prompts import load_prompts
 from alambic.monitor.replay import Assess, SteppedMonitor, campaign_requests_before_flag, highest_risks
 from alambic.monitor.risk import THRESHOLDS, Reference, RiskOverSteps, surprise
 from alambic.monitor.scoring import before_flag_by_style, score_by_style
 from alambic.monitor.source import open_log
+from alambic.monitor.tables import load_tables
 from alambic.paths import cache_dir
 from alambic.simulate import CAMPAIGNS, HELD_OUT, Simulation, SimulationSettings, write_jsonl
 from common import write_result
@@ -143,7 +143,7 @@ def linking_alone(
         for style in campaigns:
             log, labels = simulate(directory / f"alone-{style}", seed, scale, (style,))
             connection = open_log([log])
-            load_prompts(connection)
+            load_tables(connection)
             campaign_of = link_accounts(connection, None, common).campaign_of
             found.setdefault(style, []).extend(linking({a: campaign_of.get(a) for a in labels}, labels).values())
             shutil.rmtree(log.parent)
@@ -391,7 +391,7 @@ def embedding_speed(log: Path, encoder: Encoder) -> dict:
     for day in range(1, DAYS + 1):  # the last step: every row
         known = f"epoch_us(t) < {first + day * 86_400_000_000}" if day < DAYS else "true"
         connection.execute(f"CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE {known}")
-        load_prompts(connection)
+        load_tables(connection)
         prompts = {text_key(task): task for tasks in account_tasks(connection).values() for task in tasks}
         cache.embed(prompts)
         asked.append(len(prompts))

@@ -8,8 +8,8 @@ import duckdb
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
+from alambic.monitor.tables import load_tables
 from alambic.monitor.verdict import Verdict
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
@@ -29,9 +29,9 @@ class HashedWords:
 
 
 def opened(files, connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """The log's `requests` and the prompt tables the content and linking passes read (`prompts.load_prompts`)."""
+    """The log's `requests` and the tables every pass reads (`tables.load_tables`)."""
     connection = open_log(files, connection)
-    load_prompts(connection)
+    load_tables(connection)
     return connection
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import duckdb
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from monitor_traffic import HashedWords, opened, row, write
 
 import alambic.monitor.content as content
-import alambic.monitor.prompts as prompts
+import alambic.monitor.tables as tables
 from alambic.monitor.assess import assess, benign_units, campaign_features, feature_rows, verdicts
 from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
@@ -48,7 +47,7 @@ def test_a_benign_log_calibrates_on_its_accounts_and_on_its_linked_groups_each_t
     # each row with its account's id (a reference leaves an account's own row out when scoring it: `excluding_own`)
     assert {a: r["requests"] for a, r in zip(ids, rows, strict=True)} == {a: v["requests"] for a, v in accounts.items()}
     connection = open_log([benign_week])
-    prompts.load_prompts(connection)
+    tables.load_tables(connection)
     members: dict[str, list[str]] = {}
     for account, group in link_accounts(connection).campaign_of.items():
         members.setdefault(group, []).append(account)
@@ -128,7 +127,7 @@ def test_benign_accounts_linked_in_pairs_are_not_flagged_for_having_two_accounts
     # An organisation's two keys, or two users who happened to link early in a replay: as one account they have
     # two accounts' addresses and user agents, which says how many accounts the group has, not what it does.
     log, labels = simulated
-    connection = open_log([log])
+    connection = opened([log])
     rows = {f.account: f.values for f in account_features(connection)}
     benign = sorted((a for a, label in labels.items() if label["kind"] == "benign"), key=lambda a: rows[a]["requests"])
     pairs = {a: f"pair-{n // 2}" for n, a in enumerate(benign[: len(benign) // 2 * 2])}
@@ -191,10 +190,10 @@ def _one_thread(log):
 @pytest.fixture(scope="module")
 def assessed_with_content(linked_week):
     """An assessment with content signals, the accounts of each pass over sampled prompts, in order, and how many
-    times the prompt tables were built."""
+    times the requests were shaped into the tables every pass reads."""
     log, _ = linked_week
     sampled: list[set[str]] = []
-    account_tasks, load_prompts, loads = content.account_tasks, prompts.load_prompts, []
+    account_tasks, append, loads = content.account_tasks, tables._append, []
 
     def counted(connection, sample=content.SAMPLE):
         tasks = account_tasks(connection, sample)
@@ -203,10 +202,8 @@ def assessed_with_content(linked_week):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(content, "account_tasks", counted)
-        for module in [m for name, m in sys.modules.items() if name.startswith("alambic.monitor.")]:
-            if hasattr(module, "load_prompts"):  # each imports it by name
-                patch.setattr(module, "load_prompts", lambda connection: loads.append(1) or load_prompts(connection))
-        found = assess(_one_thread(log), content=EmbeddingCache(HashedWords()))
+        patch.setattr(tables, "_append", lambda *args, **kwargs: loads.append(1) or append(*args, **kwargs))
+        found = assess(open_log([log], duckdb.connect(config={"threads": 1})), content=EmbeddingCache(HashedWords()))
     return found, sampled, len(loads)
 
 
@@ -219,8 +216,8 @@ def test_an_assessment_with_content_samples_and_embeds_each_account_s_prompts_on
     assert sampled.count(set(labels)) == 1
 
 
-def test_an_assessment_reads_the_requests_prompts_once(assessed_with_content):
-    # every request's JSON is read for its last user turn once, for the content, linking and campaign passes
+def test_an_assessment_reads_each_request_once(assessed_with_content):
+    # every request's JSON is read and shaped once, for the feature, content, linking and campaign passes
     assert assessed_with_content[2] == 1
 
 

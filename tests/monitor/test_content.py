@@ -17,8 +17,8 @@ from alambic.monitor.assess import campaign_features
 from alambic.monitor.content import CONTENT_FEATURES, account_content, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
 from alambic.monitor.near_duplicates import Signatures, load_buckets
-from alambic.monitor.prompts import load_prompts
 from alambic.monitor.source import open_log
+from alambic.monitor.tables import load_tables
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 from alambic.simulate.text import DOMAINS, TextBank
 from alambic.simulate.text import TASKS as TASK_TEMPLATES
@@ -49,12 +49,12 @@ def test_a_growing_log_signs_each_prompt_once_and_buckets_as_if_signed_afresh(wo
     log, _ = world
     connection = open_log([log], name="log")
     connection.execute("CREATE VIEW requests AS SELECT * FROM log WHERE t < (SELECT min(t) FROM log) + INTERVAL 1 DAY")
-    load_prompts(connection)
+    load_tables(connection)
     signatures = Signatures()
     early = load_buckets(connection, signatures)
     assert signatures.signed == early > 0
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
-    load_prompts(connection)
+    load_tables(connection)
     every = load_buckets(connection, signatures)
     kept = connection.execute("SELECT * FROM prompt_buckets ORDER BY ALL").fetchall()
     assert early < every == signatures.signed == len(signatures.hashes)  # each distinct prompt signed once

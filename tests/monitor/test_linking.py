@@ -12,9 +12,9 @@ from monitor_traffic import opened
 
 from alambic.monitor.assess import assess, benign_units
 from alambic.monitor.linking import EVIDENCE, Linking, actors, common_phrasing, link_accounts, linked_groups
-from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import Reference
 from alambic.monitor.source import open_log
+from alambic.monitor.tables import load_tables
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
 VISIBLE = ("bulk", "sharded", "chain-of-thought", "pivot", "hydra")
@@ -101,7 +101,7 @@ def test_a_group_keeps_its_name_when_other_groups_leave_the_log(tmp_path):
     write_jsonl(Simulation(SimulationSettings(seed=0, days=2, scale=0.2, campaigns=VISIBLE)), log)
     connection = open_log([log], name="log")
     connection.execute("CREATE VIEW requests AS SELECT * FROM log")
-    load_prompts(connection)
+    load_tables(connection)
     before = link_accounts(connection)
     first = "SELECT account FROM log WHERE list_contains($members, account) ORDER BY t, account LIMIT 1"
     for group in before.groups.values():
@@ -109,7 +109,7 @@ def test_a_group_keeps_its_name_when_other_groups_leave_the_log(tmp_path):
     largest = next(iter(before.groups.values()))
     connection.register("left_out", pa.table({"account": list(largest.members)}))
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log WHERE account NOT IN (FROM left_out)")
-    load_prompts(connection)
+    load_tables(connection)
     after = link_accounts(connection)
     unchanged = {a.members for a in after.groups.values()}
     kept = [g for g in list(before.groups.values())[1:] if g.members in unchanged]
@@ -129,10 +129,10 @@ def test_linking_reads_the_relation_as_it_is_now(tmp_path):
     write_jsonl(Simulation(SimulationSettings(seed=4, days=2, scale=0.1, campaigns=("sharded",))), out)
     connection = open_log([out], name="log")
     connection.execute("CREATE VIEW requests AS SELECT * FROM log WHERE t < (SELECT min(t) FROM log) + INTERVAL 2 HOUR")
-    load_prompts(connection)
+    load_tables(connection)
     link_accounts(connection)
     connection.execute("CREATE OR REPLACE VIEW requests AS SELECT * FROM log")
-    load_prompts(connection)
+    load_tables(connection)
     assert link_accounts(connection).campaign_of == link_accounts(opened([out])).campaign_of
 
 

@@ -17,8 +17,8 @@ from alambic.monitor.embeddings import EmbeddingCache
 from alambic.monitor.features import account_features
 from alambic.monitor.linking import Linking, link_accounts, phrasing_in_families
 from alambic.monitor.near_duplicates import Signatures
-from alambic.monitor.prompts import load_prompts
 from alambic.monitor.risk import MEMBER_COUNTS, Assessment, Reference, RiskOverSteps, action_for
+from alambic.monitor.tables import load_tables
 from alambic.monitor.verdict import ACTIONS, Verdict
 
 CAMPAIGN_SCHEMA = "campaign_view"
@@ -44,7 +44,7 @@ def assess(
     `signatures` keeps the prompts' MinHash signatures from one scoring of a growing log to the next (replay), and
     `over_steps` calibrates its risk over a benign replay's steps rather than per step.
     """
-    load_prompts(connection)  # once: the content, linking and campaign passes read its tables
+    load_tables(connection)  # once: every pass reads them
     rows, topics = account_rows(connection, content)
     reference = reference or Reference(list(rows.values()), list(rows))
     linking = link_accounts(connection, signatures, reference.phrasing)
@@ -63,7 +63,7 @@ class BenignUnits(NamedTuple):
 def benign_units(connection: duckdb.DuckDBPyConnection, content: EmbeddingCache | None = None) -> BenignUnits:
     """What a benign log's `requests` gives a `Reference`: its accounts' features, its linked groups' features (the
     organisations, classrooms and platforms that benign traffic holds), and the phrasing its crowds share."""
-    load_prompts(connection)
+    load_tables(connection)
     rows, topics = account_rows(connection, content)
     signatures = Signatures()
     groups = campaign_features(connection, link_accounts(connection, signatures).campaign_of, content, topics)
@@ -79,8 +79,7 @@ def feature_rows(
 ) -> dict[str, dict[str, float | None]]:
     """Each account's features: the SQL pass's and, given an embedding cache, its content signals (None for an
     account with no prompt text) on `topics` (by default, those of these accounts)."""
-    if content is not None:
-        load_prompts(connection)
+    load_tables(connection)
     return account_rows(connection, content, topics)[0]
 
 
@@ -89,10 +88,10 @@ def account_rows(
     content: EmbeddingCache | None = None,
     topics: Topics | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], Topics | None]:
-    """`feature_rows` from the prompt tables built already (`prompts.load_prompts`), and the topics its content
+    """`feature_rows` from the tables built already (`tables.load_tables`), and the topics its content
     signals were read on (fitted in the same pass unless given; None without content or prompt text), which a
     campaign, taken as one account, is read on too."""
-    rows = {f.account: f.values for f in account_features(connection)}
+    rows = {f.account: f.values for f in account_features(connection, shaped=True)}
     if content is None:
         return rows, topics
     found = account_content(connection, content, topics=topics)
@@ -112,7 +111,7 @@ def verdicts(
 ) -> list[Verdict]:
     """Verdicts from account features and a linking: each campaign is scored as if one account had sent all its
     requests, and a member's risk is the larger of its own and its campaign's (with why they are linked), both
-    taken `over_steps` when given. The prompt tables are those of `requests` (`prompts.load_prompts`)."""
+    taken `over_steps` when given. The tables are those of `requests` (`tables.load_tables`)."""
     campaign_of = linking.campaign_of
     campaigns = campaign_features(connection, campaign_of, content, topics)
     members = Counter(campaign_of.values())
@@ -145,7 +144,7 @@ def campaign_features(
 ) -> dict[str, dict[str, float | None]]:
     """The features of each campaign, its members' requests relabelled as one account's (the same passes). Its
     topics are those of the accounts (`topics`, or fitted here on them), so that a campaign covers as many as its
-    members do. Its prompts are the accounts' (the tables `prompts.load_prompts` built), relabelled."""
+    members do. Its rows and prompts are the accounts' (the tables `tables.load_tables` built), relabelled."""
     if not campaign_of:
         return {}
     if content is not None and topics is None:
@@ -154,9 +153,9 @@ def campaign_features(
     connection.executemany("INSERT INTO campaign_members VALUES (?, ?)", list(campaign_of.items()))
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {CAMPAIGN_SCHEMA}")
     connection.execute(f"""
-        CREATE OR REPLACE VIEW {CAMPAIGN_SCHEMA}.requests AS
+        CREATE OR REPLACE VIEW {CAMPAIGN_SCHEMA}.shaped AS
         SELECT r.* REPLACE (coalesce(m.campaign, r.account) AS account)
-        FROM main.requests r LEFT JOIN campaign_members m ON r.account = m.account
+        FROM main.shaped r LEFT JOIN campaign_members m ON r.account = m.account
     """)
     if content is not None:
         connection.execute(f"""

@@ -72,7 +72,7 @@ def account_content(
     sample: int = SAMPLE,
     topics: Topics | None = None,
 ) -> Content:
-    """Every account's `CONTENT_FEATURES` over the tables `prompts.load_prompts` built, on `topics`: by default
+    """Every account's `CONTENT_FEATURES` over the tables `tables.load_tables` built, on `topics`: by default
     those of these accounts, fitted on the same sample. Where the tables hold linked groups as accounts, pass the
     topics of the accounts themselves: a campaign of many accounts, taken as one, leaves its prompts too few samples
     to draw the clusters that its topic sweep would cover."""
@@ -120,7 +120,7 @@ def _embedded(
 
 def sampled_prompts(connection: duckdb.DuckDBPyConnection, sample: int = SAMPLE) -> list[tuple[str, int, str]]:
     """(account, prompt hash, prompt): up to `sample` distinct prompts per account, from the tables
-    `prompts.load_prompts` builds."""
+    `tables.load_tables` builds."""
     return connection.execute(SAMPLED, {"sample": sample}).fetchall()
 
 

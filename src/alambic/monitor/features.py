@@ -43,32 +43,38 @@ REASONING_CUES = (  # matched ignoring case: (?i) costs less than lowering the p
     "(?i)step.by.step|chain.of.thought|your (full |whole )?reasoning|reason(ing)? (carefully|out loud)|each step"
 )
 
-ACCOUNT_FEATURES = f"""
-WITH shaped AS (
-    -- one row per request, read by every part below (so DuckDB keeps it for the whole pass): its text is read
-    -- or digested here, so that a row costs a few fixed-width values, and what a feature only tests is a boolean.
-    -- A digest is md5 folded to 64 bits (DuckDB's own hash of text collides on templated prompts); only equality
-    -- is compared
-    SELECT account, t, model,
-           CASE WHEN client_ip IS NOT NULL THEN hash(md5_number(client_ip)) END AS client_ip,
-           CASE WHEN user_agent IS NOT NULL THEN hash(md5_number(user_agent)) END AS user_agent,
-           hash(md5_number(last_prompt)) AS last_prompt,
-           hash(md5_number(left(last_prompt, 48))) AS prefix,
-           regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
-           coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) <= 1 AS single_turn,
-           coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
-           coalesce(prompt_tokens, 0) AS prompt_tokens,
-           coalesce(completion_tokens, 0) AS completion_tokens,
-           coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
-                    1000000) >= 1000 AS long_answer,
-           -- to the millionth, in DECIMAL: its sum is exact, whatever the order
-           CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
-           coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
-           coalesce(params->>'logprobs' = 'true', false) AS logprobs
+# One row per request, read by every part of the pass (so DuckDB keeps it for the whole pass): its text is read or
+# digested here, so that a row costs a few fixed-width values, and what a feature only tests is a boolean. A digest is
+# md5 folded to 64 bits (DuckDB's own hash of text collides on templated prompts); only equality is compared.
+SHAPED_COLUMNS = f"""
+    account, t, model,
+    CASE WHEN client_ip IS NOT NULL THEN hash(md5_number(client_ip)) END AS client_ip,
+    CASE WHEN user_agent IS NOT NULL THEN hash(md5_number(user_agent)) END AS user_agent,
+    hash(md5_number(last_prompt)) AS last_prompt,
+    hash(md5_number(left(last_prompt, 48))) AS prefix,
+    regexp_matches(last_prompt, '{REASONING_CUES}') AS reasoning_cue,
+    coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) <= 1 AS single_turn,
+    coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
+    coalesce(prompt_tokens, 0) AS prompt_tokens,
+    coalesce(completion_tokens, 0) AS completion_tokens,
+    coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
+             1000000) >= 1000 AS long_answer,
+    -- to the millionth, in DECIMAL: its sum is exact, whatever the order
+    CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
+    coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
+    coalesce(params->>'logprobs' = 'true', false) AS logprobs"""
+
+
+def shape(source: str = "requests", extra: str = "") -> str:
+    """The query shaping each request of `source` that has an account (`SHAPED_COLUMNS`, then `extra`'s columns)."""
+    return f"""SELECT {SHAPED_COLUMNS}{extra}
     FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
-          FROM requests
-          WHERE account IS NOT NULL) AS request
-),
+          FROM {source}
+          WHERE account IS NOT NULL) AS request"""
+
+
+# The pass over the shaped rows (a relation `shaped` of at least `SHAPED_COLUMNS`).
+OVER_SHAPED = f"""
 -- Sums of whole microseconds, exact (sum(g^2) <= (sum g)^2 <= the log's span^2 fits DECIMAL(38) for decades):
 -- a float sum adds in whatever order the threads meet, and the same log gave features a last bit apart.
 timing AS (
@@ -158,14 +164,18 @@ ORDER BY p.account
 """
 
 
+ACCOUNT_FEATURES = f"WITH shaped AS ({shape()}),\n{OVER_SHAPED}"  # one pass over `requests`, on any engine
+
+
 @dataclass(frozen=True)
 class AccountFeatures:
     account: str
     values: dict[str, float | None]
 
 
-def account_features(connection: duckdb.DuckDBPyConnection) -> list[AccountFeatures]:
-    """Every account's features, in account order."""
-    cursor = connection.execute(ACCOUNT_FEATURES)
+def account_features(connection: duckdb.DuckDBPyConnection, *, shaped: bool = False) -> list[AccountFeatures]:
+    """Every account's features, in account order: in one pass over `requests`, or with `shaped` over the table
+    `shaped` whose rows are shaped already (`monitor.tables`)."""
+    cursor = connection.execute(f"WITH {OVER_SHAPED}" if shaped else ACCOUNT_FEATURES)
     names = [column[0] for column in cursor.description]
     return [AccountFeatures(row[0], dict(zip(names[1:], row[1:], strict=True))) for row in cursor.fetchall()]

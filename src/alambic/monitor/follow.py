@@ -90,6 +90,9 @@ class Follower:
             if len(self.files) > MAX_FILES:
                 self._merge()
             times = [datetime.fromisoformat(row["time"]) for _, row in batch]
+            scored = self.monitor.scored_until
+            if scored is not None and micros(min(times)) <= scored:  # a late row: in no table kept yet
+                self.monitor.tables.reset()
             self.newest = max([*times, self.newest] if self.newest else times)
             self._open()
         raised = self.monitor.advance(self.newest - self.lag) if self.newest else []

@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 
 from alambic.monitor.near_duplicates import Signatures, load_buckets
-from alambic.monitor.prompts import LAST_USER_TURN
 
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
 FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
@@ -116,13 +115,10 @@ JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.accoun
 # (the `membership` table numbers the groups). A group is named after that member, so that a campaign keeps its name
 # while other groups come and go between the steps of a replay or a follow, and with it the sample of its prompts
 # that content signals read (`content.SAMPLED` picks by a hash of the name).
-GROUP_EVIDENCE = f"""
+GROUP_EVIDENCE = """
 WITH rows AS (
-    SELECT m.grp, r.account, r.t, r.client_ip, r.user_agent, hash({LAST_USER_TURN}) AS prompt_hash,
-           list_filter(list_zip(json_extract_string(r.messages, '$[*].role'),
-                                json_extract_string(r.messages, '$[*].content')),
-                       lambda turn: turn[1] = 'system')[1][2] AS system_prompt
-    FROM requests r JOIN membership m USING (account)
+    SELECT m.grp, r.account, r.t, r.client_ip, r.user_agent, r.prompt_hash, r.system_prompt
+    FROM shaped r JOIN membership m USING (account)
 ),
 in_group_families AS (  -- rare families that two or more members of one group hold
     SELECT m.grp, h.family FROM rare_holdings h JOIN membership m USING (account)
@@ -136,7 +132,7 @@ systems AS (SELECT grp, system_prompt, count(*) AS uses FROM rows WHERE system_p
             QUALIFY row_number() OVER (PARTITION BY grp ORDER BY uses DESC, system_prompt) = 1),
 firsts AS (SELECT grp, account, min(t) AS first_t FROM rows GROUP BY ALL),
 addresses AS (SELECT DISTINCT grp, account, client_ip FROM rows),
-address_users AS (SELECT client_ip, count(DISTINCT account) AS users FROM requests GROUP BY ALL),
+address_users AS (SELECT client_ip, count(DISTINCT account) AS users FROM shaped GROUP BY ALL),
 address_sharing AS (
     SELECT a.grp, avg(CASE WHEN inside > 1 THEN 1.0 ELSE 0.0 END) AS shared, sum(inside) / sum(users) AS exclusive
     FROM (SELECT grp, client_ip, count(*) AS inside FROM addresses GROUP BY ALL) a
@@ -198,8 +194,8 @@ class Linking:
 def link_accounts(
     connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
 ) -> Linking:
-    """Groups of linked accounts over the `requests` relation (`monitor.source`) and the tables
-    `prompts.load_prompts` built from it, largest first, each named after its member that sent first;
+    """Groups of linked accounts over the tables `tables.load_tables` built from the `requests` relation
+    (`monitor.source`), largest first, each named after its member that sent first;
     prompts signed through `signatures` (`load_buckets`).
     Prompts near the `common` signatures (a benign log's `common_phrasing`) are no evidence: in a log known for hours,
     phrasing that crowds share has not yet reached the crowds that show it to be common."""
@@ -227,7 +223,7 @@ def link_accounts(
 
 def common_phrasing(connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None) -> np.ndarray:
     """The MinHash signatures of a benign log's prompts in families held by more than `FAMILY_ACCOUNTS_MAX` accounts,
-    one row per distinct text, over its `requests` and the tables `prompts.load_prompts` built; what `link_accounts`
+    one row per distinct text, over the tables `tables.load_tables` built from its `requests`; what `link_accounts`
     takes as `common`."""
     signatures = signatures or Signatures()
     load_buckets(connection, signatures)

@@ -24,8 +24,8 @@ import numpy as np
 
 from alambic.monitor.content import SAMPLE, task_texts, text_key
 from alambic.monitor.embeddings import EmbeddingCache
-from alambic.monitor.prompts import LAST_USER_TURN
 from alambic.monitor.risk import tail_probability
+from alambic.monitor.tables import LAST_USER_TURN
 from alambic.monitor.windows import median_bandwidth, mmd2, rbf_gamma, within
 
 WINDOW = 1500  # requests, as in the reference figure (0.3% benign FPR, 90.5% TPR at 5-50% attacker mix)
@@ -37,17 +37,17 @@ NEIGHBOURS = 200  # benign windows, of the nearest sizes, a window's statistic i
 # prompts, picked by the hash that picks the content signals' sample (`content.SAMPLED`), in time order.
 WINDOW_PROMPTS = f"""
 WITH numbered AS (
-    SELECT account, {LAST_USER_TURN} AS prompt,
+    SELECT account, {LAST_USER_TURN} AS prompt, hash(md5_number({LAST_USER_TURN})) AS prompt_hash,
            row_number() OVER (PARTITION BY account ORDER BY t, id) - 1 AS position
     FROM requests WHERE account IS NOT NULL
 ), windowed AS (
-    SELECT account, position // $window AS window_index, position, prompt,
+    SELECT account, position // $window AS window_index, position, prompt, prompt_hash,
            count(*) OVER (PARTITION BY account, position // $window) AS requests
     FROM numbered
 ), distinct_prompts AS (
-    SELECT account, window_index, any_value(requests) AS requests, hash(prompt) AS prompt_hash,
-           any_value(prompt) AS prompt, min(position) AS first_position
-    FROM windowed GROUP BY account, window_index, hash(prompt)
+    SELECT account, window_index, any_value(requests) AS requests, prompt_hash, any_value(prompt) AS prompt,
+           min(position) AS first_position
+    FROM windowed GROUP BY account, window_index, prompt_hash
 )
 SELECT account, window_index, requests, prompt FROM (
     SELECT *, row_number() OVER (PARTITION BY account, window_index ORDER BY hash(prompt_hash, account)) AS pick

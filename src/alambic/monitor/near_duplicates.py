@@ -121,7 +121,7 @@ def load_buckets(
     connection: duckdb.DuckDBPyConnection, signatures: Signatures | None = None, common: np.ndarray | None = None
 ) -> int:
     """Builds `prompt_buckets(bucket, prompt_hash)`: the LSH buckets holding two or more distinct prompts of the
-    tables `prompts.load_prompts` built, signed through `signatures` (a fresh `Signatures` unless given: all of
+    tables `tables.load_tables` built, signed through `signatures` (a fresh `Signatures` unless given: all of
     them); and `common_prompts(prompt_hash)`: those that share a bucket with one of the `common` signatures (a
     benign log's common phrasing, `linking.common_phrasing`). Returns the number of distinct prompts."""
     hashes, matrix = (signatures or Signatures()).update(connection)

@@ -4,10 +4,11 @@
 it at step boundaries (multiples of `step` since the epoch, so every reader of the same traffic scores the
 same prefixes): at boundary B, `requests` is every row with `t <= B`, or with a `window` W those with
 `B - W < t <= B`, so that a step's work is bounded by the traffic of a window, not by the log's length.
-Only boundaries that new rows fall before are scored. An account first flagged at B gets its latest request up
-to B as `first_flag_time` and its requests up to B as `requests_before_flag` (those no longer in `log` counted
-in `earlier`), which is exact to one step; a flag, once raised, stays. `--replay` feeds it a file, `--follow` a
-live store (`monitor.follow`): the same code, the same flag times.
+Only boundaries that new rows fall before are scored. The tables every pass reads are kept from one step to the
+next (`tables.WindowTables`): a step shapes only the rows that arrived since the last. An account first flagged at
+B gets its latest request up to B as `first_flag_time` and its requests up to B as `requests_before_flag` (those
+no longer in `log` counted in `earlier`), which is exact to one step; a flag, once raised, stays. `--replay` feeds
+it a file, `--follow` a live store (`monitor.follow`): the same code, the same flag times.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from alambic.monitor.tables import WindowTables
 from alambic.monitor.verdict import Verdict
 
-Assess = Callable[[duckdb.DuckDBPyConnection], list[Verdict]]  # scores the `requests` relation
+Assess = Callable[[duckdb.DuckDBPyConnection], list[Verdict]]  # scores the `requests` relation and its tables
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class SteppedMonitor:
         self.earlier = dict(earlier or {})  # per account, its requests no longer in `log` (a follower's expired)
         self.latest: dict[str, Verdict] = {}  # per account, the verdict of the latest step that scored it
         self.highest: dict[str, float] = {}  # per account, its highest risk at any step scored (in this run)
+        self.tables = WindowTables(log)  # those of `requests` at the last boundary scored (in this run)
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -90,10 +93,12 @@ class SteppedMonitor:
 
     def _score(self, boundary: int) -> list[tuple[Verdict, FirstFlag]]:
         """Score the log as known at `boundary`; the accounts it flags for the first time."""
+        since = boundary - self.window if self.window is not None else None
         known = f"SELECT * FROM {self.log} WHERE {_us('t')} <= {boundary}"
-        if self.window is not None:
-            known += f" AND {_us('t')} > {boundary - self.window}"
+        if since is not None:
+            known += f" AND {_us('t')} > {since}"
         self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
+        self.tables.advance(self.connection, since, boundary)
         scored = self.assess(self.connection)
         self.latest.update((v.account, v) for v in scored)
         for v in scored:
