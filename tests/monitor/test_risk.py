@@ -164,7 +164,7 @@ def test_actions_follow_fixed_benign_rates_and_the_grey_zone_is_only_flagged():
 
 def test_correlated_features_count_once_and_small_wobbles_not_at_all():
     def evidence(feature: str, probability: float) -> Evidence:
-        return Evidence(feature, 1.0, 0.0, probability, 1000)
+        return Evidence(feature, 1.0, np.zeros(1000), probability)
 
     volume = [evidence(name, 1e-3) for name in ("requests", "requests_per_active_day", "peak_per_hour")]
     assert combined(volume) == pytest.approx(3 - math.log10(3))  # one family: its strongest, Bonferroni-corrected

@@ -70,8 +70,7 @@ WITH held AS ({HELD}),
 rare AS (SELECT family FROM held GROUP BY family
          HAVING count(DISTINCT account) BETWEEN 2 AND {FAMILY_ACCOUNTS_MAX}
             AND sum(requests) / count(DISTINCT prompt_hash) <= {FAMILY_REUSE_MAX})
-SELECT DISTINCT family, account, prompt_hash,
-       hash(regexp_replace(lower(trim(prompt)), '\\s+', ' ', 'g')) AS wording  -- "Hello" and "hello " are one text
+SELECT DISTINCT family, account, prompt_hash, wording
 FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 """
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -116,10 +116,16 @@ class Evidence:
 
     feature: str
     value: float
-    benign_median: float
+    benign: np.ndarray = field(compare=False, repr=False)  # the benign values it was compared with
     probability: float  # benign tail probability
 
-    samples: int  # benign accounts it was compared with
+    @property
+    def samples(self) -> int:
+        return len(self.benign)
+
+    @property
+    def benign_median(self) -> float:  # for the reasons in words only: most evidence never needs it
+        return float(np.median(self.benign))
 
     @property
     def strength(self) -> float:
@@ -231,12 +237,12 @@ class Reference:
                 continue
             pool = every_account if name in VOLUME else near_accounts if name in MEMBER_COUNTS else near
             sample = self.values[name][pool]
-            sample = sample[~np.isnan(sample)]
+            known = ~np.isnan(sample)
+            sample = sample[known]
             if len(sample) < 10:
                 continue
-            raw = self.raw[name][pool]
-            median = float(np.nanmedian(raw))
-            found.append(Evidence(name, float(row[name]), median, tail_probability(sample, value), len(sample)))
+            benign = self.raw[name][pool][known]
+            found.append(Evidence(name, float(row[name]), benign, tail_probability(sample, value)))
         return sorted(found, key=lambda e: -e.strength)
 
     def assess(

@@ -1,7 +1,8 @@
 """The tables every pass of the monitor reads, built from the `requests` relation (`monitor.source`): each request
 with an account shaped once (`shaped`: the feature pass's columns, `features.SHAPED_COLUMNS`, and its prompt's hash
 and system prompt's digest), each account's distinct prompts (`account_prompts(account, prompt_hash, requests,
-first_t)`) and their texts (`prompt_texts(prompt_hash, prompt)`).
+first_t)`) and their texts (`prompt_texts(prompt_hash, prompt, wording)`, the wording a digest of the text that
+ignores case and spacing: "Hello" and "hello " are one text).
 
 Reading a request's JSON is the costly part of a scoring, so it is done once per request: `load_tables` builds the
 tables from `requests` whole (unless they were built from the view as it is defined now: one log scored twice, a
@@ -78,12 +79,15 @@ def _append(connection: duckdb.DuckDBPyConnection, source: str, *, fresh: bool) 
     connection.execute(f"CREATE OR REPLACE TEMP TABLE arrived_rows AS {shape(source, EXTRA_COLUMNS)}")
     if fresh:
         connection.execute("CREATE OR REPLACE TABLE main.shaped AS SELECT * EXCLUDE (asked) FROM arrived_rows")
-        connection.execute("CREATE OR REPLACE TABLE main.prompt_texts (prompt_hash UBIGINT, prompt VARCHAR)")
+        connection.execute(
+            "CREATE OR REPLACE TABLE main.prompt_texts (prompt_hash UBIGINT, prompt VARCHAR, wording UBIGINT)"
+        )
     else:
         connection.execute("INSERT INTO main.shaped SELECT * EXCLUDE (asked) FROM arrived_rows")
     connection.execute("""
         INSERT INTO main.prompt_texts
-        SELECT DISTINCT prompt_hash, asked FROM arrived_rows
+        SELECT prompt_hash, asked, hash(md5_number(regexp_replace(lower(trim(asked)), '\\s+', ' ', 'g')))
+        FROM (SELECT DISTINCT prompt_hash, asked FROM arrived_rows)
         WHERE prompt_hash NOT IN (SELECT prompt_hash FROM main.prompt_texts)
     """)
     connection.execute("DROP TABLE arrived_rows")
@@ -101,12 +105,12 @@ def _summarise(connection: duckdb.DuckDBPyConnection, definition: str | None) ->
 
 
 def _requests_definition(connection: duckdb.DuckDBPyConnection) -> str | None:
-    found = connection.execute(SOURCE_DEFINITION).fetchone()
-    return found[0] if found else None
+    found = connection.execute(SOURCE_DEFINITION).fetchall()
+    return found[0][0] if found else None
 
 
 def _built_from(connection: duckdb.DuckDBPyConnection) -> str | None:
     try:
-        return connection.execute("SELECT definition FROM main.tables_source").fetchone()[0]
+        return connection.execute("SELECT definition FROM main.tables_source").fetchall()[0][0]
     except duckdb.CatalogException:
         return None
