@@ -161,13 +161,14 @@ def linking_alone(
     }
 
 
-def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, dict]) -> dict:
+def replay_week(log: Path, scoring: Assess, step: timedelta, labels: dict[str, dict], tables: bool = True) -> dict:
     """The week fed in time order through the stepped monitor: per campaign its style, accounts, requests and
-    requests (all its accounts) before the first flag of any of them (None: never flagged); the replay's speed."""
+    requests (all its accounts) before the first flag of any of them (None: never flagged); the replay's speed.
+    `tables` as `SteppedMonitor`'s: off for a baseline, which reads `requests` alone."""
     connection = open_log([log], name="log")
     rows = connection.execute("SELECT count(*) FROM log").fetchone()[0]
     started = time.perf_counter()
-    monitor = SteppedMonitor(connection, scoring, step)
+    monitor = SteppedMonitor(connection, scoring, step, tables=tables)
     monitor.advance()
     seconds = time.perf_counter() - started
     members: dict[str, list[str]] = {}
@@ -220,7 +221,8 @@ def evaluate(
         baselines["mmd"] = mmd.scores(account_windows(connection, content))
     signatures = Signatures()  # kept from step to step, as the CLI's replay keeps them
     replayed = replay_week(log, lambda c: assess(c, reference, content, signatures, over_steps), step, labels)
-    rules_replayed = replay_week(log, rule_verdicts, step, labels)  # the volume score has no flag to replay
+    # the volume score has no flag to replay
+    rules_replayed = replay_week(log, rule_verdicts, step, labels, tables=False)
     return {
         "labels": {
             f"{tag}:{a}": {**label, "campaign_id": label["campaign_id"] and f"{tag}:{label['campaign_id']}"}

@@ -12,6 +12,7 @@ from monitor_traffic import MINUTE, counting, row, traffic, write
 import alambic.monitor.tables as tables
 from alambic.logs.importer import LogImporter
 from alambic.monitor.follow import Follower
+from alambic.monitor.replay import SteppedMonitor
 from alambic.monitor.source import open_log
 from alambic.monitor.tables import WindowTables, load_tables
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -92,3 +93,15 @@ def test_a_follower_shapes_a_row_that_arrives_after_its_step_was_scored(sqlite_s
     follower.poll()
     shaped = follower.connection.execute("SELECT count(*), count(*) FILTER (account = 'quiet') FROM shaped").fetchone()
     assert shaped == (len(rows) + 1, 3)
+
+
+def test_a_replay_keeps_the_tables_unless_its_scoring_reads_requests_alone(tmp_path):
+    files = write(tmp_path / "log.jsonl", traffic())
+    kept = SteppedMonitor(open_log(files, name="log"), counting, 10 * MINUTE)
+    kept.advance()
+    assert kept.connection.execute("SELECT count(*) FROM shaped").fetchall() == [(len(traffic()),)]
+    alone = SteppedMonitor(open_log(files, name="log"), counting, 10 * MINUTE, tables=False)
+    alone.advance()
+    assert alone.connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'shaped'").fetchall() == [
+        (0,)
+    ]

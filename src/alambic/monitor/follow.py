@@ -91,8 +91,8 @@ class Follower:
                 self._merge()
             times = [datetime.fromisoformat(row["time"]) for _, row in batch]
             scored = self.monitor.scored_until
-            if scored is not None and micros(min(times)) <= scored:  # a late row: in no table kept yet
-                self.monitor.tables.reset()
+            if self.monitor.tables is not None and scored is not None and micros(min(times)) <= scored:
+                self.monitor.tables.reset()  # a late row: in no table kept yet
             self.newest = max([*times, self.newest] if self.newest else times)
             self._open()
         raised = self.monitor.advance(self.newest - self.lag) if self.newest else []

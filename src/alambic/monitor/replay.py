@@ -57,7 +57,10 @@ class SteppedMonitor:
         flags: dict[str, FirstFlag] | None = None,
         window: timedelta | None = None,
         earlier: dict[str, int] | None = None,
+        tables: bool = True,
     ) -> None:
+        """`tables`: keep the tables the monitor's passes read (`tables.WindowTables`); a scoring that reads
+        `requests` alone (a baseline) has no use for them."""
         if step <= timedelta(0) or (window is not None and window <= timedelta(0)):
             raise ValueError("the step and the window must be positive")
         self.connection = connection
@@ -70,7 +73,7 @@ class SteppedMonitor:
         self.earlier = dict(earlier or {})  # per account, its requests no longer in `log` (a follower's expired)
         self.latest: dict[str, Verdict] = {}  # per account, the verdict of the latest step that scored it
         self.highest: dict[str, float] = {}  # per account, its highest risk at any step scored (in this run)
-        self.tables = WindowTables(log)  # those of `requests` at the last boundary scored (in this run)
+        self.tables = WindowTables(log) if tables else None  # those of the last boundary scored (in this run)
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -98,7 +101,8 @@ class SteppedMonitor:
         if since is not None:
             known += f" AND {_us('t')} > {since}"
         self.connection.execute(f"CREATE OR REPLACE VIEW requests AS {known}")
-        self.tables.advance(self.connection, since, boundary)
+        if self.tables is not None:
+            self.tables.advance(self.connection, since, boundary)
         scored = self.assess(self.connection)
         self.latest.update((v.account, v) for v in scored)
         for v in scored:
