@@ -37,9 +37,9 @@ NEIGHBOURS = 200  # benign windows, of the nearest sizes, a window's statistic i
 # prompts, picked by the hash that picks the content signals' sample (`content.SAMPLED`), in time order.
 WINDOW_PROMPTS = f"""
 WITH numbered AS (
-    SELECT account, {LAST_USER_TURN} AS prompt, hash(md5_number({LAST_USER_TURN})) AS prompt_hash,
+    SELECT account, prompt, hash(md5_number(prompt)) AS prompt_hash,
            row_number() OVER (PARTITION BY account ORDER BY t, id) - 1 AS position
-    FROM requests WHERE account IS NOT NULL
+    FROM (SELECT account, t, id, {LAST_USER_TURN} AS prompt FROM requests WHERE account IS NOT NULL)
 ), windowed AS (
     SELECT account, position // $window AS window_index, position, prompt, prompt_hash,
            count(*) OVER (PARTITION BY account, position // $window) AS requests

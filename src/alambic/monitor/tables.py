@@ -26,11 +26,13 @@ LAST_USER_TURN = """coalesce(
 SYSTEM_PROMPT = """list_filter(list_zip(json_extract_string(messages, '$[*].role'),
                                      json_extract_string(messages, '$[*].content')),
                             lambda turn: turn[1] = 'system')[1][2]"""
-# What `shaped` holds beside the feature pass's columns; `asked` (the text) goes to `prompt_texts` only.
-EXTRA_COLUMNS = f""",
-    hash(md5_number({LAST_USER_TURN})) AS prompt_hash,  -- md5 first: DuckDB's hash of text collides on templates
+# The texts read beside the feature pass's columns, each once: `shaped` keeps their digests (md5 first: DuckDB's hash
+# of text collides on templates), `prompt_texts` the prompt's text.
+TEXT_COLUMNS = f""",
     {LAST_USER_TURN} AS asked,
-    CASE WHEN {SYSTEM_PROMPT} IS NOT NULL THEN hash(md5_number({SYSTEM_PROMPT})) END AS system_prompt"""
+    {SYSTEM_PROMPT} AS system_text"""
+DIGESTS = """hash(md5_number(asked)) AS prompt_hash,
+    CASE WHEN system_text IS NOT NULL THEN hash(md5_number(system_text)) END AS system_prompt"""
 SOURCE_DEFINITION = "SELECT sql FROM duckdb_views() WHERE view_name = 'requests' AND NOT internal"
 
 
@@ -65,18 +67,18 @@ class WindowTables:
             connection.execute(f"DELETE FROM main.shaped WHERE epoch_us(t) <= {since}")
         after = since if fresh else self.until
         lower = f" AND epoch_us(t) > {after}" if after is not None else ""
-        connection.execute(
-            f"CREATE OR REPLACE TEMP VIEW arrived AS SELECT * FROM {self.log} WHERE epoch_us(t) <= {until}{lower}"
-        )
-        _append(connection, "arrived", fresh=fresh)
-        connection.execute("DROP VIEW arrived")
+        _append(connection, f"(SELECT * FROM {self.log} WHERE epoch_us(t) <= {until}{lower})", fresh=fresh)
         self.since, self.until = since, until
         _summarise(connection, _requests_definition(connection))
 
 
 def _append(connection: duckdb.DuckDBPyConnection, source: str, *, fresh: bool) -> None:
-    """Shapes the rows of `source` into `shaped` (a new one if `fresh`), and adds the texts `prompt_texts` lacks."""
-    connection.execute(f"CREATE OR REPLACE TEMP TABLE arrived_rows AS {shape(source, EXTRA_COLUMNS)}")
+    """Shapes the rows of `source` (a relation, or a query in parentheses) into `shaped` (a new one if `fresh`), and
+    adds the texts `prompt_texts` lacks."""
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE arrived_rows AS
+        SELECT * EXCLUDE (system_text), {DIGESTS} FROM ({shape(source, TEXT_COLUMNS)})
+    """)
     if fresh:
         connection.execute("CREATE OR REPLACE TABLE main.shaped AS SELECT * EXCLUDE (asked) FROM arrived_rows")
         connection.execute(
