@@ -12,6 +12,8 @@ from alambic.monitor.features import account_features
 from alambic.monitor.risk import (
     GREY_ZONE_REQUESTS,
     MEMBER_COUNTS,
+    REASON_EVIDENCE,
+    Assessment,
     Evidence,
     Reference,
     RiskOverSteps,
@@ -171,3 +173,17 @@ def test_correlated_features_count_once_and_small_wobbles_not_at_all():
     wobbles = [evidence(name, 0.3) for name in ("hours_of_day", "shared_prompt_share", "reasoning_cue_share")]
     assert combined(wobbles) == 0
     assert combined([*volume, evidence("reasoning_cue_share", 1e-2)]) == pytest.approx(5 - math.log10(3))
+
+
+def test_an_account_acted_on_for_several_moderate_features_is_told_which_they_are():
+    # No feature alone reaches REASON_EVIDENCE, together they pass the flag: the reasons are what the risk summed.
+    moderate = tuple(
+        Evidence(name, 0.9, np.zeros(150), 0.03)
+        for name in ("multi_sample_share", "newest_model_share", "long_answer_share", "hours_of_day")
+    )
+    assert all(e.strength < REASON_EVIDENCE for e in moderate)
+    flagged = Assessment(0.995, moderate).reasons(1000)
+    assert len(flagged) == 3 and "requests asking for n > 1: 90%" in flagged[0]
+    assert Assessment(0.9, moderate).reasons(1000) == ()  # unflagged: only evidence strong on its own is a reason
+    weak = (*moderate, Evidence("requests", 5.0, np.zeros(150), 0.5))
+    assert not any("requests sent" in reason for reason in Assessment(0.999, weak).reasons(1000))

@@ -81,6 +81,7 @@ TOP_REASONS = 3
 REASON_EVIDENCE = 2.0  # -log10 p: a feature is a reason when at most 1% of benign accounts of its size reach it
 # Actions at fixed benign false-positive rates: 1% flagged, 0.1% throttled, 0.01% blocked.
 THRESHOLDS = (("block", 0.9999), ("throttle", 0.999), ("flag", 0.99))
+FLAG_RISK = dict(THRESHOLDS)["flag"]
 GREY_ZONE_REQUESTS = 500  # below this many requests (account or campaign), at most a flag for review
 SURPRISE_CAP = 15.0  # -log10(1 - risk) past double precision's resolution of risk near 1
 
@@ -138,7 +139,10 @@ class Assessment:
     evidence: tuple[Evidence, ...]  # the strongest first
 
     def reasons(self, references: int, prefix: str = "") -> tuple[str, ...]:
-        strong = [e for e in self.evidence if e.strength >= REASON_EVIDENCE][:TOP_REASONS]
+        """The strongest evidence in words: each feature rare on its own (`REASON_EVIDENCE`), or, once the risk
+        passes the flag, each that the risk summed (`TRUNCATE`): several moderate ones add up to an action."""
+        floor = TRUNCATE if self.risk >= FLAG_RISK else REASON_EVIDENCE
+        strong = [e for e in self.evidence if e.strength >= floor][:TOP_REASONS]
         return tuple(prefix + _reason(e, references) for e in strong)
 
 
