@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 from monitor_traffic import HashedWords, opened, row, write
 
-from alambic.monitor import content, embeddings
+from alambic.monitor import content, embeddings, near_duplicates
 from alambic.monitor.assess import campaign_features
 from alambic.monitor.content import CONTENT_FEATURES, account_content, sampled_prompts, task_texts
 from alambic.monitor.embeddings import EmbeddingCache, minilm_encoder
-from alambic.monitor.near_duplicates import Signatures, load_buckets
+from alambic.monitor.near_duplicates import PERMUTATIONS, THRESHOLD, Signatures, load_buckets
 from alambic.monitor.source import open_log
 from alambic.monitor.tables import load_tables
 from alambic.simulate import Simulation, SimulationSettings, write_jsonl
@@ -67,6 +68,34 @@ def test_every_account_gets_every_content_feature(world, features):
     _, labels = world
     assert set(features) == set(labels)
     assert all(list(values) == list(CONTENT_FEATURES) for values in features.values())
+
+
+def test_lsh_candidates_are_the_prompts_datasketch_s_own_lsh_puts_together():
+    # Signatures that share some bands and not others: the sort-based bucketing must pair exactly the prompts that
+    # MinHashLSH.query pairs, every bucket ascending, and keep no bucket of one.
+    rng = np.random.default_rng(0)
+    signatures = rng.integers(0, 1 << 32, size=(400, PERMUTATIONS), dtype=np.uint64).astype(np.uint32)
+    for i in range(0, 400, 3):  # copy a few random bands from an earlier prompt
+        j = int(rng.integers(0, 400))
+        for band in rng.choice(14, size=int(rng.integers(1, 4)), replace=False):
+            signatures[i, band * 4 : band * 4 + 4] = signatures[j, band * 4 : band * 4 + 4]
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
+    assert (lsh.b, lsh.r) == (14, 4)
+    hashed = [
+        LeanMinHash(seed=1, hashvalues=row.astype(np.uint64), scheme=MinHash(num_perm=PERMUTATIONS).scheme)
+        for row in signatures
+    ]
+    for i, minhash in enumerate(hashed):
+        lsh.insert(i, minhash)
+    members, starts = near_duplicates._candidates(signatures)
+    buckets = np.split(members, starts[1:])
+    assert all(len(b) > 1 and (np.diff(b) > 0).all() for b in buckets)
+    paired = {i: set() for i in range(len(signatures))}
+    for bucket in buckets:
+        for i in bucket.tolist():
+            paired[i].update(bucket.tolist())
+    assert all(paired[i] - {i} == set(lsh.query(m)) - {i} for i, m in enumerate(hashed))
+    assert sum(len(p) > 1 for p in paired.values()) > 100
 
 
 def test_near_duplicates_are_found_across_accounts(world):

@@ -10,8 +10,6 @@ hash between scorings of a growing log (`Signatures`): replay and follow sign ea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -52,41 +50,63 @@ def _signatures(prompts: np.ndarray, shingles: np.ndarray) -> tuple[np.ndarray, 
     return hashes, signatures
 
 
-def _candidates(signatures: np.ndarray) -> Iterator[np.ndarray]:
-    """LSH: for each band of rows of the signatures, the prompts (row indices, ascending) that agree on all of its
-    rows.
+def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(prompts, bands) uint64: each band's `rows` values of the signatures folded into one key (FNV-1a over
+    32-bit words; two bands that collide only add a candidate, which confirming checks)."""
+    keys = np.full((len(signatures), bands), 0xCBF29CE484222325, dtype=np.uint64)
+    banded = signatures[:, : bands * rows].reshape(len(signatures), bands, rows).astype(np.uint64)
+    for row in range(rows):
+        keys = (keys ^ banded[:, :, row]) * np.uint64(0x100000001B3)  # wraps modulo 2^64
+    return keys
+
+
+def _candidates(signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LSH: the prompts (row indices) that agree on all rows of one band of the signatures, for every band, as
+    flat arrays: `members` with each bucket's row indices ascending and contiguous, and `starts`, where each
+    bucket of two or more begins.
 
     The bands and rows are those datasketch's `MinHashLSH` picks for `THRESHOLD` (balancing false positives
-    and negatives); the bucketing itself is a sort of each band's rows, for all prompts at once."""
+    and negatives); the bucketing itself is a sort of each band's keys, for all prompts at once."""
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
+    keys = _band_keys(signatures, lsh.b, lsh.r)
+    members, starts, found = [], [], 0
     for band in range(lsh.b):
-        block = signatures[:, band * lsh.r : (band + 1) * lsh.r]
-        order = np.lexsort(block.T[::-1])  # rows in lexicographic order; equal rows by ascending index
-        ordered = block[order]
-        starts = np.flatnonzero(np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)])
-        sizes = np.diff(np.r_[starts, len(order)])
-        yield from (order[start : start + size] for start, size in zip(starts, sizes, strict=True) if size > 1)
+        order = np.argsort(keys[:, band], kind="stable")  # equal keys by ascending index
+        ordered = keys[order, band]
+        bucket = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1  # each sorted row's bucket in the band
+        shared = np.bincount(bucket)[bucket] > 1
+        if not shared.any():
+            continue
+        members.append(order[shared])
+        starts.append(found + np.flatnonzero(np.r_[True, bucket[shared][1:] != bucket[shared][:-1]]))
+        found += int(shared.sum())
+    if not found:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate(members), np.concatenate(starts)
 
 
-def _confirmed(signatures: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
-    """The buckets of `candidates` (LSH buckets of row indices) that keep two or more members once only the members
-    whose estimated Jaccard to another member of their bucket reaches `THRESHOLD` stay: banding lets through pairs
-    well below it (prompts built from one template and a small vocabulary). Buckets of over `CONFIRM_MAX` members
-    are judged by their first ones; buckets of one size are compared together, a bounded block at a time."""
-    by_size: dict[int, list[np.ndarray]] = {}
-    for bucket in candidates:
-        by_size.setdefault(min(len(bucket), CONFIRM_MAX), []).append(bucket[:CONFIRM_MAX])
-    confirmed = []
-    for size, buckets in sorted(by_size.items()):
+def _confirmed(signatures: np.ndarray, members: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of the candidate buckets (`_candidates`), the members whose estimated Jaccard to another member of their
+    bucket reaches `THRESHOLD`, in buckets that keep two or more of them: banding lets through pairs well below it
+    (prompts built from one template and a small vocabulary). Returns (bucket number, row index) pairs, a bucket's
+    number its place among the candidates. Buckets of over `CONFIRM_MAX` members are judged by their first ones;
+    buckets of one size are compared together, a bounded block at a time."""
+    sizes = np.minimum(np.diff(np.r_[starts, len(members)]), CONFIRM_MAX)
+    buckets, kept_members = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for size in np.unique(sizes).tolist():
+        of_size = np.flatnonzero(sizes == size)
         step = max(1, COMPARED_MAX // (size * size * PERMUTATIONS))
-        for first in range(0, len(buckets), step):
-            members = np.stack(buckets[first : first + step])  # (buckets, size)
-            block = signatures[members]  # (buckets, size, PERMUTATIONS)
+        for first in range(0, len(of_size), step):
+            chosen = of_size[first : first + step]
+            rows = members[starts[chosen][:, None] + np.arange(size)]  # (buckets, size)
+            block = signatures[rows]  # (buckets, size, PERMUTATIONS)
             similarity = (block[:, :, None, :] == block[:, None, :, :]).mean(axis=3)  # (buckets, size, size)
             similarity[:, np.arange(size), np.arange(size)] = 0.0
             kept = similarity.max(axis=2) >= THRESHOLD
-            confirmed += [row[keep] for row, keep in zip(members, kept, strict=True) if keep.sum() > 1]
-    return confirmed
+            kept &= (kept.sum(axis=1) > 1)[:, None]
+            buckets.append(np.broadcast_to(chosen[:, None], rows.shape)[kept])
+            kept_members.append(rows[kept])
+    return np.concatenate(buckets), np.concatenate(kept_members)
 
 
 class Signatures:
@@ -128,15 +148,18 @@ def load_buckets(
     known = len(hashes)
     if common is not None and len(common):
         matrix = np.concatenate([matrix, common])  # rows past `known` are the common texts
-    buckets, members, near_common = [], [], set()
-    for bucket, indices in enumerate(_confirmed(matrix, list(_candidates(matrix)))):
+    bucket_of, member = _confirmed(matrix, *_candidates(matrix))
+    near_common = set()
+    for bucket in np.unique(bucket_of[member >= known]).tolist():  # few: the buckets holding a common text
+        indices = member[bucket_of == bucket]
         live, texts = indices[indices < known], indices[indices >= known]
-        if len(texts):  # the live prompts as near a common text as the bucket's members are to each other
-            similarity = (matrix[live][:, None, :] == matrix[texts][None, :, :]).mean(axis=2)
-            near_common.update(hashes[live[similarity.max(axis=1, initial=0.0) >= THRESHOLD]].tolist())
-        if len(live) > 1:
-            buckets += [bucket] * len(live)
-            members += hashes[live].tolist()
+        # the live prompts as near a common text as the bucket's members are to each other
+        similarity = (matrix[live][:, None, :] == matrix[texts][None, :, :]).mean(axis=2)
+        near_common.update(hashes[live[similarity.max(axis=1, initial=0.0) >= THRESHOLD]].tolist())
+    bucket_of, member = bucket_of[member < known], member[member < known]
+    numbers, live_counts = np.unique(bucket_of, return_counts=True)
+    shared = np.isin(bucket_of, numbers[live_counts > 1])
+    buckets, members = bucket_of[shared], hashes[member[shared]]
     table = pa.table({"bucket": pa.array(buckets, pa.int64()), "prompt_hash": pa.array(members, pa.uint64())})
     common_table = pa.table({"prompt_hash": pa.array(sorted(near_common), pa.uint64())})
     for name, data in (("lsh_buckets", table), ("near_common", common_table)):
