@@ -101,6 +101,21 @@ def test_answer_tokens_are_the_mean_completion_tokens_whatever_the_prompt_s_leng
     assert found["a"]["answer_prompt_ratio"] < found["b"]["answer_prompt_ratio"]
 
 
+def test_answer_length_is_per_choice_so_that_several_samples_count_once(tmp_path):
+    """A request asking for `n` samples is billed their tokens together (OpenAI's usage, the gateway's log): that it
+    asked for several is `multi_sample_share`, and its answers are as long as one sample's, not n times longer."""
+    sent = [("one", 1, 200), ("one", 1, 100), ("five", 5, 1000), ("five", 5, 500)]
+    rows = [
+        row(n, account, n) | {"params": {"n": choices}, "prompt_tokens": 50, "completion_tokens": completion}
+        for n, (account, choices, completion) in enumerate(sent)
+    ]
+    found = {f.account: f.values for f in account_features(open_log(write(tmp_path / "log.jsonl", rows)))}
+    for name in ("answer_tokens", "answer_prompt_ratio"):
+        assert found["five"][name] == found["one"][name], name
+    assert found["one"]["answer_tokens"] == 150 and found["one"]["answer_prompt_ratio"] == 3
+    assert found["five"]["multi_sample_share"] == 1 and found["one"]["multi_sample_share"] == 0
+
+
 def test_the_same_log_gives_the_same_features_to_the_last_bit(tmp_path):
     """Float sums add in whatever order DuckDB's threads meet: the timing and temperature features are summed
     exactly (whole microseconds, millionths of a temperature), so that a log large enough for several threads gives

