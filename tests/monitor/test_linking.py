@@ -228,6 +228,15 @@ def test_a_sparse_campaign_stays_one_group_beside_a_heavy_actor_drawing_on_its_f
     assert linking.campaign_of["h0"] == linking.campaign_of["h1"] not in groups
 
 
+def test_a_split_set_holding_most_of_a_quiet_log_s_rare_families_is_one_group(tmp_path):
+    """A campaign in a quiet log: each of its three accounts holds over half of the log's rare families (55-85%) and
+    matches the others on every prompt, far more than that coverage gives by chance, though no share is twice it."""
+    trio = {f"t{side}": [_task(200 + k, tail) for k in range(30)] for side, tail in enumerate(["", " more", " again"])}
+    linking = link_accounts(opened(_log(tmp_path / "log.jsonl", {**_split_sets(2), **trio})))
+    assert {linking.campaign_of.get(a) for a in trio} == {linking.campaign_of.get("t0")} != {None}
+    assert set(linking.groups[linking.campaign_of["t0"]].members) == set(trio)
+
+
 def _task(family: int, tail: str = "") -> str:
     return " ".join(f"t{family}.{j}" for j in range(6)) + tail
 

@@ -6,20 +6,22 @@ An edge joins two accounts that sent different texts (not only in case or spacin
 prompt set split between them. The same text sent by both is no such evidence: a split set is disjoint, while
 popular prompts and public banks (a benchmark, a data set everyone draws from) are what accounts share by chance.
 Nor is a match with an account that holds much of every family: one that covers a third of a public bank matches a
-third of anyone's prompts from it, so a share counts only above `COVERAGE_LIFT` times what the other's coverage
-gives by chance. Popular prompts ("hello", a product-description template that a thousand calls repeat) and
-everything that crowds share by accident (VPN and NAT exits, SDK user agents) make no edge; they are reported per
-group, weighted by how many accounts outside the group share them, so that an organisation's keys or a platform's
-customers read as what they are. One chance match between two groups does not merge them: a bridge (an edge whose
-removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN` accounts or more. Two actors
-drawing on one bank (a public data set, one generator's templates) match each other's texts as often as one actor's
-accounts match among themselves, but they also send some of the same texts, which a split set never does: each rare
-text two accounts both sent weighs `SAME_TEXT_WEIGHT` matched prompts against linking them, and accounts are
-partitioned on that signed graph before its groups are read. A pair's matches and shared texts weigh relative to the
-two accounts' sizes: an account drawing hundreds of prompts from a bank matches a few of everyone's, and must not
-outweigh a sparse campaign's few matches between its own small accounts. A family is rare by the log it is read in;
-hours into a log, phrasing that crowds share (a chat opener's template) has reached few accounts yet, so prompts near
-a benign log's `common_phrasing` (a `risk.Reference` carries it) are no evidence at all.
+third of anyone's prompts from it, so a share counts only when its odds are `COVERAGE_LIFT` times those the other's
+coverage gives by chance (for small coverage, that many times the share; in a quiet log, where a campaign's accounts
+hold most rare families, a share near one still counts). Popular prompts ("hello", a product-description template
+that a thousand calls repeat) and everything that crowds share by accident (VPN and NAT exits, SDK user agents) make
+no edge; they are reported per group, weighted by how many accounts outside the group share them, so that an
+organisation's keys or a platform's customers read as what they are. One chance match between two groups does not
+merge them: a bridge (an edge whose removal disconnects the graph) is cut where both sides hold `BRIDGED_GROUP_MIN`
+accounts or more. Two actors drawing on one bank (a public data set, one generator's templates) match each other's
+texts as often as one actor's accounts match among themselves, but they also send some of the same texts, which a
+split set never does: each rare text two accounts both sent weighs `SAME_TEXT_WEIGHT` matched prompts against
+linking them, and accounts are partitioned on that signed graph before its groups are read. A pair's matches and
+shared texts weigh relative to the two accounts' sizes: an account drawing hundreds of prompts from a bank matches a
+few of everyone's, and must not outweigh a sparse campaign's few matches between its own small accounts. A family is
+rare by the log it is read in; hours into a log, phrasing that crowds share (a chat opener's template) has reached
+few accounts yet, so prompts near a benign log's `common_phrasing` (a `risk.Reference` carries it) are no evidence
+at all.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from alambic.monitor.near_duplicates import Signatures, load_buckets
 FAMILY_ACCOUNTS_MAX = 50  # a family sent by more accounts is common phrasing, not one actor's prompt set
 FAMILY_REUSE_MAX = 4.0  # requests per distinct text: popular prompts recur, a split prompt set is sent once
 EDGE_SHARE_MIN = 0.1  # of an account's distinct prompts: one chance match among a program's thousands is no link
-COVERAGE_LIFT = 2.0  # a share must be this many times the other account's coverage of all rare families
+COVERAGE_LIFT = 2.0  # a share's odds must be this many times those of the other's coverage of all rare families
 BRIDGED_GROUP_MIN = 3  # a lone edge between groups this large is chance; a smaller side is an account joining
 SAME_TEXT_WEIGHT = 30.0  # matched prompts one rare text sent by both outweighs (from 40, benign classrooms split)
 REFINE_ROUNDS = 20  # of moving accounts between clusters; it settles in a few
@@ -79,9 +81,16 @@ FROM held JOIN rare USING (family) JOIN prompt_texts USING (prompt_hash);
 DISTINCT_PROMPTS = "distinct_prompts AS (SELECT account, count(*) AS prompts FROM account_prompts GROUP BY account)"
 PAIR_SIZE = "sqrt(pa.prompts * pb.prompts)"
 
+
+def _lifted(coverage: str) -> str:
+    """The share whose odds are `COVERAGE_LIFT` times those of `coverage` (an SQL expression)."""
+    return f"{COVERAGE_LIFT} * {coverage} / (1 + {COVERAGE_LIFT - 1} * {coverage})"
+
+
 # Two accounts that sent different texts of shared rare families, in `EDGE_SHARE_MIN` of either one's distinct
-# prompts and above `COVERAGE_LIFT` times the share the other's coverage of all rare families gives by chance;
-# weighed by the prompts matched (the fewer of the two sides), relative to the pair's size.
+# prompts and at `COVERAGE_LIFT` times the odds of the share the other's coverage c of all rare families gives by
+# chance (share / (1 - share) >= lift c / (1 - c), that is share >= lift c / (1 + (lift - 1) c)); weighed by the
+# prompts matched (the fewer of the two sides), relative to the pair's size.
 EDGES = f"""
 WITH {DISTINCT_PROMPTS},
 coverage AS (SELECT account, count(DISTINCT family) / (SELECT count(DISTINCT family) FROM rare_holdings) AS coverage
@@ -95,8 +104,8 @@ matched AS (
 SELECT a, b, least(in_a, in_b) / {PAIR_SIZE} FROM matched
 JOIN distinct_prompts pa ON pa.account = a JOIN distinct_prompts pb ON pb.account = b
 JOIN coverage ca ON ca.account = a JOIN coverage cb ON cb.account = b
-WHERE in_a >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * cb.coverage) * pa.prompts
-   OR in_b >= greatest({EDGE_SHARE_MIN}, {COVERAGE_LIFT} * ca.coverage) * pb.prompts
+WHERE in_a >= greatest({EDGE_SHARE_MIN}, {_lifted("cb.coverage")}) * pa.prompts
+   OR in_b >= greatest({EDGE_SHARE_MIN}, {_lifted("ca.coverage")}) * pb.prompts
 """
 
 # Two accounts that sent the same rare texts, and how many, relative to the pair's size as `EDGES` are: two actors
