@@ -62,7 +62,7 @@ SHAPED_COLUMNS = f"""
     -- to the millionth, in DECIMAL: its sum is exact, whatever the order
     CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
     -- the samples asked for: the log's completion tokens are theirs together, as OpenAI's usage counts them
-    greatest(1, coalesce(TRY_CAST(params->>'n' AS INTEGER), 1)) AS choices,
+    greatest(1, coalesce(TRY_CAST(params->>'n' AS SMALLINT), 1)) AS choices,  -- two bytes a row (OpenAI's n <= 128)
     coalesce(params->>'logprobs' = 'true', false) AS logprobs"""
 
 
