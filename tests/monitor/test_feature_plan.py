@@ -17,7 +17,6 @@ from alambic.simulate import Simulation, SimulationSettings, write_jsonl
 
 BYTES = {
     "BOOLEAN": 1,
-    "SMALLINT": 2,
     "INTEGER": 4,
     "BIGINT": 8,
     "UBIGINT": 8,
@@ -49,8 +48,7 @@ def test_the_rows_duckdb_keeps_for_the_pass_hold_no_request_text(small_log):
 
 def test_a_kept_row_holds_each_fact_once_and_flags_as_booleans(small_log):
     """The pass's peak memory grows by the width of `shaped`'s rows: the time kept once (not also as epoch
-    seconds), what a feature only tests (one user turn, a long answer) as a boolean, not the number, and the samples
-    asked for (n) in two bytes."""
+    seconds), and what a feature only tests (one user turn, a long answer, n > 1) as a boolean, not the number."""
     columns = _columns(open_log([small_log]), "shaped")
     assert sum(BYTES.get(kind, VARCHAR_BYTES) for kind in columns.values()) <= 104, columns
 

@@ -28,8 +28,8 @@ FEATURES = {
     "logprobs_share": "requests asking for logprobs",
     "multi_sample_share": "requests asking for n > 1",
     "mean_temperature": "mean temperature asked for (1 when not set)",
-    "answer_prompt_ratio": "completion tokens per prompt token (per sample asked for)",
-    "answer_tokens": "mean completion tokens per sample asked for (n per request)",
+    "answer_prompt_ratio": "completion tokens per prompt token (of one sample, when a request asks for n)",
+    "answer_tokens": "mean completion tokens per request (of one sample, when it asks for n)",
     "distinct_addresses": "client addresses used",
     "distinct_user_agents": "user agents used",
     "newest_model_share": "requests to the newest model (released, not first seen, while the log was kept)",
@@ -56,13 +56,15 @@ SHAPED_COLUMNS = f"""
     coalesce(array_length(list_filter(turns, lambda m: m.role = 'user')), 1) <= 1 AS single_turn,
     coalesce(list_contains(list_transform(turns, lambda m: m.role), 'system'), false) AS has_system,
     coalesce(prompt_tokens, 0) AS prompt_tokens,
-    coalesce(completion_tokens, 0) AS completion_tokens,
+    -- one sample's: the log's completion tokens are all `n` samples' together, as OpenAI's usage counts them; to the
+    -- millionth, in DECIMAL, so that sums are exact whatever the order
+    CAST(coalesce(completion_tokens, 0) / greatest(1, coalesce(TRY_CAST(params->>'n' AS INTEGER), 1))
+         AS DECIMAL(18, 6)) AS sample_tokens,
     coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
              1000000) >= 1000 AS long_answer,
     -- to the millionth, in DECIMAL: its sum is exact, whatever the order
     CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
-    -- the samples asked for: the log's completion tokens are theirs together, as OpenAI's usage counts them
-    greatest(1, coalesce(TRY_CAST(params->>'n' AS SMALLINT), 1)) AS choices,  -- two bytes a row (OpenAI's n <= 128)
+    coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
     coalesce(params->>'logprobs' = 'true', false) AS logprobs"""
 
 
@@ -128,12 +130,10 @@ per_account AS (
            avg(CASE WHEN s.reasoning_cue THEN 1 ELSE 0 END) AS reasoning_cue_share,
            avg(CASE WHEN s.long_answer THEN 1 ELSE 0 END) AS long_answer_share,
            avg(CASE WHEN s.logprobs THEN 1 ELSE 0 END) AS logprobs_share,
-           avg(CASE WHEN s.choices > 1 THEN 1 ELSE 0 END) AS multi_sample_share,
+           avg(CASE WHEN s.multi_sample THEN 1 ELSE 0 END) AS multi_sample_share,
            CAST(avg(s.temperature) AS DOUBLE) AS mean_temperature,
-           -- per sample over per request, from integer sums (exact, whatever the order)
-           sum(s.completion_tokens) * count(*) / (sum(s.choices) * greatest(1, sum(s.prompt_tokens)))
-               AS answer_prompt_ratio,
-           sum(s.completion_tokens) / sum(s.choices) AS answer_tokens,
+           CAST(sum(s.sample_tokens) AS DOUBLE) / greatest(1, sum(s.prompt_tokens)) AS answer_prompt_ratio,
+           CAST(avg(s.sample_tokens) AS DOUBLE) AS answer_tokens,
            avg(CASE WHEN newest.model IS NULL THEN NULL WHEN s.model = newest.model THEN 1 ELSE 0 END)
                AS newest_model_share,
            (epoch(min(CASE WHEN s.model = newest.model THEN s.t END)) - epoch(any_value(newest.released))) / 3600
