@@ -58,20 +58,20 @@ SHAPED_COLUMNS = f"""
     coalesce(prompt_tokens, 0) AS prompt_tokens,
     -- one sample's: the log's completion tokens are all `n` samples' together, as OpenAI's usage counts them; to the
     -- millionth, in DECIMAL, so that sums are exact whatever the order
-    CAST(coalesce(completion_tokens, 0) / greatest(1, coalesce(TRY_CAST(params->>'n' AS INTEGER), 1))
-         AS DECIMAL(18, 6)) AS sample_tokens,
+    CAST(coalesce(completion_tokens, 0) / greatest(1, samples) AS DECIMAL(18, 6)) AS sample_tokens,
     coalesce(TRY_CAST(params->>'max_tokens' AS BIGINT), TRY_CAST(params->>'max_completion_tokens' AS BIGINT),
              1000000) >= 1000 AS long_answer,
     -- to the millionth, in DECIMAL: its sum is exact, whatever the order
     CAST(coalesce(TRY_CAST(params->>'temperature' AS DOUBLE), 1.0) AS DECIMAL(18, 6)) AS temperature,
-    coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) > 1 AS multi_sample,
+    samples > 1 AS multi_sample,
     coalesce(params->>'logprobs' = 'true', false) AS logprobs"""
 
 
 def shape(source: str = "requests", extra: str = "") -> str:
     """The query shaping each request of `source` that has an account (`SHAPED_COLUMNS`, then `extra`'s columns)."""
     return f"""SELECT {SHAPED_COLUMNS}{extra}
-    FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt
+    FROM (SELECT *, coalesce(turns[array_length(turns)].content, prompt_text, '') AS last_prompt,
+                 coalesce(TRY_CAST(params->>'n' AS INTEGER), 1) AS samples  -- read once: two columns use it
           FROM {source}
           WHERE account IS NOT NULL) AS request"""
 
