@@ -80,14 +80,14 @@ def test_lsh_candidates_are_the_prompts_datasketch_s_own_lsh_puts_together():
         for band in rng.choice(14, size=int(rng.integers(1, 4)), replace=False):
             signatures[i, band * 4 : band * 4 + 4] = signatures[j, band * 4 : band * 4 + 4]
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
-    assert (lsh.b, lsh.r) == (14, 4)
+    assert (lsh.b, lsh.r) == near_duplicates.bands() == (14, 4)
     hashed = [
         LeanMinHash(seed=1, hashvalues=row.astype(np.uint64), scheme=MinHash(num_perm=PERMUTATIONS).scheme)
         for row in signatures
     ]
     for i, minhash in enumerate(hashed):
         lsh.insert(i, minhash)
-    members, starts = near_duplicates._candidates(signatures)
+    members, starts = near_duplicates._candidates(near_duplicates._band_keys(signatures))
     buckets = np.split(members, starts[1:])
     assert all(len(b) > 1 and (np.diff(b) > 0).all() for b in buckets)
     paired = {i: set() for i in range(len(signatures))}

@@ -10,6 +10,7 @@ import pytest
 
 from alambic.monitor.features import account_features
 from alambic.monitor.risk import (
+    DESCRIBED,
     GREY_ZONE_REQUESTS,
     MEMBER_COUNTS,
     REASON_EVIDENCE,
@@ -76,7 +77,7 @@ def test_an_account_far_past_every_benign_one_gets_a_high_risk_and_reasons_with_
     loud |= {"requests": loud["requests"] * 50, "reasoning_cue_share": 1.0, "answer_prompt_ratio": 40.0}
     assessment = reference.assess(loud)
     assert assessment.risk > 0.999
-    reasons = assessment.reasons(len(reference))
+    reasons = assessment.reasons(len(reference), acted=True)
     assert 1 <= len(reasons) <= 3
     assert any("step-by-step reasoning: 100%" in reason for reason in reasons)
     assert all("benign" in reason for reason in reasons)
@@ -182,8 +183,21 @@ def test_an_account_acted_on_for_several_moderate_features_is_told_which_they_ar
         for name in ("multi_sample_share", "newest_model_share", "long_answer_share", "hours_of_day")
     )
     assert all(e.strength < REASON_EVIDENCE for e in moderate)
-    flagged = Assessment(0.995, moderate).reasons(1000)
+    flagged = Assessment(0.995, moderate).reasons(1000, acted=True)
     assert len(flagged) == 3 and "requests asking for n > 1: 90%" in flagged[0]
-    assert Assessment(0.9, moderate).reasons(1000) == ()  # unflagged: only evidence strong on its own is a reason
+    assert Assessment(0.995, moderate).reasons(1000, acted=False) == ()  # not acted on: only strong evidence
     weak = (*moderate, Evidence("requests", 5.0, np.zeros(150), 0.5))
-    assert not any("requests sent" in reason for reason in Assessment(0.999, weak).reasons(1000))
+    assert not any("requests sent" in reason for reason in Assessment(0.999, weak).reasons(1000, acted=True))
+
+
+def test_the_reasons_name_each_family_of_features_that_move_together_once_as_the_risk_counts_them():
+    # Long answers, a high answer/prompt ratio and many answer tokens are one fact (the family counted once in
+    # `combined`): the reasons give its strongest member, then the next family's.
+    answers = tuple(
+        Evidence(name, 9.0, np.zeros(150), p)
+        for name, p in (("answer_tokens", 1e-4), ("answer_prompt_ratio", 2e-4), ("long_answer_share", 3e-4))
+    )
+    logprobs = Evidence("logprobs_share", 1.0, np.zeros(150), 1e-3)
+    reasons = Assessment(0.9999, (*answers, logprobs)).reasons(1000, acted=True)
+    assert len(reasons) == 2
+    assert reasons[0].startswith(DESCRIBED["answer_tokens"]) and reasons[1].startswith(DESCRIBED["logprobs_share"])

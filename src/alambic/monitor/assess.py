@@ -121,16 +121,16 @@ def verdicts(
     for account, values in sorted(rows.items()):
         own = reference.assess(values, account)
         campaign = campaign_of.get(account)
-        reasons = own.reasons(len(reference))
         risk = risk_of(own.risk)
         action = action_for(risk, int(values["requests"]))
+        reasons = own.reasons(len(reference), acted=action != "none")
         if campaign is not None and judged[campaign].risk > own.risk:
             group: Assessment = judged[campaign]
             prefix = f"its campaign of {members[campaign]} linked accounts, as one: "
             linked = linking.groups[campaign].reasons[:1] if campaign in linking.groups else ()
-            reasons = group.reasons(len(reference), prefix) + linked + reasons
             risk = risk_of(group.risk)
             group_action = action_for(risk, int(campaigns[campaign]["requests"]))
+            reasons = group.reasons(len(reference), group_action != "none", prefix) + linked + reasons
             action = max(action, min(group_action, CAMPAIGN_ACTION_CAP, key=ACTIONS.index), key=ACTIONS.index)
         out.append(Verdict(account, risk, reasons, campaign, action))
     return out

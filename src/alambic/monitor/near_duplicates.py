@@ -3,12 +3,14 @@
 Broder's MinHash estimates the Jaccard similarity of two prompts' 3-gram sets; LSH bands the signatures so that
 prompts of similarity >= THRESHOLD share a bucket with high probability, and each bucket keeps the members whose
 estimated similarity to another member reaches it. The buckets (never all pairs) become the table
-`prompt_buckets(bucket, prompt_hash)`, which SQL joins to the accounts. Signatures and bands are computed for
+`prompt_buckets(bucket, prompt_hash)`, which SQL joins to the accounts. Signatures and band keys are computed for
 all distinct prompts at once with numpy, from datasketch's permutations and band parameters, and kept by prompt
 hash between scorings of a growing log (`Signatures`): replay and follow sign each prompt once.
 """
 
 from __future__ import annotations
+
+import functools
 
 import duckdb
 import numpy as np
@@ -50,27 +52,31 @@ def _signatures(prompts: np.ndarray, shingles: np.ndarray) -> tuple[np.ndarray, 
     return hashes, signatures
 
 
-def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(prompts, bands) uint64: each band's `rows` values of the signatures folded into one key (FNV-1a over
+@functools.cache
+def bands() -> tuple[int, int]:
+    """The LSH bands and rows per band that datasketch's `MinHashLSH` picks for `THRESHOLD` (balancing false
+    positives and negatives)."""
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
+    return lsh.b, lsh.r
+
+
+def _band_keys(signatures: np.ndarray) -> np.ndarray:
+    """(prompts, bands) uint64: each band's rows of the signatures (`bands`) folded into one key (FNV-1a over
     32-bit words; two bands that collide only add a candidate, which confirming checks)."""
-    keys = np.full((len(signatures), bands), 0xCBF29CE484222325, dtype=np.uint64)
-    banded = signatures[:, : bands * rows].reshape(len(signatures), bands, rows).astype(np.uint64)
+    count, rows = bands()
+    keys = np.full((len(signatures), count), 0xCBF29CE484222325, dtype=np.uint64)
+    banded = signatures[:, : count * rows].reshape(len(signatures), count, rows).astype(np.uint64)
     for row in range(rows):
         keys = (keys ^ banded[:, :, row]) * np.uint64(0x100000001B3)  # wraps modulo 2^64
     return keys
 
 
-def _candidates(signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """LSH: the prompts (row indices) that agree on all rows of one band of the signatures, for every band, as
-    flat arrays: `members` with each bucket's row indices ascending and contiguous, and `starts`, where each
-    bucket of two or more begins.
-
-    The bands and rows are those datasketch's `MinHashLSH` picks for `THRESHOLD` (balancing false positives
-    and negatives); the bucketing itself is a sort of each band's keys, for all prompts at once."""
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS)
-    keys = _band_keys(signatures, lsh.b, lsh.r)
+def _candidates(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LSH: the prompts (row indices) that agree on all rows of one band, from their band keys (`_band_keys`), for
+    every band, as flat arrays: `members` with each bucket's row indices ascending and contiguous, and `starts`,
+    where each bucket of two or more begins. The bucketing is a sort of each band's keys, for all prompts at once."""
     members, starts, found = [], [], 0
-    for band in range(lsh.b):
+    for band in range(keys.shape[1]):
         order = np.argsort(keys[:, band], kind="stable")  # equal keys by ascending index
         ordered = keys[order, band]
         bucket = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1  # each sorted row's bucket in the band
@@ -110,17 +116,18 @@ def _confirmed(signatures: np.ndarray, members: np.ndarray, starts: np.ndarray) 
 
 
 class Signatures:
-    """The MinHash signatures of the distinct prompts of `prompt_texts`, by prompt hash (sorted), kept from one
-    scoring to the next: a scoring signs only the prompts the last one did not hold, and keeps only those it holds
-    (so it grows with the distinct prompts scored, never with the rows)."""
+    """The MinHash signatures and LSH band keys of the distinct prompts of `prompt_texts`, by prompt hash (sorted),
+    kept from one scoring to the next: a scoring signs only the prompts the last one did not hold, and keeps only
+    those it holds (so it grows with the distinct prompts scored, never with the rows)."""
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)
         self.signatures = np.empty((0, PERMUTATIONS), dtype=np.uint32)
+        self.keys = np.empty((0, bands()[0]), dtype=np.uint64)
         self.signed = 0  # prompts signed so far, by all scorings
 
-    def update(self, connection: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
-        """The hashes and signatures of the prompts of `prompt_texts` now, signing those not seen before."""
+    def update(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Holds the prompts of `prompt_texts` now, signing those not seen before."""
         connection.register("signed_prompts", pa.table({"prompt_hash": pa.array(self.hashes, pa.uint64())}))
         try:
             shingled = connection.execute(SHINGLES).fetchnumpy()
@@ -132,9 +139,10 @@ class Signatures:
         held = np.asarray(known["prompt_hash"], dtype=np.uint64)
         hashes = np.concatenate([self.hashes, new])
         order = np.argsort(hashes, kind="stable")
-        hashes, signatures = hashes[order], np.concatenate([self.signatures, new_signatures])[order]
-        self.hashes, self.signatures = held, signatures[np.searchsorted(hashes, held)]
-        return self.hashes, self.signatures
+        kept = order[np.searchsorted(hashes[order], held)]  # of the old and new prompts, those held, by hash
+        self.signatures = np.concatenate([self.signatures, new_signatures])[kept]
+        self.keys = np.concatenate([self.keys, _band_keys(new_signatures)])[kept]
+        self.hashes = held
 
 
 def load_buckets(
@@ -144,14 +152,18 @@ def load_buckets(
     tables `tables.load_tables` built, signed through `signatures` (a fresh `Signatures` unless given: all of
     them); and `common_prompts(prompt_hash)`: those that share a bucket with one of the `common` signatures (a
     benign log's common phrasing, `linking.common_phrasing`). Returns the number of distinct prompts."""
-    hashes, matrix = (signatures or Signatures()).update(connection)
+    signatures = signatures or Signatures()
+    signatures.update(connection)
+    hashes, matrix, keys = signatures.hashes, signatures.signatures, signatures.keys
     known = len(hashes)
-    if common is not None and len(common):
-        matrix = np.concatenate([matrix, common])  # rows past `known` are the common texts
-    bucket_of, member = _confirmed(matrix, *_candidates(matrix))
+    if common is not None and len(common):  # rows past `known` are the common texts
+        matrix, keys = np.concatenate([matrix, common]), np.concatenate([keys, _band_keys(common)])
+    bucket_of, member = _confirmed(matrix, *_candidates(keys))
     near_common = set()
-    for bucket in np.unique(bucket_of[member >= known]).tolist():  # few: the buckets holding a common text
-        indices = member[bucket_of == bucket]
+    with_common = np.isin(bucket_of, bucket_of[member >= known])  # few: the buckets holding a common text
+    order = np.argsort(bucket_of[with_common], kind="stable")
+    grouped, in_bucket = member[with_common][order], bucket_of[with_common][order]
+    for indices in np.split(grouped, np.flatnonzero(in_bucket[1:] != in_bucket[:-1]) + 1):
         live, texts = indices[indices < known], indices[indices >= known]
         # the live prompts as near a common text as the bucket's members are to each other
         similarity = (matrix[live][:, None, :] == matrix[texts][None, :, :]).mean(axis=2)

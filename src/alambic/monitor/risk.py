@@ -70,6 +70,7 @@ FAMILIES = (
 # its homework bank, sends in one hour what a busy integration does). A group is judged without them; its requests
 # still pick the benign accounts of its size that it is compared with.
 MEMBER_COUNTS = ("requests", "requests_per_active_day", "peak_per_hour", "distinct_addresses", "distinct_user_agents")
+_FAMILY_OF = {name: family for family in FAMILIES for name in family}
 DESCRIBED = {**FEATURES, **CONTENT_FEATURES}  # what each feature measures, in the reasons
 TRUNCATE = 1.0
 NEIGHBOURS = 150
@@ -138,23 +139,32 @@ class Assessment:
     risk: float
     evidence: tuple[Evidence, ...]  # the strongest first
 
-    def reasons(self, references: int, prefix: str = "") -> tuple[str, ...]:
-        """The strongest evidence in words: each feature rare on its own (`REASON_EVIDENCE`), or, once the risk
-        passes the flag, each that the risk summed (`TRUNCATE`): several moderate ones add up to an action."""
-        floor = TRUNCATE if self.risk >= FLAG_RISK else REASON_EVIDENCE
-        strong = [e for e in self.evidence if e.strength >= floor][:TOP_REASONS]
-        return tuple(prefix + _reason(e, references) for e in strong)
+    def reasons(self, references: int, acted: bool, prefix: str = "") -> tuple[str, ...]:
+        """The strongest evidence in words, each family once (its strongest member, as `combined` counts it):
+        each feature rare on its own (`REASON_EVIDENCE`), or, for an account or campaign `acted` on (by the risk
+        that sets its action: a replay's is taken over its steps), each that the risk summed (`TRUNCATE`): several
+        moderate ones add up to an action."""
+        floor = TRUNCATE if acted else REASON_EVIDENCE
+        strongest = {}
+        for e in self.evidence:
+            if e.strength >= floor:
+                strongest.setdefault(_family(e.feature), e)
+        return tuple(prefix + _reason(e, references) for e in list(strongest.values())[:TOP_REASONS])
 
 
 def combined(evidence: list[Evidence]) -> float:
     """Zaykin's truncated product: the sum of -log10 p over features with p <= 10^-TRUNCATE, each family of
     correlated features counted once (the many small benign wobbles do not add up to a signal)."""
-    family_of = {name: family for family in FAMILIES for name in family}
     strongest: dict[tuple[str, ...], float] = {}
     for e in evidence:
-        family = family_of.get(e.feature, (e.feature,))
+        family = _family(e.feature)
         strongest[family] = max(strongest.get(family, 0.0), e.strength - math.log10(len(family)))
     return sum(strength for strength in strongest.values() if strength >= TRUNCATE)
+
+
+def _family(feature: str) -> tuple[str, ...]:
+    """The features that move with `feature` (`FAMILIES`), itself among them."""
+    return _FAMILY_OF.get(feature, (feature,))
 
 
 def _transformed(name: str, value: float | None) -> float | None:
