@@ -194,7 +194,7 @@ def test_the_reasons_name_each_family_of_features_that_move_together_once_as_the
     # Long answers, a high answer/prompt ratio and many answer tokens are one fact (the family counted once in
     # `combined`): the reasons give its strongest member, then the next family's.
     answers = tuple(
-        Evidence(name, 9.0, np.zeros(150), p)
+        Evidence(name, 0.9, np.zeros(150), p)
         for name, p in (("answer_tokens", 1e-4), ("answer_prompt_ratio", 2e-4), ("long_answer_share", 3e-4))
     )
     logprobs = Evidence("logprobs_share", 1.0, np.zeros(150), 1e-3)

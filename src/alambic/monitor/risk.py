@@ -82,7 +82,6 @@ TOP_REASONS = 3
 REASON_EVIDENCE = 2.0  # -log10 p: a feature is a reason when at most 1% of benign accounts of its size reach it
 # Actions at fixed benign false-positive rates: 1% flagged, 0.1% throttled, 0.01% blocked.
 THRESHOLDS = (("block", 0.9999), ("throttle", 0.999), ("flag", 0.99))
-FLAG_RISK = dict(THRESHOLDS)["flag"]
 GREY_ZONE_REQUESTS = 500  # below this many requests (account or campaign), at most a flag for review
 SURPRISE_CAP = 15.0  # -log10(1 - risk) past double precision's resolution of risk near 1
 
@@ -145,7 +144,7 @@ class Assessment:
         that sets its action: a replay's is taken over its steps), each that the risk summed (`TRUNCATE`): several
         moderate ones add up to an action."""
         floor = TRUNCATE if acted else REASON_EVIDENCE
-        strongest = {}
+        strongest: dict[tuple[str, ...], Evidence] = {}
         for e in self.evidence:
             if e.strength >= floor:
                 strongest.setdefault(_family(e.feature), e)
